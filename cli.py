@@ -1,0 +1,303 @@
+"""The ``p2pmsg`` command: the only place that picks concrete transports.
+
+Every subcommand is one small function; every error a person can cause ends
+in one line on stderr and a non-zero exit, never a traceback. Quick local
+commands (``init``, ``invite``, ``contacts``) work on the home directly;
+``send``, ``inbox``, ``outbox`` and ``status`` ask the running node over its
+control socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import platformdirs
+import trio
+
+from p2pmsg import control
+from p2pmsg.abc import Transport
+from p2pmsg.contacts import contact_from_text
+from p2pmsg.demo import run_demo
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.errors import BadEndpoint, P2PMsgError
+from p2pmsg.home import Config, Home
+from p2pmsg.keys import Identity
+from p2pmsg.node import Node
+from p2pmsg.sim.net import SimNetwork
+from p2pmsg.store import Database
+from transports.sim import SimTransport
+from transports.tcp import TcpTransport
+
+log = logging.getLogger("p2pmsg")
+T = TypeVar("T")
+Command = Callable[[argparse.Namespace], int]
+
+
+def production_transports() -> list[Transport]:
+    return [TcpTransport()]
+
+
+def run_trio(fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """``trio.run``, with a lone p2pmsg error lifted out of its exception groups
+    so that the person sees one line, not a traceback."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], P2PMsgError):
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
+    """Pick a free port now for ``tcp:HOST:0`` so that invites stay valid across restarts."""
+    if endpoint.transport != "tcp":
+        return endpoint
+    host, port = endpoint.host_port()
+    if port:
+        return endpoint
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as exc:
+            raise BadEndpoint(f"cannot bind {host}: {exc.strerror}") from exc
+        port = probe.getsockname()[1]
+    address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    return Endpoint("tcp", address, endpoint.args)
+
+
+def home_of(args: argparse.Namespace) -> Home:
+    if args.home:
+        return Home(Path(args.home))
+    env = os.environ.get("P2PMSG_HOME")
+    return Home(Path(env) if env else Path(platformdirs.user_data_dir("p2pmsg")))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    listen = tuple(_resolve_port_zero(Endpoint.parse(text)) for text in args.listen)
+    config = Config(listen=listen, bootstrap=tuple(args.bootstrap))
+    home.init(config, Identity.generate())
+    with Database.open(home.db_file) as db:
+        identity = home.load_identity()
+        db.set_identity(identity.public.key, time.time())
+    _out(str(home.invite()))
+    print(f"created node {identity.node_id.hex()} in {home.path}", file=sys.stderr)
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    invite = home_of(args).invite()
+    _out(str(invite))
+    if not invite.endpoints:
+        print("note: this node listens nowhere; init it with --listen", file=sys.stderr)
+    if args.qr:
+        import segno  # noqa: PLC0415 - only this command needs it
+
+        segno.make(str(invite), error="l").terminal(out=sys.stdout, compact=True)
+    return 0
+
+
+def cmd_contacts_add(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    home.load_identity()
+    contact = contact_from_text(args.name, args.link, time.time())
+    with Database.open(home.db_file) as db:
+        db.add_contact(contact)
+    _out(f"added {contact.name} ({contact.node_id.hex()[:16]})")
+    return 0
+
+
+def cmd_contacts_list(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    home.load_identity()
+    with Database.open(home.db_file) as db:
+        contacts = db.list_contacts()
+    for c in contacts:
+        if args.json:
+            row = {
+                "name": c.name,
+                "node_id": c.node_id.hex(),
+                "endpoints": list(c.endpoints),
+                "added": c.added,
+            }
+            _out(json.dumps(row))
+        else:
+            _out(f"{c.name}\t{c.node_id.hex()}\t{' '.join(c.endpoints)}")
+    return 0
+
+
+async def _run_node(home: Home) -> None:
+    listener = await control.bind_control(home.control_socket)
+    try:
+        async with (
+            Node.open(home.path, production_transports()) as node,
+            trio.open_nursery() as nursery,
+        ):
+            handler = control.node_handler(node)
+            await nursery.start(control.serve_control, listener, home.control_socket, handler)
+            log.info("node %s running; stop with Ctrl-C", node.identity.node_id.hex()[:16])
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("stopping on %s", signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
+    finally:
+        await listener.aclose()
+        home.control_socket.unlink(missing_ok=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    home = home_of(args)
+    home.load_identity()
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_trio(_run_node, home)
+    return 0
+
+
+def _ask(home: Home, request: dict[str, Any]) -> dict[str, Any]:
+    home.load_identity()
+    return run_trio(control.call, home.control_socket, request)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    reply = _ask(home_of(args), {"op": "send", "to": args.name, "text": args.text})
+    _out(reply["id"])
+    return 0
+
+
+def _list(args: argparse.Namespace, op: str) -> int:
+    reply = _ask(home_of(args), {"op": op, "limit": args.limit})
+    for item in reply["items"]:
+        if args.json:
+            _out(json.dumps(item))
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["time"]))
+            _out(f"{stamp}  {item['state']:<9}  {item['peer']}: {item['text']}")
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    return _list(args, "inbox")
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    return _list(args, "outbox")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _ask(home_of(args), {"op": "status"})
+    reply.pop("ok", None)
+    if args.json:
+        _out(json.dumps(reply))
+    else:
+        for key, value in reply.items():
+            _out(f"{key}: {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    net = SimNetwork()
+    bob_listen = [
+        ("in-process", Endpoint.parse("sim:bob")),
+        ("tcp", Endpoint.parse("tcp:127.0.0.1:0")),
+    ]
+    _out("p2pmsg demo: two nodes in this process, one message over each transport")
+    ok = run_trio(
+        run_demo,
+        [SimTransport(net, "alice"), TcpTransport()],
+        [SimTransport(net, "bob"), TcpTransport()],
+        bob_listen,
+        _out,
+    )
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pmsg", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="state directory (default: $P2PMSG_HOME or per-user)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("init", cmd_init, "create an identity and config")
+    p.add_argument("--listen", action="append", default=[], metavar="ENDPOINT")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="LINK")
+    add("invite", cmd_invite, "print this node's invite link").add_argument(
+        "--qr", action="store_true", help="also print a QR code"
+    )
+    contacts = sub.add_parser("contacts", help="manage contacts")
+    csub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")
+    p = csub.add_parser("add", help="add a contact from an invite link or node id")
+    p.set_defaults(func=cmd_contacts_add)
+    p.add_argument("name")
+    p.add_argument("link", metavar="LINK_OR_ID")
+    p = csub.add_parser("list", help="list contacts")
+    p.set_defaults(func=cmd_contacts_list)
+    p.add_argument("--json", action="store_true")
+    add("run", cmd_run, "run the node in the foreground").add_argument(
+        "-v", "--verbose", action="store_true"
+    )
+    p = add("send", cmd_send, "queue a message with the running node")
+    p.add_argument("name")
+    p.add_argument("text")
+    for name, func in (("inbox", cmd_inbox), ("outbox", cmd_outbox)):
+        p = add(name, func, f"list the {name}")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--limit", type=int, default=100)
+    add("status", cmd_status, "the running node's status").add_argument(
+        "--json", action="store_true"
+    )
+    add("demo", cmd_demo, "two in-process nodes exchanging messages")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except P2PMsgError as exc:
+        print(f"p2pmsg: {exc.user_message()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`p2pmsg invite | head -1`); stop quietly. Point
+        # stdout at /dev/null so that the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The local control socket: JSON lines between the CLI and a running node.
+
+One request per connection: a JSON object on one line, answered by one JSON
+object on one line (``{"ok": true, ...}`` or ``{"ok": false, "error":
+"..."}``). :func:`parse_request` is the pure, size-capped parser; the server
+and client are thin trio adapters. The socket lives in the owner-only home
+directory and is itself chmod 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pmsg.errors import ControlError, HomeError, NodeNotRunning, NodeRefused, P2PMsgError
+
+if TYPE_CHECKING:
+    from p2pmsg.node import Node
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 256 * 1024
+MAX_LIMIT = 1000
+OPS = frozenset({"send", "inbox", "outbox", "status"})
+TIMEOUT = 30.0
+MAX_SOCKET_PATH = 108  # sun_path on Linux, NUL included
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    to: str = ""
+    text: str = ""
+    limit: int = 100
+
+
+def parse_request(line: bytes) -> Request:
+    """Raises :class:`ControlError` for anything but a well-formed request."""
+    if len(line) > MAX_LINE:
+        raise ControlError("request too large")
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ControlError("request is not JSON") from exc
+    if not isinstance(data, dict) or data.get("op") not in OPS:
+        raise ControlError("unknown operation")
+    op = data["op"]
+    if op == "send":
+        to, text = data.get("to"), data.get("text")
+        if not isinstance(to, str) or not isinstance(text, str):
+            raise ControlError("send needs string 'to' and 'text'")
+        return Request(op, to=to, text=text)
+    limit = data.get("limit", 100)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_LIMIT:
+        raise ControlError(f"limit must be 1-{MAX_LIMIT}")
+    return Request(op, limit=limit)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    buf = bytearray()
+    while b"\n" not in buf:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_LINE + 1:
+            raise ControlError("request too large")
+    return bytes(buf.split(b"\n", 1)[0])
+
+
+async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
+    try:
+        with trio.fail_after(TIMEOUT):
+            request = parse_request(await _read_line(stream))
+            reply = {"ok": True, **(await handler(request))}
+    except P2PMsgError as exc:
+        reply = {"ok": False, "error": exc.user_message()}
+    except ValueError as exc:
+        reply = {"ok": False, "error": str(exc)}
+    except (trio.TooSlowError, trio.BrokenResourceError):
+        return
+    with contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(encode(reply))
+
+
+async def bind_control(path: Path) -> trio.SocketListener:
+    """A listening unix socket at ``path``, replacing a stale one.
+
+    Raises :class:`HomeError` when a live node already answers there or the
+    path is too long for a unix socket.
+    """
+    check_socket_path(path)
+    try:
+        probe = await trio.open_unix_socket(os.fspath(path))
+    except OSError:
+        await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+    else:
+        await probe.aclose()
+        raise HomeError(f"a node is already running in {path.parent}")
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(os.fspath(path))
+        os.chmod(path, 0o600)
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def check_socket_path(path: Path) -> None:
+    """Raises :class:`HomeError` for a path longer than a unix socket allows."""
+    if len(os.fsencode(path)) >= MAX_SOCKET_PATH:
+        raise HomeError(f"{path} is too long for a unix socket; use a shorter --home")
+
+
+async def serve_control(
+    listener: trio.SocketListener,
+    path: Path,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` on ``listener`` (from :func:`bind_control` at
+    ``path``) until cancelled; the socket file is removed on the way out."""
+
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            await _answer(stream, handler)
+
+    try:
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(one, stream)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+async def call(path: Path, request: dict[str, Any], *, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """One request to the node at ``path``.
+
+    Raises :class:`NodeNotRunning` when nothing listens there and
+    :class:`ControlError` when the node answered with an error.
+    """
+    check_socket_path(path)
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_unix_socket(os.fspath(path))
+            async with stream:
+                await stream.send_all(encode(request))
+                line = await _read_line(stream)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NodeNotRunning(str(path.parent)) from exc
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        raise NodeNotRunning(f"no answer from {path.parent}") from exc
+    try:
+        reply = json.loads(line)
+    except ValueError as exc:
+        raise ControlError("the node's answer is not JSON") from exc
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else None
+        raise NodeRefused(str(error or ""))
+    return reply
+
+
+def node_handler(node: Node) -> Handler:
+    """The control operations of a running node, as a :data:`Handler`."""
+
+    async def peer_name(peer: bytes) -> str:
+        contact = await node.store.contact_by_node_id(peer)
+        return contact.name if contact else peer.hex()
+
+    async def handle(request: Request) -> dict[str, Any]:
+        if request.op == "send":
+            message_id = await node.send(request.to, request.text)
+            return {"id": message_id.hex()}
+        if request.op == "status":
+            return await node.status()
+        items = []
+        if request.op == "inbox":
+            for m in await node.store.list_inbox(request.limit):
+                text = m.body.decode("utf-8", errors="replace")
+                name = await peer_name(m.peer)
+                items.append(_item(m.id, name, text, "received", m.received))
+        else:
+            for o in await node.store.list_outbox(request.limit):
+                text = o.body.decode("utf-8", errors="replace")
+                time_ = o.delivered if o.delivered is not None else o.created
+                items.append(_item(o.id, await peer_name(o.peer), text, o.state, time_))
+        return {"items": items}
+
+    return handle
+
+
+def _item(message_id: bytes, peer: str, text: str, state: str, time_: float) -> dict[str, Any]:
+    return {"id": message_id.hex(), "peer": peer, "text": text, "state": state, "time": time_}

@@ -1,0 +1,1 @@
+"""Delivery: what travels between nodes above the secure link, and retries."""

@@ -1,0 +1,96 @@
+"""The node's own frames inside a secure link: a message and its ack.
+
+``MSG = version(1) type(1) id(16) sent_ms(8) kind(1) body`` and
+``ACK = version(1) type(1) id(16)``. One encoder and one decoder side by
+side; the decoder takes one whole link message (the link preserves
+boundaries) and returns a frame or raises :class:`RemoteProtocolError`.
+Direct link delivery is the first step; onion routing (a later layer)
+carries the same frames inside Sphinx payloads.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.link.wire import MAX_MESSAGE
+
+VERSION = 1
+ID_BYTES = 16
+_MSG = struct.Struct(">BB16sQB")
+_ACK = struct.Struct(">BB16s")
+MAX_BODY = MAX_MESSAGE - _MSG.size
+
+
+class FrameType(IntEnum):
+    MSG = 1
+    ACK = 2
+
+
+class Kind(IntEnum):
+    BYTES = 0
+    TEXT = 1
+
+
+@dataclass(frozen=True)
+class MsgFrame:
+    id: bytes
+    sent_ms: int
+    kind: Kind
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AckFrame:
+    id: bytes
+
+
+Frame = MsgFrame | AckFrame
+
+
+def encode(frame: Frame) -> bytes:
+    """Raises ``ValueError`` for a frame we must not send."""
+    if len(frame.id) != ID_BYTES:
+        raise ValueError("message ids are 16 bytes")
+    if isinstance(frame, AckFrame):
+        return _ACK.pack(VERSION, FrameType.ACK, frame.id)
+    if len(frame.body) > MAX_BODY:
+        raise ValueError(f"message body larger than {MAX_BODY} bytes")
+    head = _MSG.pack(VERSION, FrameType.MSG, frame.id, frame.sent_ms, frame.kind)
+    return head + frame.body
+
+
+def decode(data: bytes) -> Frame:
+    """Raises :class:`RemoteProtocolError` on anything malformed."""
+    if len(data) < _ACK.size:
+        raise RemoteProtocolError("frame too short")
+    version, kind = data[0], data[1]
+    if version != VERSION:
+        raise RemoteProtocolError(f"unknown frame version {version}")
+    if kind == FrameType.ACK:
+        if len(data) != _ACK.size:
+            raise RemoteProtocolError("ack of the wrong size")
+        return AckFrame(data[2:18])
+    if kind != FrameType.MSG or len(data) < _MSG.size:
+        raise RemoteProtocolError("unknown or short frame")
+    _, _, msg_id, sent_ms, body_kind = _MSG.unpack_from(data)
+    try:
+        body_kind = Kind(body_kind)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"unknown body kind {body_kind}") from exc
+    body = data[_MSG.size :]
+    if body_kind is Kind.TEXT:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError("text body is not UTF-8") from exc
+    return MsgFrame(msg_id, sent_ms, body_kind, body)
+
+
+def retry_delay(attempts: int, jitter: float) -> float:
+    """Seconds before attempt ``attempts + 1``: exponential from 2 s, capped at
+    10 minutes, with ``jitter`` in [0, 1) spreading it by up to +-25%."""
+    base = min(600.0, 2.0 * 2 ** min(attempts, 20))
+    return base * (0.75 + 0.5 * jitter)

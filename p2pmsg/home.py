@@ -1,0 +1,109 @@
+"""A node's home directory: identity key, config and database.
+
+``HOME/identity.key`` (owner-only), ``HOME/config.json``, ``HOME/p2pmsg.db``
+and, while the node runs, ``HOME/control.sock``. The directory itself is
+created 0700 so that nothing in it is reachable by other users, including
+the control socket in the short window before its own chmod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pmsg.endpoint import Endpoint, Invite
+from p2pmsg.errors import BadEndpoint, BadKey, HomeError
+from p2pmsg.keys import Identity, load_identity, save_identity, write_private_file
+
+KEY_FILE = "identity.key"
+CONFIG_FILE = "config.json"
+DB_FILE = "p2pmsg.db"
+CONTROL_SOCKET = "control.sock"
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """What ``init`` decided; ``listen`` endpoints are also what invites carry."""
+
+    listen: tuple[Endpoint, ...] = ()
+    bootstrap: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> str:
+        data = {"version": 1, "listen": [str(e) for e in self.listen], "bootstrap": self.bootstrap}
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        try:
+            data = json.loads(text)
+            listen = tuple(Endpoint.parse(e) for e in data["listen"])
+            bootstrap = tuple(str(b) for b in data.get("bootstrap", []))
+        except (ValueError, KeyError, TypeError, BadEndpoint) as exc:
+            raise HomeError(f"config.json is damaged: {exc}") from exc
+        return cls(listen, bootstrap)
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    @property
+    def key_file(self) -> Path:
+        return self.path / KEY_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def db_file(self) -> Path:
+        return self.path / DB_FILE
+
+    @property
+    def control_socket(self) -> Path:
+        return self.path / CONTROL_SOCKET
+
+    def exists(self) -> bool:
+        return self.key_file.exists()
+
+    def init(self, config: Config, identity: Identity) -> None:
+        """Create the home. Raises :class:`HomeError` if one is there already."""
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                os.chmod(self.path, 0o700)
+            save_identity(identity, self.key_file)
+            write_private_file(self.config_file, config.to_json().encode())
+        except FileExistsError as exc:
+            raise HomeError(f"{self.path} already holds a node") from exc
+        except OSError as exc:
+            raise HomeError(f"cannot create {self.path}: {exc.strerror}") from exc
+
+    def load_identity(self) -> Identity:
+        if not self.exists():
+            raise HomeError(f"no node in {self.path} (run `p2pmsg init` first)")
+        try:
+            return load_identity(self.key_file)
+        except BadKey as exc:
+            raise HomeError(str(exc)) from exc
+
+    def load_config(self) -> Config:
+        try:
+            with self.config_file.open("rb") as fh:
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise HomeError(f"cannot read {self.config_file}: {exc.strerror}") from exc
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise HomeError("config.json is too large")
+        try:
+            return Config.from_json(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise HomeError("config.json is not UTF-8") from exc
+
+    def invite(self) -> Invite:
+        """This node's invite: its public key and its listen endpoints."""
+        return Invite(self.load_identity().public, self.load_config().listen)

@@ -1,0 +1,1 @@
+"""The secure link: an obfuscated Noise IK handshake, then fixed-size cells."""

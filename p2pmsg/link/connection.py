@@ -1,0 +1,261 @@
+"""The secure link as a sans-IO state machine (the h11 shape).
+
+Feed received bytes with :meth:`LinkConnection.receive_data`, pull events
+with :meth:`LinkConnection.next_event` until it returns :data:`NEED_DATA`,
+and after every call send whatever :meth:`LinkConnection.data_to_send`
+returns. The initiator calls :meth:`LinkConnection.initiate` first.
+
+States: the initiator goes ``START -> SENT_HELLO -> OPEN``; the responder
+``AWAIT_HELLO -> OPEN``; both end in ``CLOSED`` (peer's close cell) or
+``BROKEN`` (any protocol error; every later call raises again). The
+responder refuses a first flight whose timestamp is outside its replay
+window or seen before, and one whose Ed25519 identity does not map to the
+static key that the Noise handshake proved. Untrusted bytes produce events or
+:class:`RemoteProtocolError` (:class:`HandshakeError` during the handshake),
+nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Final
+
+from p2pmsg.errors import BadKey, HandshakeError, LocalProtocolError, RemoteProtocolError
+from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link import wire
+from p2pmsg.link.noise import CipherState, HandshakeState
+from p2pmsg.link.replay import ReplayWindow
+
+_HELLO = struct.Struct(">Q32s")
+MAX_BUFFER = 4 * wire.MAX_MESSAGE
+
+
+class State(Enum):
+    START = auto()
+    SENT_HELLO = auto()
+    AWAIT_HELLO = auto()
+    OPEN = auto()
+    CLOSED = auto()
+    BROKEN = auto()
+
+
+@dataclass(frozen=True)
+class Established:
+    """The handshake finished; ``peer`` is the authenticated identity."""
+
+    peer: PublicIdentity
+
+
+@dataclass(frozen=True)
+class Message:
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The peer closed the link cleanly."""
+
+
+Event = Established | Message | Closed
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+class LinkConnection:
+    """One end of a secure link. ``peer`` is required for the initiator.
+
+    ``now`` is the wall-clock time (seconds since the epoch) used for the
+    first flight's timestamp and its replay check; ``rng`` supplies every
+    random byte (ephemeral key, salts, padding).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        peer: PublicIdentity | None = None,
+        replay: ReplayWindow | None = None,
+        now: float,
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.initiator = peer is not None
+        if not self.initiator and replay is None:
+            raise LocalProtocolError("a responder needs a replay window")
+        self.identity = identity
+        self.peer = peer
+        self._replay = replay
+        self._now = now
+        self._rng = rng
+        responder_x = peer.x25519 if peer is not None else identity.public.x25519
+        self._obfs_key = wire.obfuscation_key(responder_x)
+        self._hs: HandshakeState | None = HandshakeState(
+            initiator=self.initiator,
+            prologue=wire.PROLOGUE,
+            s_private=identity.x25519_private,
+            rs=responder_x if self.initiator else None,
+            rng=rng,
+        )
+        self.state = State.START if self.initiator else State.AWAIT_HELLO
+        self._in = bytearray()
+        self._out = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragment_bytes = 0
+        self._send: CipherState | None = None
+        self._recv: CipherState | None = None
+
+    # -- sending -----------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Bytes produced so far that must go on the wire, in order."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _padding(self) -> int:
+        return int.from_bytes(self._rng(2), "big") % wire.MAX_PADDING
+
+    def _seal_handshake(self, noise_message: bytes) -> None:
+        self._out += wire.seal_handshake(
+            self._obfs_key,
+            noise_message,
+            salt=self._rng(wire.SALT_LEN),
+            padding=self._padding(),
+            from_initiator=self.initiator,
+        )
+
+    def initiate(self) -> None:
+        """Initiator: queue the first flight."""
+        if self.state is not State.START or self._hs is None:
+            raise LocalProtocolError("initiate() is for a fresh initiator")
+        hello = _HELLO.pack(int(self._now), self.identity.public.key)
+        self._seal_handshake(self._hs.write_message(hello))
+        self.state = State.SENT_HELLO
+
+    def send_message(self, data: bytes) -> None:
+        """Queue one message (at most ``wire.MAX_MESSAGE`` bytes) as cells."""
+        cipher = self._open_cipher()
+        for cell in wire.fragment(data):
+            self._out += wire.seal_cell(cipher, cell)
+
+    def send_padding(self) -> None:
+        """Queue one dummy cell, which the peer discards."""
+        self._out += wire.seal_cell(self._open_cipher(), wire.Cell(wire.CellType.PADDING))
+
+    def close(self) -> None:
+        """Queue a close cell; the link sends nothing after it."""
+        if self.state is State.OPEN and self._send is not None:
+            self._out += wire.seal_cell(self._send, wire.Cell(wire.CellType.CLOSE))
+        self._send = None
+
+    def _open_cipher(self) -> CipherState:
+        if self.state not in (State.OPEN, State.CLOSED) or self._send is None:
+            raise LocalProtocolError(f"cannot send in state {self.state.name}")
+        return self._send
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if len(self._in) + len(data) > MAX_BUFFER:
+            raise LocalProtocolError("receive buffer over its bound; read events first")
+        self._in += data
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event, or ``NEED_DATA``. Raises RemoteProtocolError."""
+        try:
+            match self.state:
+                case State.AWAIT_HELLO:
+                    return self._read_hello()
+                case State.SENT_HELLO:
+                    return self._read_reply()
+                case State.OPEN:
+                    return self._read_cells()
+                case State.CLOSED:
+                    return Closed()
+                case State.BROKEN:
+                    raise RemoteProtocolError("the link is broken")
+                case _:
+                    return NEED_DATA
+        except RemoteProtocolError:
+            self._break()
+            raise
+
+    def _break(self) -> None:
+        self.state = State.BROKEN
+        self._in.clear()
+        self._hs = self._send = self._recv = None
+
+    def _take_handshake(self, from_initiator: bool) -> bytes | None:
+        opened = wire.open_handshake(self._in, self._obfs_key, from_initiator=from_initiator)
+        if opened is None:
+            return None
+        noise_message, used = opened
+        del self._in[:used]
+        return noise_message
+
+    def _read_hello(self) -> Event | _NeedData:
+        assert self._hs is not None and self._replay is not None
+        noise_message = self._take_handshake(from_initiator=True)
+        if noise_message is None:
+            return NEED_DATA
+        payload = self._hs.read_message(noise_message)
+        if len(payload) != _HELLO.size:
+            raise HandshakeError("bad first-flight payload")
+        timestamp, ed_key = _HELLO.unpack(payload)
+        try:
+            peer = PublicIdentity(ed_key)
+        except BadKey as exc:
+            raise HandshakeError("bad identity key") from exc
+        if peer.x25519 != self._hs.rs:
+            raise HandshakeError("identity does not match the handshake key")
+        if not self._replay.accept(self._hs.re or b"", timestamp, self._now):
+            raise HandshakeError("first flight replayed or outside the time window")
+        self._seal_handshake(self._hs.write_message(b""))
+        return self._establish(peer)
+
+    def _read_reply(self) -> Event | _NeedData:
+        assert self._hs is not None and self.peer is not None
+        noise_message = self._take_handshake(from_initiator=False)
+        if noise_message is None:
+            return NEED_DATA
+        if self._hs.read_message(noise_message):
+            raise HandshakeError("unexpected reply payload")
+        return self._establish(self.peer)
+
+    def _establish(self, peer: PublicIdentity) -> Established:
+        assert self._hs is not None
+        self._send, self._recv = self._hs.split()
+        self._hs = None
+        self.peer = peer
+        self.state = State.OPEN
+        return Established(peer)
+
+    def _read_cells(self) -> Event | _NeedData:
+        assert self._recv is not None
+        while len(self._in) >= wire.CELL_SIZE:
+            cell = wire.open_cell(self._recv, bytes(self._in[: wire.CELL_SIZE]))
+            del self._in[: wire.CELL_SIZE]
+            if cell.type is wire.CellType.PADDING:
+                continue
+            if cell.type is wire.CellType.CLOSE:
+                self.state = State.CLOSED
+                return Closed()
+            if cell.type is wire.CellType.MORE and len(cell.data) != wire.CELL_DATA:
+                raise RemoteProtocolError("a non-final fragment must fill its cell")
+            self._fragment_bytes += len(cell.data)
+            if self._fragment_bytes > wire.MAX_MESSAGE:
+                raise RemoteProtocolError(f"message larger than {wire.MAX_MESSAGE} bytes")
+            self._fragments.append(cell.data)
+            if cell.type is wire.CellType.END:
+                data = b"".join(self._fragments)
+                self._fragments, self._fragment_bytes = [], 0
+                return Message(data)
+        return NEED_DATA

@@ -1,0 +1,425 @@
+"""The node: owns the nursery, wires links, store and delivery together.
+
+``async with Node.open(home, transports) as node:`` starts one listener per
+configured endpoint whose transport was handed in, and the delivery loop;
+leaving the block cancels them all. Nothing runs in the background that this
+nursery did not start.
+
+Delivery (direct over secure links for now; onion routing comes later): a
+message is committed to the outbox before anything leaves the host; each
+attempt first pushes the message's next retry into the store, then dials the
+contact, sends every queued message for it and marks each delivered when its
+ack arrives. The receiver commits to its inbox (deduplicated by sender and
+message id) before it acks, so the application sees every message once,
+across crashes on either side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pmsg.abc import Link, Transport
+from p2pmsg.delivery import frames
+from p2pmsg.delivery.frames import AckFrame, Kind, MsgFrame
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.errors import (
+    BadEndpoint,
+    HandshakeError,
+    ListenError,
+    RemoteProtocolError,
+    UnknownContact,
+    UnsupportedEndpoint,
+)
+from p2pmsg.home import Home
+from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.link.secure import SecureLink, accept_secure, connect_secure
+from p2pmsg.store import Contact, InboxMessage, OutboxMessage, Store
+
+log = logging.getLogger(__name__)
+
+Offload = Callable[..., Awaitable[Any]]
+_LINK_ERRORS = (
+    OSError,
+    HandshakeError,
+    RemoteProtocolError,
+    UnsupportedEndpoint,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.EndOfChannel,
+    trio.TooSlowError,
+)
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Tunables; the defaults are what a headless node runs with."""
+
+    dial_timeout: float = 10.0
+    handshake_timeout: float = 30.0
+    ack_timeout: float = 15.0
+    idle_timeout: float = 120.0
+    message_ttl: float = 7 * 86400.0
+    replay_window: float = 86400.0
+    replay_capacity: int = 100_000
+    max_inbound: int = 256
+    max_parallel_peers: int = 16
+    batch: int = 64
+    app_queue: int = 256
+    poll_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A message as the application sees it, exactly once."""
+
+    id: bytes
+    peer: bytes
+    contact: str | None
+    kind: Kind
+    body: bytes = field(repr=False)
+    sent: float
+    received: float
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass
+class NodeStats:
+    delivered: int = 0
+    received: int = 0
+    duplicates: int = 0
+    refused_handshakes: int = 0
+    bad_frames: int = 0
+    app_queue_overflow: int = 0
+    inbound_refused: int = 0
+
+
+class Node:
+    """A running p2pmsg node; create it with :meth:`Node.open`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        transports: Sequence[Transport],
+        *,
+        options: NodeOptions,
+        wall_clock: Callable[[], float],
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.transports = list(transports)
+        self.options = options
+        self.stats = NodeStats()
+        self.listening: list[Endpoint] = []
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self._replay = ReplayWindow(options.replay_window, options.replay_capacity)
+        self._wake = trio.Event()
+        self._busy: set[bytes] = set()
+        self._inbound = 0
+        self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
+            options.app_queue
+        )
+        self._delivered_send, self._delivered_receive = trio.open_memory_channel[bytes](
+            options.app_queue
+        )
+        self.started = wall_clock()
+
+    def __repr__(self) -> str:
+        return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        home: Path | str,
+        transports: Sequence[Transport],
+        *,
+        options: NodeOptions | None = None,
+        offload: Offload | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> AsyncIterator[Node]:
+        """Open the node in ``home`` and run it for the ``async with`` block.
+
+        Raises :class:`HomeError` or :class:`StoreError` when the home cannot
+        be used. ``offload`` runs the store's blocking calls (default: a
+        worker thread).
+        """
+        where = Home(Path(home))
+        identity = where.load_identity()
+        config = where.load_config()
+        store = await (
+            Store.open(where.db_file)
+            if offload is None
+            else Store.open(where.db_file, offload=offload)
+        )
+        try:
+            await store.set_identity(identity.public.key, wall_clock())
+            node = cls(
+                identity,
+                store,
+                transports,
+                options=options or NodeOptions(),
+                wall_clock=wall_clock,
+                rng=rng,
+            )
+            async with trio.open_nursery() as nursery:
+                for endpoint in config.listen:
+                    await node._listen(nursery, endpoint)
+                await nursery.start(node._delivery_loop)
+                yield node
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+
+    # -- public API ----------------------------------------------------------
+
+    def messages(self) -> trio.MemoryReceiveChannel[ReceivedMessage]:
+        """New messages as they are committed; iterate with ``async for``.
+
+        The channel is bounded: when the application falls behind, messages
+        still land in the inbox (``store.list_inbox``) and the overflow is
+        counted in ``stats.app_queue_overflow``.
+        """
+        return self._app_receive
+
+    def deliveries(self) -> trio.MemoryReceiveChannel[bytes]:
+        """Ids of sent messages as their acks arrive (bounded like :meth:`messages`)."""
+        return self._delivered_receive
+
+    async def send(self, contact: str, data: bytes | str) -> bytes:
+        """Queue ``data`` for the contact named ``contact``; return its id.
+
+        Returns once the message is durably in the outbox. Raises
+        :class:`UnknownContact` or ``ValueError`` (too large).
+        """
+        found = await self.store.get_contact(contact)
+        if found is None:
+            raise UnknownContact(contact)
+        kind, body = (Kind.TEXT, data.encode()) if isinstance(data, str) else (Kind.BYTES, data)
+        if len(body) > frames.MAX_BODY:
+            raise ValueError(f"message larger than {frames.MAX_BODY} bytes")
+        now = self._wall_clock()
+        message = OutboxMessage(
+            id=self._rng(frames.ID_BYTES),
+            peer=found.node_id,
+            kind=int(kind),
+            body=body,
+            created=now,
+            expires=now + self.options.message_ttl,
+            state="queued",
+            attempts=0,
+            next_attempt=now,
+            delivered=None,
+        )
+        await self.store.enqueue(message)
+        self._wake.set()
+        return message.id
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "listening": [str(e) for e in self.listening],
+            "queued": await self.store.count_queued(),
+            "inbox": await self.store.count_inbox(),
+            "contacts": len(await self.store.list_contacts()),
+            "uptime": round(self._wall_clock() - self.started, 3),
+            "stats": vars(self.stats).copy(),
+        }
+
+    # -- listening -----------------------------------------------------------
+
+    def _transport_for(self, endpoint: Endpoint) -> Transport | None:
+        return next((t for t in self.transports if t.can_dial(endpoint)), None)
+
+    async def _listen(self, nursery: trio.Nursery, endpoint: Endpoint) -> None:
+        transport = next((t for t in self.transports if t.name == endpoint.transport), None)
+        if transport is None:
+            log.warning("no transport %r here; not listening on it", endpoint.transport)
+            return
+        try:
+            bound = await nursery.start(transport.serve, endpoint, self._handle_inbound)
+        except OSError as exc:
+            raise ListenError(f"{endpoint}: {exc.strerror or exc}") from exc
+        self.listening.append(bound)
+        log.info("listening on a %s endpoint", endpoint.transport)
+
+    async def _handle_inbound(self, link: Link) -> None:
+        if self._inbound >= self.options.max_inbound:
+            self.stats.inbound_refused += 1
+            return
+        self._inbound += 1
+        try:
+            secure = await accept_secure(
+                link,
+                self.identity,
+                self._replay,
+                wall_clock=self._wall_clock,
+                rng=self._rng,
+                timeout=self.options.handshake_timeout,
+            )
+        except HandshakeError:
+            self.stats.refused_handshakes += 1
+            self._inbound -= 1
+            return
+        try:
+            await self._serve_peer(secure)
+        except _LINK_ERRORS as exc:
+            log.debug("inbound link ended: %r", exc)
+        finally:
+            self._inbound -= 1
+            await secure.aclose()
+
+    async def _serve_peer(self, link: SecureLink) -> None:
+        while True:
+            with trio.fail_after(self.options.idle_timeout):
+                data = await link.receive()
+            try:
+                frame = frames.decode(data)
+            except RemoteProtocolError:
+                self.stats.bad_frames += 1
+                raise
+            if isinstance(frame, MsgFrame):
+                await self._commit_received(link.peer, frame)
+                await link.send(frames.encode(AckFrame(frame.id)))
+
+    async def _commit_received(self, peer: PublicIdentity, frame: MsgFrame) -> None:
+        message = InboxMessage(
+            peer=peer.node_id,
+            id=frame.id,
+            kind=int(frame.kind),
+            body=frame.body,
+            sent=frame.sent_ms / 1000,
+            received=self._wall_clock(),
+        )
+        if not await self.store.add_received(message):
+            self.stats.duplicates += 1
+            return
+        self.stats.received += 1
+        contact = await self.store.contact_by_node_id(peer.node_id)
+        seen = ReceivedMessage(
+            message.id,
+            message.peer,
+            contact.name if contact else None,
+            frame.kind,
+            message.body,
+            message.sent,
+            message.received,
+        )
+        self._report(self._app_send, seen)
+
+    def _report(self, channel: trio.MemorySendChannel[Any], item: object) -> None:
+        try:
+            channel.send_nowait(item)
+        except trio.WouldBlock:
+            self.stats.app_queue_overflow += 1
+
+    # -- delivery ------------------------------------------------------------
+
+    async def _delivery_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                await self._start_due(nursery)
+                next_due = await self.store.next_due_time()
+                wait = self.options.poll_interval
+                if next_due is not None:
+                    wait = min(wait, max(1.0, next_due - self._wall_clock()))
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+
+    async def _start_due(self, nursery: trio.Nursery) -> None:
+        now = self._wall_clock()
+        for message_id in await self.store.expire_due(now):
+            log.warning("message %s expired undelivered", message_id.hex()[:8])
+        for message in await self.store.due_messages(now, limit=self.options.batch * 4):
+            if len(self._busy) >= self.options.max_parallel_peers:
+                return
+            if message.peer not in self._busy:
+                self._busy.add(message.peer)
+                nursery.start_soon(self._deliver_to, message.peer)
+
+    async def _deliver_to(self, peer: bytes) -> None:
+        try:
+            batch = await self.store.pending_for_peer(peer, limit=self.options.batch)
+            now = self._wall_clock()
+            for message in batch:
+                jitter = int.from_bytes(self._rng(2), "big") / 65536
+                delay = frames.retry_delay(message.attempts, jitter)
+                await self.store.mark_attempt(message.id, now + delay)
+            contact = await self.store.contact_by_node_id(peer)
+            if batch and contact is not None and contact.public_key is not None:
+                await self._push(contact, batch)
+        except _LINK_ERRORS as exc:
+            log.info("delivery to %s failed: %s", peer.hex()[:8], type(exc).__name__)
+        finally:
+            self._busy.discard(peer)
+            self._wake.set()
+
+    async def _push(self, contact: Contact, batch: list[OutboxMessage]) -> None:
+        assert contact.public_key is not None
+        link = await self._connect(contact.endpoints, PublicIdentity(contact.public_key))
+        try:
+            for message in batch:
+                frame = MsgFrame(
+                    message.id, int(message.created * 1000), Kind(message.kind), message.body
+                )
+                await link.send(frames.encode(frame))
+            pending = {message.id for message in batch}
+            with trio.move_on_after(self.options.ack_timeout):
+                while pending:
+                    frame = frames.decode(await link.receive())
+                    if isinstance(frame, AckFrame) and frame.id in pending:
+                        pending.discard(frame.id)
+                        if await self.store.mark_delivered(frame.id, self._wall_clock()):
+                            self.stats.delivered += 1
+                            self._report(self._delivered_send, frame.id)
+        finally:
+            await link.aclose()
+
+    async def _connect(self, endpoints: Sequence[str], peer: PublicIdentity) -> SecureLink:
+        """A secure link over the first endpoint that works, in order.
+
+        Endpoints of transports not present here are skipped. Raises the
+        last error, or :class:`UnsupportedEndpoint` if none was dialable.
+        """
+        last: Exception = UnsupportedEndpoint("no dialable endpoint")
+        for text in endpoints:
+            try:
+                endpoint = Endpoint.parse(text)
+            except BadEndpoint:
+                continue
+            transport = self._transport_for(endpoint)
+            if transport is None:
+                continue
+            try:
+                with trio.fail_after(self.options.dial_timeout):
+                    link = await transport.dial(endpoint)
+                return await connect_secure(
+                    link,
+                    self.identity,
+                    peer,
+                    wall_clock=self._wall_clock,
+                    rng=self._rng,
+                    timeout=self.options.handshake_timeout,
+                )
+            except _LINK_ERRORS as exc:
+                last = exc
+        raise last

@@ -1,0 +1,312 @@
+"""The store's file format: how a file is opened, its tables and migrations, its rows.
+
+:func:`open_connection` creates the file owner-only (0600) before SQLite sees
+it, sets the pragmas (see :mod:`p2pmsg.store` for why) and migrates. SQLite
+gives the ``-wal`` and ``-shm`` files the database's mode; a wider mode left
+by someone else on any of the three is tightened.
+
+The schema version lives in ``PRAGMA user_version`` and the file is marked as
+ours with ``PRAGMA application_id``. :data:`MIGRATIONS` is a table: entry
+``i`` turns a version-``i`` database into version ``i + 1``. :func:`migrate`
+runs the missing entries and bumps the version inside one ``BEGIN IMMEDIATE``
+transaction, so two processes opening a fresh file at once (the node and the
+CLI) cannot both create it, and a crash half-way leaves the old version.
+A database from a newer p2pmsg is refused, never downgraded.
+
+The row types are frozen dataclasses that check their own shape; a message's
+``repr`` never shows its body.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from p2pmsg.endpoint import MAX_ENDPOINT_CHARS
+from p2pmsg.errors import StoreError
+from p2pmsg.keys import KEY_BYTES, NODE_ID_BYTES, node_id_of
+
+APPLICATION_ID = 0x70326D73  # "p2ms"
+MESSAGE_ID_BYTES = 16
+MAX_CONTACT_ENDPOINTS = 64
+MAX_NAME_CHARS = 256
+
+
+class MessageKind(enum.IntEnum):
+    """What a message body holds."""
+
+    BYTES = 0
+    TEXT = 1
+
+
+class OutboxState(enum.StrEnum):
+    """Where an outgoing message is: queued until delivered or expired, both final."""
+
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+
+
+def _check_len(what: str, value: bytes, size: int) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes")
+
+
+def check_endpoints(endpoints: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` unless ``endpoints`` is a bounded tuple of strings."""
+    if not isinstance(endpoints, tuple) or len(endpoints) > MAX_CONTACT_ENDPOINTS:
+        raise ValueError(f"endpoints must be a tuple of at most {MAX_CONTACT_ENDPOINTS}")
+    for ep in endpoints:
+        if not isinstance(ep, str) or not 0 < len(ep) <= MAX_ENDPOINT_CHARS:
+            raise ValueError("an endpoint must be a non-empty, bounded string")
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A person we can message: a name, a node id, and where to reach them.
+
+    ``public_key`` is ``None`` for a contact added by bare node id; when it is
+    present it must hash to ``node_id``. ``endpoints`` may be given as any
+    iterable of strings and is kept as a tuple.
+    """
+
+    name: str
+    node_id: bytes
+    public_key: bytes | None
+    endpoints: tuple[str, ...]
+    added: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", tuple(self.endpoints))
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_NAME_CHARS:
+            raise ValueError(f"a contact name is 1 to {MAX_NAME_CHARS} characters")
+        _check_len("node_id", self.node_id, NODE_ID_BYTES)
+        if self.public_key is not None:
+            _check_len("public_key", self.public_key, KEY_BYTES)
+            if node_id_of(self.public_key) != self.node_id:
+                raise ValueError("public_key does not match node_id")
+        check_endpoints(self.endpoints)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxMessage:
+    """An outgoing message and its delivery state. ``repr`` hides the body."""
+
+    id: bytes
+    peer: bytes
+    kind: MessageKind
+    body: bytes = field(repr=False)
+    created: float
+    expires: float
+    state: OutboxState = OutboxState.QUEUED
+    attempts: int = 0
+    next_attempt: float
+    delivered: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_len("id", self.id, MESSAGE_ID_BYTES)
+        _check_len("peer", self.peer, NODE_ID_BYTES)
+        object.__setattr__(self, "kind", MessageKind(self.kind))
+        object.__setattr__(self, "state", OutboxState(self.state))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboxMessage:
+    """A received message, unique per (peer, id). ``repr`` hides the body."""
+
+    peer: bytes
+    id: bytes
+    kind: MessageKind
+    body: bytes = field(repr=False)
+    sent: float
+    received: float
+
+    def __post_init__(self) -> None:
+        _check_len("peer", self.peer, NODE_ID_BYTES)
+        _check_len("id", self.id, MESSAGE_ID_BYTES)
+        object.__setattr__(self, "kind", MessageKind(self.kind))
+
+
+# Field names equal column names, in the order of these SELECTs.
+SELECT_OUTBOX = (
+    "SELECT id, peer, kind, body, created, expires, state, attempts, next_attempt, delivered"
+    " FROM outbox "
+)
+SELECT_INBOX = "SELECT peer, id, kind, body, sent, received FROM inbox "
+SELECT_CONTACT = "SELECT name, node_id, public_key, endpoints, added FROM contacts "
+_OUTBOX_FIELDS = tuple(f.name for f in fields(OutboxMessage))
+_INBOX_FIELDS = tuple(f.name for f in fields(InboxMessage))
+
+
+def outbox_from_row(row: Any) -> OutboxMessage:
+    # The dataclass coerces kind and state back into their enums.
+    return OutboxMessage(**dict(zip(_OUTBOX_FIELDS, row, strict=True)))
+
+
+def inbox_from_row(row: Any) -> InboxMessage:
+    return InboxMessage(**dict(zip(_INBOX_FIELDS, row, strict=True)))
+
+
+def endpoints_json(endpoints: tuple[str, ...]) -> str:
+    return json.dumps(list(endpoints))
+
+
+def contact_from_row(row: Any) -> Contact:
+    name, node_id, public_key, endpoints, added = row
+    try:
+        value = json.loads(endpoints)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(ep, str) for ep in value):
+        raise StoreError(f"the endpoints of contact {name!r} are damaged")
+    return Contact(name, node_id, public_key, tuple(value), added)
+
+
+_V1 = (
+    """CREATE TABLE identity (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+        created REAL NOT NULL)""",
+    """CREATE TABLE contacts (
+        name TEXT PRIMARY KEY,
+        node_id BLOB UNIQUE NOT NULL CHECK (length(node_id) = 32),
+        public_key BLOB NULL CHECK (public_key IS NULL OR length(public_key) = 32),
+        endpoints TEXT NOT NULL,
+        added REAL NOT NULL)""",
+    """CREATE TABLE outbox (
+        id BLOB PRIMARY KEY CHECK (length(id) = 16),
+        peer BLOB NOT NULL,
+        kind INTEGER NOT NULL CHECK (kind IN (0, 1)),
+        body BLOB NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'delivered', 'expired')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        delivered REAL NULL)""",
+    "CREATE INDEX outbox_due ON outbox (state, next_attempt)",
+    "CREATE INDEX outbox_expiry ON outbox (state, expires)",
+    "CREATE INDEX outbox_peer ON outbox (peer, state, created)",
+    "CREATE INDEX outbox_created ON outbox (created)",
+    """CREATE TABLE inbox (
+        peer BLOB NOT NULL,
+        id BLOB NOT NULL,
+        kind INTEGER NOT NULL CHECK (kind IN (0, 1)),
+        body BLOB NOT NULL,
+        sent REAL NOT NULL,
+        received REAL NOT NULL,
+        PRIMARY KEY (peer, id))""",
+    "CREATE INDEX inbox_received ON inbox (received)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1:
+        conn.execute(statement)
+
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _checked_version(conn: sqlite3.Connection) -> int:
+    """The schema version, after refusing foreign and newer databases."""
+    app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+    version: int = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    if app_id not in (0, APPLICATION_ID):
+        raise StoreError("not a p2pmsg database")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"schema version {version} is newer than this p2pmsg's {SCHEMA_VERSION}; upgrade p2pmsg"
+        )
+    return version
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION` in one transaction.
+
+    A current database is only read, so opening never waits for the writer.
+    Raises :class:`StoreError` for a newer version or a foreign database;
+    ``sqlite3.Error`` passes through for the caller to translate.
+    """
+    if _checked_version(conn) == SCHEMA_VERSION:
+        return
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        version = _checked_version(conn)  # again: another process may have just migrated
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0 and conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall():
+            raise StoreError("not a p2pmsg database")
+        for step in MIGRATIONS[version:]:
+            step(conn)
+        # PRAGMAs take no parameters; both values are our own integers.
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn any SQLite error into a one-line :class:`StoreError`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise StoreError(f"{what}: {detail}") from exc
+
+
+def _create_private(path: Path) -> None:
+    """Create the file owner-only before SQLite sees it (an existing file is kept)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """Make the database and its WAL files owner-only if someone widened them."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                file.chmod(0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot make {file} private: {exc.strerror}") from exc
+
+
+def _configure(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000):d}")
+    if conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0] != "wal":
+        raise StoreError("cannot use write-ahead logging here")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    migrate(conn)
+
+
+def open_connection(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A configured, migrated connection in autocommit mode. Raises :class:`StoreError`."""
+    _create_private(path)
+    with translated(f"cannot open {path}"):
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    try:
+        with translated(f"cannot open {path}"):
+            _configure(conn, busy_timeout)
+        _tighten(path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,60 @@
+"""A world of homes and nodes on one simulated network, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.home import Config, Home
+from p2pmsg.keys import Identity
+from p2pmsg.node import Node, NodeOptions
+from p2pmsg.sim.net import SimNetwork
+from p2pmsg.store import Contact, run_inline
+from transports.sim import SimTransport
+
+EPOCH = 1_800_000_000.0
+
+
+def sim_wall_clock() -> float:
+    """Wall-clock time that follows trio's (mock) clock."""
+    return EPOCH + trio.current_time()
+
+
+class SimWorld:
+    """Homes and nodes on one simulated network, all on the autojump clock."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.net = SimNetwork()
+        self.homes: dict[str, Home] = {}
+
+    def home(self, name: str, *, listen: bool = True) -> Home:
+        if name not in self.homes:
+            home = Home(self.root / name)
+            endpoints = (Endpoint.parse(f"sim:{name}"),) if listen else ()
+            home.init(Config(listen=endpoints), Identity.generate())
+            self.homes[name] = home
+        return self.homes[name]
+
+    @asynccontextmanager
+    async def node(
+        self, name: str, *, options: NodeOptions | None = None, listen: bool = True
+    ) -> AsyncIterator[Node]:
+        home = self.home(name, listen=listen)
+        async with Node.open(
+            home.path,
+            [SimTransport(self.net, name)],
+            options=options,
+            offload=run_inline,
+            wall_clock=sim_wall_clock,
+        ) as node:
+            yield node
+
+    def contact_of(self, name: str, endpoints: Sequence[str] | None = None) -> Contact:
+        invite = self.home(name).invite()
+        eps = tuple(str(e) for e in invite.endpoints) if endpoints is None else tuple(endpoints)
+        return Contact(name, invite.identity.node_id, invite.identity.key, eps, EPOCH)

@@ -1,0 +1,10 @@
+"""Pluggable transports: they move opaque bytes and know nothing else.
+
+Only the edges (``cli.py``, tests, the scenario runner's caller) import this
+package and pick which transports a node uses.
+"""
+
+from transports.sim import SimTransport
+from transports.tcp import TcpLink, TcpTransport
+
+__all__ = ["SimTransport", "TcpLink", "TcpTransport"]
