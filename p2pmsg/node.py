@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ import trio
 
 from p2pmsg.abc import Link, Transport
 from p2pmsg.delivery import frames
-from p2pmsg.delivery.frames import AckFrame, Kind, MsgFrame
+from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import (
     BadEndpoint,
@@ -43,11 +43,10 @@ from p2pmsg.home import Home
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import SecureLink, accept_secure, connect_secure
-from p2pmsg.store import Contact, InboxMessage, OutboxMessage, Store
+from p2pmsg.store import Contact, InboxMessage, Offload, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
 
-Offload = Callable[..., Awaitable[Any]]
 _LINK_ERRORS = (
     OSError,
     HandshakeError,
@@ -85,7 +84,7 @@ class ReceivedMessage:
     id: bytes
     peer: bytes
     contact: str | None
-    kind: Kind
+    kind: MessageKind
     body: bytes = field(repr=False)
     sent: float
     received: float
@@ -212,18 +211,21 @@ class Node:
         found = await self.store.get_contact(contact)
         if found is None:
             raise UnknownContact(contact)
-        kind, body = (Kind.TEXT, data.encode()) if isinstance(data, str) else (Kind.BYTES, data)
+        kind, body = (
+            (MessageKind.TEXT, data.encode())
+            if isinstance(data, str)
+            else (MessageKind.BYTES, data)
+        )
         if len(body) > frames.MAX_BODY:
             raise ValueError(f"message larger than {frames.MAX_BODY} bytes")
         now = self._wall_clock()
         message = OutboxMessage(
             id=self._rng(frames.ID_BYTES),
             peer=found.node_id,
-            kind=int(kind),
+            kind=kind,
             body=body,
             created=now,
             expires=now + self.options.message_ttl,
-            state="queued",
             attempts=0,
             next_attempt=now,
             delivered=None,
@@ -266,6 +268,12 @@ class Node:
             return
         self._inbound += 1
         try:
+            await self._accept_and_serve(link)
+        finally:
+            self._inbound -= 1
+
+    async def _accept_and_serve(self, link: Link) -> None:
+        try:
             secure = await accept_secure(
                 link,
                 self.identity,
@@ -276,14 +284,12 @@ class Node:
             )
         except HandshakeError:
             self.stats.refused_handshakes += 1
-            self._inbound -= 1
             return
         try:
             await self._serve_peer(secure)
         except _LINK_ERRORS as exc:
             log.debug("inbound link ended: %r", exc)
         finally:
-            self._inbound -= 1
             await secure.aclose()
 
     async def _serve_peer(self, link: SecureLink) -> None:
@@ -303,7 +309,7 @@ class Node:
         message = InboxMessage(
             peer=peer.node_id,
             id=frame.id,
-            kind=int(frame.kind),
+            kind=frame.kind,
             body=frame.body,
             sent=frame.sent_ms / 1000,
             received=self._wall_clock(),
@@ -379,18 +385,18 @@ class Node:
         try:
             for message in batch:
                 frame = MsgFrame(
-                    message.id, int(message.created * 1000), Kind(message.kind), message.body
+                    message.id, int(message.created * 1000), MessageKind(message.kind), message.body
                 )
                 await link.send(frames.encode(frame))
             pending = {message.id for message in batch}
             with trio.move_on_after(self.options.ack_timeout):
                 while pending:
-                    frame = frames.decode(await link.receive())
-                    if isinstance(frame, AckFrame) and frame.id in pending:
-                        pending.discard(frame.id)
-                        if await self.store.mark_delivered(frame.id, self._wall_clock()):
+                    ack = frames.decode(await link.receive())
+                    if isinstance(ack, AckFrame) and ack.id in pending:
+                        pending.discard(ack.id)
+                        if await self.store.mark_delivered(ack.id, self._wall_clock()):
                             self.stats.delivered += 1
-                            self._report(self._delivered_send, frame.id)
+                            self._report(self._delivered_send, ack.id)
         finally:
             await link.aclose()
 

@@ -37,6 +37,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, TypeVar
 
 import trio
 
+from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import StoreError
 from p2pmsg.keys import KEY_BYTES
 from p2pmsg.store_schema import (
@@ -46,7 +47,6 @@ from p2pmsg.store_schema import (
     SELECT_OUTBOX,
     Contact,
     InboxMessage,
-    MessageKind,
     OutboxMessage,
     OutboxState,
     check_endpoints,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.endpoint import MAX_ENDPOINT_CHARS
 from p2pmsg.errors import StoreError
 from p2pmsg.keys import KEY_BYTES, NODE_ID_BYTES, node_id_of
@@ -38,13 +39,6 @@ APPLICATION_ID = 0x70326D73  # "p2ms"
 MESSAGE_ID_BYTES = 16
 MAX_CONTACT_ENDPOINTS = 64
 MAX_NAME_CHARS = 256
-
-
-class MessageKind(enum.IntEnum):
-    """What a message body holds."""
-
-    BYTES = 0
-    TEXT = 1
 
 
 class OutboxState(enum.StrEnum):

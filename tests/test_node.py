@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 import trio
-from simworld import SimWorld
+import trio.testing
+from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
+from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import UnknownContact
+from p2pmsg.keys import Identity
+from p2pmsg.link.secure import connect_secure
 from p2pmsg.node import NodeOptions
 from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict
+from transports.sim import SimTransport
 
 
 async def test_two_nodes_exchange_messages_both_ways(
@@ -134,3 +139,26 @@ async def test_many_messages_in_batches(world: SimWorld, autojump_clock: MockClo
         got = [await bob.messages().receive() for _ in ids]
         assert sorted(m.id for m in got) == sorted(ids)
         assert bob.stats.duplicates == 0
+
+
+async def test_a_bad_frame_ends_that_link_only(world: SimWorld, autojump_clock: MockClock) -> None:
+    async with world.node("alice") as alice, world.node("bob") as bob:
+        mallory = Identity.generate()
+        raw = await SimTransport(world.net, "mallory").dial(Endpoint.parse("sim:bob"))
+        link = await connect_secure(raw, mallory, bob.identity.public, wall_clock=sim_wall_clock)
+        await link.send(b"\x01\x01" + b"\x00" * 10)  # a truncated MSG frame
+        with pytest.raises(trio.EndOfChannel):
+            await link.receive()
+        assert bob.stats.bad_frames == 1
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = await alice.send("bob", "after the bad frame")
+        assert (await bob.messages().receive()).id == sent
+
+
+async def test_inbound_links_are_bounded(world: SimWorld, autojump_clock: MockClock) -> None:
+    async with world.node("bob", options=NodeOptions(max_inbound=3)) as bob:
+        silent = [await world.net.connect(f"c{i}", "bob", 1) for i in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert bob.stats.inbound_refused == 2
+        for stream in silent:
+            await stream.aclose()

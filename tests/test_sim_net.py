@@ -12,6 +12,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pmsg.abc import Link
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.errors import UnsupportedEndpoint
 from p2pmsg.sim.net import (
     DELIVER,
     DROP,
@@ -22,6 +25,7 @@ from p2pmsg.sim.net import (
     SimStream,
     Verdict,
 )
+from transports.sim import SimTransport
 
 FOREVER = 10_000.0  # simulated seconds: every async test runs under the autojump clock
 
@@ -309,3 +313,46 @@ async def test_a_run_is_reproducible(autojump_clock: trio.testing.MockClock) -> 
         return net.captured
 
     assert await script() == await script()
+
+
+async def test_sim_transport_endpoints(autojump_clock: trio.testing.MockClock) -> None:
+    transport = SimTransport(SimNetwork(), "a")
+    assert transport.can_dial(Endpoint.parse("sim:h17"))
+    assert transport.can_dial(Endpoint.parse("sim:h17:4001"))
+    assert not transport.can_dial(Endpoint.parse("sim:h17:0"))
+    assert not transport.can_dial(Endpoint.parse("tcp:127.0.0.1:4001"))
+    with pytest.raises(UnsupportedEndpoint):
+        await transport.dial(Endpoint.parse("tcp:127.0.0.1:4001"))
+
+    async def handler(link: Link) -> None:
+        pass
+
+    with pytest.raises(OSError, match="serves host 'a' only") as info:
+        await transport.serve(Endpoint.parse("sim:b"), handler)
+    assert info.value.errno == errno.EADDRNOTAVAIL
+
+
+async def test_sim_transport_default_port_and_failing_handlers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork()
+    calls = 0
+
+    async def handler(link: Link) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("the first handler fails")
+        await link.send(b"second")
+
+    async with trio.open_nursery() as nursery:
+        server = SimTransport(net, "server")
+        bound = await nursery.start(server.serve, Endpoint.parse("sim:server"), handler)
+        assert str(bound) == "sim:server:1"
+        client = SimTransport(net, "client")
+        first = await client.dial(Endpoint.parse("sim:server"))
+        with pytest.raises(trio.EndOfChannel):
+            await first.receive()  # its handler failed: that link closed
+        second = await client.dial(bound)
+        assert await second.receive() == b"second"
+        nursery.cancel_scope.cancel()

@@ -29,7 +29,9 @@ class FrameType(IntEnum):
     ACK = 2
 
 
-class Kind(IntEnum):
+class MessageKind(IntEnum):
+    """What a message body holds."""
+
     BYTES = 0
     TEXT = 1
 
@@ -38,7 +40,7 @@ class Kind(IntEnum):
 class MsgFrame:
     id: bytes
     sent_ms: int
-    kind: Kind
+    kind: MessageKind
     body: bytes = field(repr=False)
 
 
@@ -77,11 +79,11 @@ def decode(data: bytes) -> Frame:
         raise RemoteProtocolError("unknown or short frame")
     _, _, msg_id, sent_ms, body_kind = _MSG.unpack_from(data)
     try:
-        body_kind = Kind(body_kind)
+        body_kind = MessageKind(body_kind)
     except ValueError as exc:
         raise RemoteProtocolError(f"unknown body kind {body_kind}") from exc
     body = data[_MSG.size :]
-    if body_kind is Kind.TEXT:
+    if body_kind is MessageKind.TEXT:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -92,5 +94,5 @@ def decode(data: bytes) -> Frame:
 def retry_delay(attempts: int, jitter: float) -> float:
     """Seconds before attempt ``attempts + 1``: exponential from 2 s, capped at
     10 minutes, with ``jitter`` in [0, 1) spreading it by up to +-25%."""
-    base = min(600.0, 2.0 * 2 ** min(attempts, 20))
+    base = min(600.0, 2.0 * 2.0 ** min(attempts, 20))
     return base * (0.75 + 0.5 * jitter)

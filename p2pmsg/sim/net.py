@@ -303,6 +303,7 @@ class SimNetwork:
 
     @property
     def hosts(self) -> dict[str, SimHost]:
+        """A copy of the name -> host table."""
         return dict(self._hosts)
 
     def add_host(self, name: str) -> SimHost:
@@ -324,8 +325,8 @@ class SimNetwork:
         await trio.lowlevel.checkpoint()
         if not 0 <= port <= 65535:
             raise ValueError(f"bad port {port}")
-        self.host(host)
         port = port or self._ephemeral_port(self.host(host))
+        self.host(host)  # port given: the host may still be new
         if (host, port) in self._listeners:
             raise OSError(errno.EADDRINUSE, f"{host}:{port} is in use")
         listener = SimListener(self, (host, port), backlog or self.backlog)
