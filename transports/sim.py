@@ -89,7 +89,9 @@ async def _run_handler(handler: LinkHandler, stream: SimStream) -> None:
     """Run one handler; its failure closes its link and nothing else."""
     try:
         await handler(stream)
-    except Exception:
+    except Exception as exc:
+        # A handler is expected to handle link errors itself: this is a bug upstream.
+        log.warning("sim: a link handler failed: %r", exc)
         log.debug("sim: the handler for %s:%d failed", *stream.remote, exc_info=True)
     finally:
         await stream.aclose()

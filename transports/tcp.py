@@ -13,7 +13,7 @@ cancelled before any byte left did not happen, and the link stays usable.
 ``serve`` binds one listening socket (port 0 picks a free port; when the host
 resolves to several addresses only the first is kept, so the reported
 endpoint is the one listening), runs each handler in its own task, and closes
-each link when its handler returns. A handler's exception is logged at DEBUG
+each link when its handler returns. A handler's exception is logged as a warning
 (peer addresses appear at DEBUG only) and closes that link, not the listener.
 """
 
@@ -186,7 +186,9 @@ async def _run_handler(handler: LinkHandler, stream: trio.SocketStream) -> None:
     link = TcpLink(stream)
     try:
         await handler(link)
-    except Exception:
+    except Exception as exc:
+        # A handler is expected to handle link errors itself: this is a bug upstream.
+        log.warning("tcp: a link handler failed: %r", exc)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("tcp: the handler for %s failed", _peer_name(stream), exc_info=True)
     finally:

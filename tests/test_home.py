@@ -1,0 +1,311 @@
+"""The home directory, its config file, and turning pasted text into a contact.
+
+Tests marked ``xfail(strict=True)`` pin down reported bugs; the fix turns
+them into regressions.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pmsg.contacts import MAX_NAME, check_name, contact_from_text
+from p2pmsg.endpoint import Endpoint, Invite
+from p2pmsg.errors import BadInvite, HomeError
+from p2pmsg.home import MAX_CONFIG_BYTES, Config, Home
+from p2pmsg.keys import Identity, encode_key
+
+ALICE = Identity(bytes(range(32)))
+BOB = Identity(bytes(range(32, 64)))
+LISTEN = (Endpoint("tcp", "0.0.0.0:4001"), Endpoint("pt", "[::]:4002", (("k", "a;b,c"),)))
+CONFIG = Config(listen=LISTEN, bootstrap=("tcp:seed.example:4001",))
+NOW = 1_700_000_000.0
+
+printable = st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
+endpoints = st.builds(
+    Endpoint,
+    st.from_regex(r"[a-z][a-z0-9_]{0,31}", fullmatch=True),
+    st.text(st.one_of(printable, st.sampled_from(" ;=\\,")), min_size=1, max_size=30),
+    st.lists(
+        st.tuples(st.text(printable, min_size=1, max_size=8), st.text(printable, max_size=8)),
+        max_size=3,
+    ).map(tuple),
+)
+configs = st.builds(
+    Config, st.lists(endpoints, max_size=4).map(tuple), st.lists(st.text()).map(tuple)
+)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- Home --------------------------------------------------------------------------------
+
+
+def test_init_creates_an_owner_only_home(tmp_path: Path) -> None:
+    home = Home(tmp_path / "deep" / "home")
+    assert not home.exists()
+    home.init(CONFIG, ALICE)
+    assert home.exists()
+    assert mode(home.path) == 0o700
+    assert mode(home.key_file) == 0o600
+    assert mode(home.config_file) == 0o600
+    assert home.load_identity().seed() == ALICE.seed()
+    assert home.load_config() == CONFIG
+    assert home.control_socket == home.path / "control.sock"
+    assert home.db_file == home.path / "p2pmsg.db"
+
+
+def test_init_tightens_an_existing_open_directory(tmp_path: Path) -> None:
+    path = tmp_path / "home"
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    Home(path).init(CONFIG, ALICE)
+    assert mode(path) == 0o700
+
+
+def test_init_twice_is_refused(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(CONFIG, ALICE)
+    with pytest.raises(HomeError, match="already holds a node"):
+        home.init(Config(), BOB)
+    assert home.load_identity().seed() == ALICE.seed()
+    assert home.load_config() == CONFIG
+
+
+def test_init_where_a_file_is_in_the_way(tmp_path: Path) -> None:
+    path = tmp_path / "home"
+    path.write_text("not a directory")
+    # (the message wrongly says "already holds a node": mkdir raises FileExistsError)
+    with pytest.raises(HomeError):
+        Home(path).init(CONFIG, ALICE)
+    assert path.read_text() == "not a directory"
+
+
+def test_load_identity_without_a_home(tmp_path: Path) -> None:
+    with pytest.raises(HomeError, match="p2pmsg init"):
+        Home(tmp_path / "nothing").load_identity()
+
+
+def test_a_key_others_can_read_is_a_home_error(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(CONFIG, ALICE)
+    home.key_file.chmod(0o644)
+    with pytest.raises(HomeError, match="chmod 600"):
+        home.load_identity()
+
+
+def test_invite_carries_the_listen_endpoints(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(CONFIG, ALICE)
+    invite = home.invite()
+    assert invite == Invite(ALICE.public, LISTEN)
+    assert Invite.parse(str(invite)) == invite
+
+
+# --- Config ------------------------------------------------------------------------------
+
+
+@given(configs)
+def test_config_json_round_trip(config: Config) -> None:
+    text = config.to_json()
+    assert json.loads(text)["version"] == 1
+    assert Config.from_json(text) == config
+
+
+def test_config_known_answer() -> None:
+    assert json.loads(CONFIG.to_json()) == {
+        "version": 1,
+        "listen": ["tcp:0.0.0.0:4001", r"pt:[::]:4002;k=a\;b,c"],
+        "bootstrap": ["tcp:seed.example:4001"],
+    }
+    assert Config.from_json('{"listen": []}') == Config()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("{", id="truncated"),
+        pytest.param("null", id="null"),
+        pytest.param("[]", id="array"),
+        pytest.param('"listen"', id="string"),
+        pytest.param("7", id="number"),
+        pytest.param("{}", id="no-listen"),
+        pytest.param('{"bootstrap": []}', id="only-bootstrap"),
+        pytest.param('{"listen": null}', id="null-listen"),
+        pytest.param('{"listen": 5}', id="numeric-listen"),
+        pytest.param('{"listen": [5]}', id="numeric-endpoint"),
+        pytest.param('{"listen": [null]}', id="null-endpoint"),
+        pytest.param('{"listen": ["tcp"]}', id="endpoint-without-colon"),
+        pytest.param('{"listen": ["TCP:h:1"]}', id="bad-endpoint-name"),
+        pytest.param('{"listen": ["tcp:h\\\\"]}', id="dangling-backslash"),
+        pytest.param('{"listen": ["tcp:\\u0000"]}', id="nul-in-endpoint"),
+        pytest.param('{"listen": ["tcp:\\ud800"]}', id="surrogate-in-endpoint"),
+        pytest.param('{"listen": "tcp:h:1"}', id="listen-is-one-string"),
+        pytest.param('{"listen": [], "bootstrap": 5}', id="numeric-bootstrap"),
+        pytest.param('{"listen": [], "bootstrap": null}', id="null-bootstrap"),
+        pytest.param('{"listen": [], "version": 1} x', id="trailing-garbage"),
+        pytest.param('{"listen": [], "n": ' + "9" * 5000 + "}", id="huge-int"),
+    ],
+)
+def test_damaged_config_is_a_home_error(text: str) -> None:
+    with pytest.raises(HomeError, match="damaged"):
+        Config.from_json(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(
+            '{"listen": [["tcp:h:1"]]}',
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AttributeError,
+                reason="BUG: a list where an endpoint should be reaches str.partition",
+            ),
+            id="list-endpoint",
+        ),
+        pytest.param(
+            '{"listen": [{}]}',
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AttributeError,
+                reason="BUG: an object where an endpoint should be reaches str.partition",
+            ),
+            id="object-endpoint",
+        ),
+        pytest.param(
+            '{"listen": [], "bootstrap": ' + "[" * 100_000,
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=RecursionError,
+                reason="BUG: json.loads raises RecursionError on deep nesting",
+            ),
+            id="deep-nesting",
+        ),
+        pytest.param(
+            '{"listen": ""}',
+            marks=pytest.mark.xfail(strict=True, reason="BUG: a string is taken as a list"),
+            id="empty-string-listen",
+        ),
+        pytest.param(
+            '{"listen": {"tcp:h:1": 0}}',
+            marks=pytest.mark.xfail(strict=True, reason="BUG: an object's keys are taken"),
+            id="object-listen",
+        ),
+        pytest.param(
+            '{"listen": [], "bootstrap": "tcp:h:1"}',
+            marks=pytest.mark.xfail(strict=True, reason="BUG: a string is split into chars"),
+            id="string-bootstrap",
+        ),
+    ],
+)
+def test_odd_config_shapes_are_home_errors(text: str) -> None:
+    with pytest.raises(HomeError):
+        Config.from_json(text)
+
+
+def test_load_config_refusals(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(CONFIG, ALICE)
+    home.config_file.write_bytes(b'{"listen": []}' + b" " * MAX_CONFIG_BYTES)
+    with pytest.raises(HomeError, match="too large"):
+        home.load_config()
+    home.config_file.write_bytes(b'{"listen": ["tcp:h\xe9:1"]}')
+    with pytest.raises(HomeError, match="not UTF-8"):
+        home.load_config()
+    home.config_file.write_bytes(b'{"listen": ')
+    with pytest.raises(HomeError, match="damaged"):
+        home.load_config()
+    home.config_file.unlink()
+    with pytest.raises(HomeError, match="cannot read"):
+        home.load_config()
+
+
+def test_load_config_size_cap_is_inclusive(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(CONFIG, ALICE)
+    text = b'{"listen": []}'
+    home.config_file.write_bytes(text + b" " * (MAX_CONFIG_BYTES - len(text)))
+    assert home.load_config() == Config()
+
+
+# --- contacts ----------------------------------------------------------------------------
+
+
+def test_contact_from_an_invite() -> None:
+    invite = Invite(BOB.public, LISTEN)
+    contact = contact_from_text("bob", f"  {invite}\n", NOW)
+    assert contact.name == "bob"
+    assert contact.node_id == BOB.node_id
+    assert contact.public_key == BOB.public.key
+    assert contact.endpoints == tuple(str(e) for e in LISTEN)
+    assert contact.added == NOW
+
+
+def test_contact_from_an_invite_without_endpoints() -> None:
+    contact = contact_from_text("bob", f"p2pmsg://{encode_key(BOB.public.key)}", NOW)
+    assert contact.public_key == BOB.public.key
+    assert contact.endpoints == ()
+
+
+@pytest.mark.parametrize(
+    "text", [BOB.node_id.hex(), BOB.node_id.hex().upper(), " \t" + BOB.node_id.hex() + "\n"]
+)
+def test_contact_from_a_bare_node_id(text: str) -> None:
+    contact = contact_from_text("bob", text, NOW)
+    assert contact.node_id == BOB.node_id
+    assert contact.public_key is None
+    assert contact.endpoints == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("hello bob", id="words"),
+        pytest.param(BOB.node_id.hex()[:-1], id="63-hex"),
+        pytest.param(BOB.node_id.hex() + "0", id="65-hex"),
+        pytest.param(BOB.node_id.hex()[:-1] + "g", id="not-hex"),
+        pytest.param(BOB.node_id.hex()[:32] + " " + BOB.node_id.hex()[32:], id="split-hex"),
+        pytest.param(encode_key(BOB.public.key), id="bare-key"),
+        pytest.param(f"p2pmsg://{encode_key(bytes(32))}", id="invalid-point"),
+        pytest.param(f"p2pmsg://{encode_key(BOB.public.key)}@TCP:h:1", id="bad-endpoint"),
+        pytest.param(f"https://{encode_key(BOB.public.key)}@tcp:h:1", id="wrong-scheme"),
+    ],
+)
+def test_garbage_is_a_bad_invite(text: str) -> None:
+    with pytest.raises(BadInvite):
+        contact_from_text("bob", text, NOW)
+
+
+@pytest.mark.parametrize("name", ["b", "Zoë 😀", "bob (work)", "x" * MAX_NAME])
+def test_good_names(name: str) -> None:
+    assert check_name(name) == name
+    assert contact_from_text(name, BOB.node_id.hex(), NOW).name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("x" * (MAX_NAME + 1), id="too-long"),
+        pytest.param(" bob", id="leading-space"),
+        pytest.param("bob ", id="trailing-space"),
+        pytest.param("bo\nb", id="newline"),
+        pytest.param("bo\tb", id="tab"),
+        pytest.param("bob\u200b", id="zero-width-space"),
+        pytest.param("\x1b[31mbob", id="terminal-escape"),
+        pytest.param("bob\u202e", id="bidi-override"),
+    ],
+)
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(BadInvite, match="contact names"):
+        contact_from_text(name, BOB.node_id.hex(), NOW)
