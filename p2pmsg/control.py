@@ -49,11 +49,11 @@ def parse_request(line: bytes) -> Request:
         raise ControlError("request too large")
     try:
         data = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ControlError("request is not JSON") from exc
-    if not isinstance(data, dict) or data.get("op") not in OPS:
+    op = data.get("op") if isinstance(data, dict) else None
+    if not isinstance(op, str) or op not in OPS:
         raise ControlError("unknown operation")
-    op = data["op"]
     if op == "send":
         to, text = data.get("to"), data.get("text")
         if not isinstance(to, str) or not isinstance(text, str):
@@ -142,7 +142,10 @@ async def serve_control(
 
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
-            await _answer(stream, handler)
+            try:
+                await _answer(stream, handler)
+            except Exception:  # one request must never take the node down
+                log.exception("control request failed")
 
     try:
         async with listener, trio.open_nursery() as nursery:

@@ -127,14 +127,16 @@ class Endpoint:
                 raise BadEndpoint("text after ]")
         elif ":" in host:
             host, _, port_text = host.rpartition(":")
+            if ":" in host:
+                raise BadEndpoint("an IPv6 address needs [brackets]")
+        if not host:
+            raise BadEndpoint("the address has no host")
         if not port_text:
             if default_port is None:
                 raise BadEndpoint("the address has no port")
             return host, default_port
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
             raise BadEndpoint(f"bad port {port_text!r}")
-        if not host:
-            raise BadEndpoint("the address has no host")
         return host, int(port_text)
 
 
@@ -144,6 +146,12 @@ class Invite:
 
     identity: PublicIdentity
     endpoints: tuple[Endpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.endpoints) > MAX_INVITE_ENDPOINTS:
+            raise BadInvite(f"more than {MAX_INVITE_ENDPOINTS} endpoints")
+        if len(str(self)) > MAX_INVITE_CHARS:
+            raise BadInvite(f"longer than {MAX_INVITE_CHARS} characters")
 
     @classmethod
     def parse(cls, text: str) -> Invite:

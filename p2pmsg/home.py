@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadKey, HomeError
@@ -23,6 +24,10 @@ CONFIG_FILE = "config.json"
 DB_FILE = "p2pmsg.db"
 CONTROL_SOCKET = "control.sock"
 MAX_CONFIG_BYTES = 64 * 1024
+
+
+def _str_list(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,17 @@ class Config:
     def from_json(cls, text: str) -> Config:
         try:
             data = json.loads(text)
-            listen = tuple(Endpoint.parse(e) for e in data["listen"])
-            bootstrap = tuple(str(b) for b in data.get("bootstrap", []))
-        except (ValueError, KeyError, TypeError, BadEndpoint) as exc:
+        except (ValueError, RecursionError) as exc:
+            raise HomeError(f"config.json is damaged: not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise HomeError("config.json is damaged: not an object")
+        listen, bootstrap = data.get("listen"), data.get("bootstrap", [])
+        if not _str_list(listen) or not _str_list(bootstrap):
+            raise HomeError("config.json is damaged: listen and bootstrap are lists of text")
+        try:
+            return cls(tuple(Endpoint.parse(e) for e in listen), tuple(bootstrap))
+        except BadEndpoint as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc
-        return cls(listen, bootstrap)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class Home:
 
     def init(self, config: Config, identity: Identity) -> None:
         """Create the home. Raises :class:`HomeError` if one is there already."""
+        if self.path.exists() and not self.path.is_dir():
+            raise HomeError(f"{self.path} is a file, not a directory")
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -2,9 +2,7 @@
 
 The socket tests run the real ``bind_control`` / ``serve_control`` / ``call``
 with a stub handler (the node is tested elsewhere). Socket paths live in a
-short directory under /tmp so they fit ``sun_path``. Tests marked
-``xfail(strict=True)`` pin down reported bugs; the fix turns them into
-regressions.
+short directory under /tmp so they fit ``sun_path``.
 """
 
 from __future__ import annotations
@@ -134,25 +132,14 @@ def test_the_size_cap_is_inclusive() -> None:
     [
         pytest.param(
             b'{"op":[]}',
-            marks=pytest.mark.xfail(
-                strict=True, raises=TypeError, reason="BUG: `op in OPS` hashes the op"
-            ),
             id="list-op",
         ),
         pytest.param(
             b'{"op":{"a":1}}',
-            marks=pytest.mark.xfail(
-                strict=True, raises=TypeError, reason="BUG: `op in OPS` hashes the op"
-            ),
             id="object-op",
         ),
         pytest.param(
             b"[" * 100_000,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=RecursionError,
-                reason="BUG: json.loads raises RecursionError on deep nesting",
-            ),
             id="deep-nesting",
         ),
     ],
@@ -351,12 +338,6 @@ def test_socket_path_limit_counts_bytes_and_the_nul() -> None:
         check_socket_path(Path("/" + "é" * (MAX_SOCKET_PATH // 2)))  # 2 bytes each
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ExceptionGroup,
-    reason="BUG: a TypeError from parse_request escapes _answer and kills serve_control "
-    "(and with it the running node)",
-)
 async def test_a_hostile_request_does_not_stop_the_server(sock_dir: Path) -> None:
     path = sock_dir / "c.sock"
     async with trio.open_nursery() as nursery:

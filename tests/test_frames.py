@@ -1,8 +1,4 @@
-"""MSG/ACK frames: round trip, known answers, tampering, size caps, retry delays.
-
-Tests marked ``xfail(strict=True)`` pin down reported bugs; the fix turns
-them into regressions.
-"""
+"""MSG/ACK frames: round trip, known answers, tampering, size caps, retry delays."""
 
 from __future__ import annotations
 
@@ -158,35 +154,22 @@ def test_encode_refuses_wrong_id_sizes(size: int) -> None:
         encode(AckFrame(bytes(size)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encode() sends a TEXT body that is not UTF-8; its own decode() refuses it",
-)
 def test_encode_refuses_invalid_utf8_text_body() -> None:
     with pytest.raises(ValueError, match="UTF-8"):
         encode(MsgFrame(ID, 0, MessageKind.TEXT, b"\xff"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an out-of-range sent_ms raises struct.error, not the documented ValueError",
-)
 @pytest.mark.parametrize("sent_ms", [-1, 2**64])
 def test_encode_refuses_out_of_range_timestamps(sent_ms: int) -> None:
     with pytest.raises(ValueError, match="sent_ms"):
         encode(MsgFrame(ID, sent_ms, MessageKind.BYTES, b""))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: encode() accepts a body kind its own decode() refuses")
 def test_encode_refuses_unknown_kind() -> None:
     with pytest.raises(ValueError, match="kind"):
         encode(MsgFrame(ID, 0, 7, b""))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode() has no size cap of its own; it accepts a body encode() refuses",
-)
 def test_decode_refuses_frames_larger_than_a_link_message() -> None:
     with pytest.raises(RemoteProtocolError):
         decode(MSG[: HEAD - 1] + bytes([MessageKind.BYTES]) + bytes(MAX_BODY + 1))

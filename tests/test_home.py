@@ -1,8 +1,4 @@
-"""The home directory, its config file, and turning pasted text into a contact.
-
-Tests marked ``xfail(strict=True)`` pin down reported bugs; the fix turns
-them into regressions.
-"""
+"""The home directory, its config file, and turning pasted text into a contact."""
 
 from __future__ import annotations
 
@@ -165,44 +161,26 @@ def test_damaged_config_is_a_home_error(text: str) -> None:
     [
         pytest.param(
             '{"listen": [["tcp:h:1"]]}',
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="BUG: a list where an endpoint should be reaches str.partition",
-            ),
             id="list-endpoint",
         ),
         pytest.param(
             '{"listen": [{}]}',
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="BUG: an object where an endpoint should be reaches str.partition",
-            ),
             id="object-endpoint",
         ),
         pytest.param(
             '{"listen": [], "bootstrap": ' + "[" * 100_000,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=RecursionError,
-                reason="BUG: json.loads raises RecursionError on deep nesting",
-            ),
             id="deep-nesting",
         ),
         pytest.param(
             '{"listen": ""}',
-            marks=pytest.mark.xfail(strict=True, reason="BUG: a string is taken as a list"),
             id="empty-string-listen",
         ),
         pytest.param(
             '{"listen": {"tcp:h:1": 0}}',
-            marks=pytest.mark.xfail(strict=True, reason="BUG: an object's keys are taken"),
             id="object-listen",
         ),
         pytest.param(
             '{"listen": [], "bootstrap": "tcp:h:1"}',
-            marks=pytest.mark.xfail(strict=True, reason="BUG: a string is split into chars"),
             id="string-bootstrap",
         ),
     ],

@@ -60,14 +60,27 @@ def encode(frame: Frame) -> bytes:
         return _ACK.pack(VERSION, FrameType.ACK, frame.id)
     if len(frame.body) > MAX_BODY:
         raise ValueError(f"message body larger than {MAX_BODY} bytes")
+    if frame.kind not in iter(MessageKind):
+        raise ValueError(f"unknown body kind {frame.kind}")
+    if not 0 <= frame.sent_ms < 2**64:
+        raise ValueError("sent_ms out of range")
+    if frame.kind == MessageKind.TEXT:
+        _check_utf8(frame.body, ValueError)
     head = _MSG.pack(VERSION, FrameType.MSG, frame.id, frame.sent_ms, frame.kind)
     return head + frame.body
 
 
+def _check_utf8(body: bytes, error: type[Exception]) -> None:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error("text body is not UTF-8") from exc
+
+
 def decode(data: bytes) -> Frame:
     """Raises :class:`RemoteProtocolError` on anything malformed."""
-    if len(data) < _ACK.size:
-        raise RemoteProtocolError("frame too short")
+    if not _ACK.size <= len(data) <= MAX_MESSAGE:
+        raise RemoteProtocolError("frame too short or too long")
     version, kind = data[0], data[1]
     if version != VERSION:
         raise RemoteProtocolError(f"unknown frame version {version}")
@@ -84,10 +97,7 @@ def decode(data: bytes) -> Frame:
         raise RemoteProtocolError(f"unknown body kind {body_kind}") from exc
     body = data[_MSG.size :]
     if body_kind is MessageKind.TEXT:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RemoteProtocolError("text body is not UTF-8") from exc
+        _check_utf8(body, RemoteProtocolError)
     return MsgFrame(msg_id, sent_ms, body_kind, body)
 
 

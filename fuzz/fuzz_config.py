@@ -1,0 +1,74 @@
+"""Fuzz target: ``config.json`` text into :meth:`Config.from_json`.
+
+The input bytes are decoded as UTF-8 with ``surrogateescape`` (``load_config``
+refuses non-UTF-8 before parsing; ``from_json`` itself takes any ``str``).
+Only a :class:`Config` or :class:`HomeError` may come out, and a parsed
+config must survive ``to_json`` / ``from_json`` unchanged. Anything else is
+a bug.
+
+Run under atheris (see fuzz/README.md)::
+
+    python fuzz/fuzz_config.py fuzz/corpus/config
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.errors import HomeError
+from p2pmsg.home import Config
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libFuzzer use
+    text = data.decode("utf-8", errors="surrogateescape")
+    try:
+        config = Config.from_json(text)
+    except HomeError:
+        return
+    assert isinstance(config, Config)
+    assert all(isinstance(e, Endpoint) for e in config.listen)
+    assert all(isinstance(b, str) for b in config.bootstrap)
+    assert Config.from_json(config.to_json()) == config
+
+
+def seeds() -> dict[str, bytes]:
+    """Seed inputs for the corpus: configs ``init`` writes, and damaged ones."""
+    written = Config(
+        listen=(Endpoint("tcp", "0.0.0.0:4001"), Endpoint("pt", "[::]:4002", (("k", "a;b"),))),
+        bootstrap=("tcp:seed.example:4001",),
+    )
+    return {
+        "written_by_init": written.to_json().encode(),
+        "empty_listen": b'{"version": 1, "listen": [], "bootstrap": []}\n',
+        "listen_only": b'{"listen": ["tcp:127.0.0.1:4001"]}',
+        "missing_listen": b'{"version": 1}',
+        "bad_endpoint": b'{"listen": ["TCP:h:1"]}',
+        "numeric_endpoint": b'{"listen": [5]}',
+        "null_bootstrap": b'{"listen": [], "bootstrap": null}',
+        "array": b"[]",
+        "truncated": b'{"listen": ["tcp:h:1"',
+        "not_utf8": b'{"listen": ["tcp:h\xe9:1"]}',
+    }
+
+
+def write_seeds(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in seeds().items():
+        (directory / name).write_bytes(data)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--write-seeds"]:
+        write_seeds(Path(sys.argv[2]))
+        return
+    import atheris
+
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Fuzz target: untrusted bytes into the DHT record decoder, validator and store.
+
+The input is what a peer puts in a STORE or a FIND_VALUE answer. It goes to
+:func:`decode`; a decoded record must encode back to exactly the input, then
+it is validated (fixed clock) and offered to a fresh :class:`RecordStore`.
+Only :class:`RemoteProtocolError` may come out. The same bytes are also
+parsed as a peer-record value, so the fuzzer reaches that parser without
+having to forge a signature; a parsed value must encode back to the input.
+Anything else is a bug.
+
+A valid peer record for the fixed key (``seeds()``) shows the fuzzer the
+layout.
+
+Run under atheris (see fuzz/README.md)::
+
+    python fuzz/fuzz_dht_record.py fuzz/corpus/dht_record
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from p2pmsg.dht.record_store import Ignored, RecordStore, Replaced, Stored
+from p2pmsg.dht.records import (
+    PeerInfo,
+    decode,
+    decode_peer_info,
+    encode,
+    encode_peer_info,
+    make_peer_record,
+    validate,
+)
+from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.keys import Identity
+
+PUBLISHER = Identity(bytes(range(32)))
+SOURCE = bytes(32)
+NOW = 1_700_000_000.0
+
+
+def _record(data: bytes) -> None:
+    try:
+        record = decode(data)
+    except RemoteProtocolError:
+        return
+    assert encode(record) == data, "decode/encode does not round-trip"
+    try:
+        validate(record, NOW)
+    except RemoteProtocolError:
+        pass
+    try:
+        result = RecordStore().put(record, NOW, source=SOURCE)
+    except RemoteProtocolError:
+        return
+    assert isinstance(result, Stored | Replaced | Ignored), result
+
+
+def _peer_value(data: bytes) -> None:
+    try:
+        info = decode_peer_info(data)
+    except RemoteProtocolError:
+        return
+    assert encode_peer_info(info) == data, "peer value does not round-trip"
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libFuzzer use
+    _record(data)
+    _peer_value(data)
+
+
+def seeds() -> dict[str, bytes]:
+    """Seed inputs for the corpus: a valid peer record and its near misses."""
+    info = PeerInfo(("tcp:192.0.2.1:4001", "ws:198.51.100.7:443/chat"), frozenset({"relay"}))
+    valid = encode(make_peer_record(PUBLISHER, info, 7, int(NOW) + 3600))
+    value = encode_peer_info(info)
+    flipped_value = bytearray(valid)
+    flipped_value[90] ^= 0x01
+    return {
+        "valid_peer": valid,
+        "peer_value": value,
+        "truncated_header": valid[:40],
+        "truncated_signature": valid[:-1],
+        "trailing_byte": valid + b"\0",
+        "flipped_signature": valid[:-1] + bytes([valid[-1] ^ 0x80]),
+        "flipped_value": bytes(flipped_value),
+        "bad_version": b"\x02" + valid[1:],
+        "unknown_type": valid[:1] + b"\x7f" + valid[2:],
+        "expired": encode(make_peer_record(PUBLISHER, info, 7, int(NOW) - 1)),
+        "too_far_ahead": encode(make_peer_record(PUBLISHER, info, 7, int(NOW) + 9 * 86_400)),
+        "empty": b"",
+    }
+
+
+def write_seeds(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in seeds().items():
+        (directory / name).write_bytes(data)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--write-seeds"]:
+        write_seeds(Path(sys.argv[2]))
+        return
+    import atheris
+
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

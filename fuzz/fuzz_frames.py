@@ -1,0 +1,78 @@
+"""Fuzz target: one link message into the delivery frame decoder.
+
+The input is what a peer sends inside an established secure link (the link
+preserves message boundaries). Only a :class:`MsgFrame` / :class:`AckFrame`
+or :class:`RemoteProtocolError` may come out, and a decoded frame must
+encode back to exactly the input bytes. Anything else is a bug.
+
+Run under atheris (see fuzz/README.md)::
+
+    python fuzz/fuzz_frames.py fuzz/corpus/frames
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame, decode, encode
+from p2pmsg.errors import RemoteProtocolError
+
+ID = bytes(range(16))
+SENT_MS = 1_700_000_000_123
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libFuzzer use
+    try:
+        frame = decode(data)
+    except RemoteProtocolError:
+        return
+    assert isinstance(frame, MsgFrame | AckFrame)
+    if isinstance(frame, MsgFrame):
+        assert isinstance(frame.kind, MessageKind)
+        if frame.kind is MessageKind.TEXT:
+            frame.body.decode("utf-8")  # a UnicodeDecodeError here is a bug
+    assert encode(frame) == data
+
+
+def seeds() -> dict[str, bytes]:
+    """Seed inputs for the corpus: valid frames and their tampered neighbours."""
+    text = encode(MsgFrame(ID, SENT_MS, MessageKind.TEXT, "hé 😀".encode()))
+    raw = encode(MsgFrame(ID, 0, MessageKind.BYTES, bytes(range(256))))
+    ack = encode(AckFrame(ID))
+    return {
+        "msg_text": text,
+        "msg_bytes": raw,
+        "msg_empty": encode(MsgFrame(ID, 2**64 - 1, MessageKind.TEXT, b"")),
+        "ack": ack,
+        "ack_long": ack + b"\x00",
+        "ack_short": ack[:-1],
+        "msg_header_cut": text[:26],
+        "text_cut_in_a_character": text[:-1],
+        "text_not_utf8": text[:27] + b"\xc3\x28",
+        "bad_version": b"\x02" + text[1:],
+        "bad_type": text[:1] + b"\x03" + text[2:],
+        "bad_kind": text[:26] + b"\x09" + text[27:],
+        "empty": b"",
+    }
+
+
+def write_seeds(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in seeds().items():
+        (directory / name).write_bytes(data)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--write-seeds"]:
+        write_seeds(Path(sys.argv[2]))
+        return
+    import atheris
+
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Kademlia DHT: sans-IO routing table, lookups, records and RPC codec."""

@@ -1,0 +1,446 @@
+"""The Kademlia routing table: buckets that split, ping-before-evict, diversity caps.
+
+Theory of operation. The 256-bit id space is covered by a list of *buckets*,
+each an aligned range ``[lo, lo + 2**(ID_BITS - depth))``. It starts as one
+bucket; when a full bucket (``k`` entries) must take a newcomer and its range
+contains our own id, it splits in two halves. Any other full bucket stays as it
+is, so the buckets form one path down the tree towards the local id and the
+table knows many nodes near itself and at most ``k`` in each farther range.
+
+Inside a bucket, entries are ordered least-recently-seen first. Old contacts
+are kept over newcomers (long-lived nodes tend to stay alive, and an attacker
+cannot flush the table with fresh ids): a newcomer to a full bucket waits in a
+small bounded *replacement cache* and :meth:`RoutingTable.offer` answers
+:class:`PingNeeded` with the oldest entry. The caller pings it and reports
+with :meth:`RoutingTable.ping_result`: alive refreshes the old entry, dead
+evicts it and promotes the most recently seen replacement. RPC failures are
+counted by :meth:`RoutingTable.on_failure`; an entry is evicted after
+``failure_threshold`` consecutive failures, and only when a replacement can take
+its place, so losing our own connectivity never empties the table.
+
+Diversity limits (against Sybil and eclipse attacks, SCENARIOS S14) bound how
+many entries may share one network prefix (:attr:`Peer.prefix`), per bucket
+and per table; ``None`` disables a limit. Pure: time (``now``) and randomness
+(``rng``) are parameters.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from p2pmsg.dht.peer import ID_BITS, ID_BYTES, Peer, distance
+
+OWN_ID = "own id"
+BAD_ID = "not a node id"
+PREFIX_BUCKET = "too many peers from this network prefix in the bucket"
+PREFIX_TABLE = "too many peers from this network prefix in the table"
+PING_PENDING = "bucket full and a ping is pending; kept as a replacement"
+
+
+@dataclass(frozen=True)
+class Added:
+    """The peer is now in the table."""
+
+
+@dataclass(frozen=True)
+class Updated:
+    """The peer was already in the table: refreshed (most recently seen), endpoints updated."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The table did not take the peer as an entry; ``reason`` is one of the module's constants."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PingNeeded:
+    """The bucket is full: ping ``oldest`` and report with ``ping_result``.
+
+    The newcomer waits in the bucket's replacement cache meanwhile.
+    """
+
+    oldest: Peer
+
+
+OfferResult = Added | Updated | Rejected | PingNeeded
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A read-only view of one entry: the peer, when it was last seen, consecutive failures."""
+
+    peer: Peer
+    last_seen: float
+    failures: int
+
+
+@dataclass(frozen=True)
+class BucketView:
+    """A read-only view of one bucket: ids in ``[lo, hi)``, entries least-recently-seen first."""
+
+    lo: int
+    hi: int
+    depth: int
+    entries: tuple[Contact, ...]
+    replacements: tuple[Contact, ...]
+
+
+class SnapshotEntry(NamedTuple):
+    """A persisted entry: the peer and how many seconds before the snapshot it was last seen."""
+
+    peer: Peer
+    age: float
+
+
+@dataclass
+class _Slot:
+    peer: Peer
+    last_seen: float
+    failures: int = 0
+
+    def view(self) -> Contact:
+        return Contact(self.peer, self.last_seen, self.failures)
+
+
+@dataclass
+class _Bucket:
+    lo: int
+    depth: int
+    entries: list[_Slot] = field(default_factory=list)
+    replacements: list[_Slot] = field(default_factory=list)
+    refreshed: float | None = None
+    pending: tuple[bytes, float] | None = None  # (node id pinged, when)
+
+    @property
+    def hi(self) -> int:
+        return self.lo + (1 << (ID_BITS - self.depth))
+
+    def holds(self, node_id: bytes) -> bool:
+        return self.lo <= int.from_bytes(node_id, "big") < self.hi
+
+    def find(self, slots: list[_Slot], node_id: bytes) -> _Slot | None:
+        return next((s for s in slots if s.peer.node_id == node_id), None)
+
+
+def _insert_by_time(slots: list[_Slot], slot: _Slot) -> None:
+    """Insert keeping ``slots`` ordered by last-seen time, oldest first."""
+    index = bisect_right(slots, slot.last_seen, key=lambda s: s.last_seen)
+    slots.insert(index, slot)
+
+
+class RoutingTable:
+    """Buckets of peers around ``local_id``. Raises ``ValueError`` on bad parameters only."""
+
+    def __init__(
+        self,
+        local_id: bytes,
+        *,
+        k: int = 20,
+        max_per_prefix_bucket: int | None = 2,
+        max_per_prefix_table: int | None = 3,
+        max_replacements: int = 8,
+        failure_threshold: int = 3,
+        ping_timeout: float = 30.0,
+    ) -> None:
+        if len(local_id) != ID_BYTES:
+            raise ValueError("the local id must be a node id")
+        if k < 1 or max_replacements < 0 or failure_threshold < 1:
+            raise ValueError("k and failure_threshold must be positive")
+        for cap in (max_per_prefix_bucket, max_per_prefix_table):
+            if cap is not None and cap < 1:
+                raise ValueError("a prefix limit must be positive or None")
+        self.local_id = local_id
+        self.k = k
+        self.max_per_prefix_bucket = max_per_prefix_bucket
+        self.max_per_prefix_table = max_per_prefix_table
+        self.max_replacements = max_replacements
+        self.failure_threshold = failure_threshold
+        self.ping_timeout = ping_timeout
+        self._buckets: list[_Bucket] = [_Bucket(lo=0, depth=0)]
+        self._slots: dict[bytes, _Slot] = {}
+        self._prefixes: Counter[str] = Counter()
+
+    # -- inspection -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._slots
+
+    def get(self, node_id: bytes) -> Peer | None:
+        """The entry's peer, or ``None`` (replacements are not entries)."""
+        slot = self._slots.get(node_id)
+        return None if slot is None else slot.peer
+
+    def peers(self) -> list[Peer]:
+        """Every entry, bucket by bucket, least-recently-seen first within a bucket."""
+        return [s.peer for b in self._buckets for s in b.entries]
+
+    def buckets(self) -> tuple[BucketView, ...]:
+        """Read-only views of the buckets in id order."""
+        return tuple(
+            BucketView(
+                lo=b.lo,
+                hi=b.hi,
+                depth=b.depth,
+                entries=tuple(s.view() for s in b.entries),
+                replacements=tuple(s.view() for s in b.replacements),
+            )
+            for b in self._buckets
+        )
+
+    def closest(self, target: bytes, count: int, *, exclude: Collection[bytes] = ()) -> list[Peer]:
+        """The ``count`` entries closest to ``target`` by XOR distance, closest first.
+
+        Buckets are disjoint aligned ranges, so the distances of two buckets never
+        interleave: walking buckets by their smallest distance to ``target`` and
+        stopping once ``count`` peers are gathered is exact.
+        """
+        t = int.from_bytes(target, "big")
+        order = sorted(self._buckets, key=lambda b: (b.lo ^ t) & -(b.hi - b.lo))
+        found: list[Peer] = []
+        for bucket in order:
+            if len(found) >= count:
+                break
+            found.extend(s.peer for s in bucket.entries if s.peer.node_id not in exclude)
+        return heapq.nsmallest(count, found, key=lambda p: distance(p.node_id, target))
+
+    # -- offers, pings and failures ---------------------------------------------------
+
+    def offer(self, peer: Peer, now: float) -> OfferResult:
+        """Tell the table ``peer`` was seen alive at ``now`` (an authenticated contact)."""
+        node_id = peer.node_id
+        if node_id == self.local_id:
+            return Rejected(OWN_ID)
+        if len(node_id) != ID_BYTES:
+            return Rejected(BAD_ID)
+        slot = self._slots.get(node_id)
+        if slot is not None:
+            return self._update(slot, peer, now)
+        bucket = self._bucket_for(node_id)
+        while len(bucket.entries) >= self.k and self._splittable(bucket):
+            self._split(bucket)
+            bucket = self._bucket_for(node_id)
+        cached = bucket.find(bucket.replacements, node_id)
+        if cached is not None:
+            bucket.replacements.remove(cached)
+        reason = self._cap_violation(bucket, peer.prefix)
+        if reason is not None:
+            return Rejected(reason)
+        if len(bucket.entries) < self.k:
+            self._admit(bucket, _Slot(peer, now))
+            bucket.refreshed = now
+            return Added()
+        return self._queue(bucket, peer, now)
+
+    def ping_result(self, node_id: bytes, alive: bool, now: float) -> None:
+        """Report the ping a :class:`PingNeeded` asked for (or any other liveness check).
+
+        Alive refreshes the entry (the newcomers stay replacements); dead evicts it
+        and promotes the best replacement. With no replacement able to take the
+        place, a dead entry stays and the failure is counted instead.
+        """
+        bucket = self._bucket_for(node_id)
+        if bucket.pending is not None and bucket.pending[0] == node_id:
+            bucket.pending = None
+        slot = self._slots.get(node_id)
+        if slot is None:
+            return
+        if alive:
+            self._touch(bucket, slot, now)
+        elif not self._replace(bucket, slot):
+            slot.failures += 1
+
+    def on_failure(self, node_id: bytes) -> bool:
+        """Count one failed RPC; True when this evicted the entry (or dropped a replacement).
+
+        After ``failure_threshold`` consecutive failures the entry is replaced by
+        the best replacement, if there is one; live contacts are never replaced.
+        """
+        bucket = self._bucket_for(node_id)
+        cached = bucket.find(bucket.replacements, node_id)
+        if cached is not None:
+            bucket.replacements.remove(cached)
+            return True
+        slot = self._slots.get(node_id)
+        if slot is None:
+            return False
+        slot.failures += 1
+        return slot.failures >= self.failure_threshold and self._replace(bucket, slot)
+
+    def remove(self, node_id: bytes) -> bool:
+        """Forget ``node_id`` (entry or replacement); True when it was known.
+
+        A removed entry's place goes to the best replacement.
+        """
+        bucket = self._bucket_for(node_id)
+        cached = bucket.find(bucket.replacements, node_id)
+        if cached is not None:
+            bucket.replacements.remove(cached)
+            return True
+        slot = self._slots.get(node_id)
+        if slot is None:
+            return False
+        self._evict(bucket, slot)
+        self._promote(bucket)
+        return True
+
+    # -- refresh and persistence ------------------------------------------------------
+
+    def stale_buckets(
+        self, now: float, refresh_interval: float, rng: Callable[[int], bytes]
+    ) -> list[bytes]:
+        """A random id in the range of each bucket not refreshed for ``refresh_interval``.
+
+        The caller is expected to look each id up now, so the buckets returned
+        count as refreshed at ``now``; any entry added or seen refreshes its bucket.
+        """
+        targets = []
+        for bucket in self._buckets:
+            if bucket.refreshed is not None and now - bucket.refreshed < refresh_interval:
+                continue
+            bucket.refreshed = now
+            span = bucket.hi - bucket.lo
+            noise = int.from_bytes(rng(ID_BYTES), "big") & (span - 1)
+            targets.append((bucket.lo | noise).to_bytes(ID_BYTES, "big"))
+        return targets
+
+    def to_snapshot(self, now: float) -> list[SnapshotEntry]:
+        """The entries as plain data, with ages relative to ``now`` (replacements are not kept)."""
+        return [
+            SnapshotEntry(s.peer, max(0.0, now - s.last_seen))
+            for b in self._buckets
+            for s in b.entries
+        ]
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        local_id: bytes,
+        entries: Iterable[SnapshotEntry],
+        now: float,
+        **options: Any,
+    ) -> RoutingTable:
+        """A table refilled from :meth:`to_snapshot` output; ``options`` as for the constructor.
+
+        Entries are offered oldest first, so the least-recently-seen order is
+        kept; what the limits refuse is dropped, and overflow becomes replacements.
+        """
+        table = cls(local_id, **options)
+        for entry in sorted(entries, key=lambda e: -e.age):
+            table.offer(entry.peer, now - entry.age)
+        for bucket in table._buckets:
+            bucket.pending = None
+        return table
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _bucket_for(self, node_id: bytes) -> _Bucket:
+        index = bisect_right(self._buckets, int.from_bytes(node_id, "big"), key=lambda b: b.lo)
+        return self._buckets[index - 1]
+
+    def _splittable(self, bucket: _Bucket) -> bool:
+        return bucket.depth < ID_BITS and bucket.holds(self.local_id)
+
+    def _split(self, bucket: _Bucket) -> None:
+        depth = bucket.depth + 1
+        low = _Bucket(lo=bucket.lo, depth=depth, refreshed=bucket.refreshed)
+        high = _Bucket(lo=bucket.lo + (1 << (ID_BITS - depth)), depth=depth)
+        high.refreshed = bucket.refreshed
+        for half in (low, high):
+            half.entries = [s for s in bucket.entries if half.holds(s.peer.node_id)]
+            half.replacements = [s for s in bucket.replacements if half.holds(s.peer.node_id)]
+            if bucket.pending is not None and half.holds(bucket.pending[0]):
+                half.pending = bucket.pending
+        index = self._buckets.index(bucket)
+        self._buckets[index : index + 1] = [low, high]
+
+    def _cap_violation(
+        self, bucket: _Bucket, prefix: str, leaving: _Slot | None = None
+    ) -> str | None:
+        """Which prefix limit admitting ``prefix`` would break, counting ``leaving`` as gone."""
+        cap = self.max_per_prefix_bucket
+        same = sum(1 for s in bucket.entries if s.peer.prefix == prefix and s is not leaving)
+        if cap is not None and same >= cap:
+            return PREFIX_BUCKET
+        cap = self.max_per_prefix_table
+        gone = 1 if leaving is not None and leaving.peer.prefix == prefix else 0
+        if cap is not None and self._prefixes[prefix] - gone >= cap:
+            return PREFIX_TABLE
+        return None
+
+    def _update(self, slot: _Slot, peer: Peer, now: float) -> OfferResult:
+        bucket = self._bucket_for(peer.node_id)
+        if peer.prefix != slot.peer.prefix:
+            reason = self._cap_violation(bucket, peer.prefix, slot)
+            if reason is not None:
+                return Rejected(reason)
+            self._prefixes[slot.peer.prefix] -= 1
+            self._prefixes[peer.prefix] += 1
+        slot.peer = peer
+        self._touch(bucket, slot, now)
+        return Updated()
+
+    def _touch(self, bucket: _Bucket, slot: _Slot, now: float) -> None:
+        """Mark ``slot`` seen at ``now``: most recently seen, no failures."""
+        bucket.entries.remove(slot)
+        slot.last_seen = max(now, slot.last_seen)
+        slot.failures = 0
+        _insert_by_time(bucket.entries, slot)
+        bucket.refreshed = now
+
+    def _queue(self, bucket: _Bucket, peer: Peer, now: float) -> OfferResult:
+        """Cache a newcomer to a full bucket and ask for a ping of the oldest entry."""
+        bucket.replacements.append(_Slot(peer, now))
+        bucket.replacements.sort(key=lambda s: s.last_seen)
+        del bucket.replacements[: max(0, len(bucket.replacements) - self.max_replacements)]
+        if bucket.pending is not None and now - bucket.pending[1] < self.ping_timeout:
+            return Rejected(PING_PENDING)
+        oldest = bucket.entries[0]
+        bucket.pending = (oldest.peer.node_id, now)
+        return PingNeeded(oldest.peer)
+
+    def _admit(self, bucket: _Bucket, slot: _Slot) -> None:
+        _insert_by_time(bucket.entries, slot)
+        self._slots[slot.peer.node_id] = slot
+        self._prefixes[slot.peer.prefix] += 1
+
+    def _evict(self, bucket: _Bucket, slot: _Slot) -> None:
+        bucket.entries.remove(slot)
+        del self._slots[slot.peer.node_id]
+        self._prefixes[slot.peer.prefix] -= 1
+        if self._prefixes[slot.peer.prefix] <= 0:
+            del self._prefixes[slot.peer.prefix]
+        if bucket.pending is not None and bucket.pending[0] == slot.peer.node_id:
+            bucket.pending = None
+
+    def _replace(self, bucket: _Bucket, slot: _Slot) -> bool:
+        """Evict ``slot`` for the best replacement; False (nothing changed) without one."""
+        if self._best_replacement(bucket, slot) is None:
+            return False
+        self._evict(bucket, slot)
+        self._promote(bucket)
+        return True
+
+    def _best_replacement(self, bucket: _Bucket, leaving: _Slot | None) -> _Slot | None:
+        """The most recently seen replacement the prefix limits admit once ``leaving`` is gone."""
+        for candidate in reversed(bucket.replacements):
+            if self._cap_violation(bucket, candidate.peer.prefix, leaving) is None:
+                return candidate
+        return None
+
+    def _promote(self, bucket: _Bucket) -> None:
+        if len(bucket.entries) >= self.k:
+            return
+        best = self._best_replacement(bucket, None)
+        if best is not None:
+            bucket.replacements.remove(best)
+            self._admit(bucket, best)

@@ -1,0 +1,1 @@
+"""Discovery sources: mDNS on the LAN, bootstrap lists, invites, cached peers."""
