@@ -27,36 +27,31 @@ from typing import Any
 
 import trio
 
+from p2pmsg import join
 from p2pmsg.abc import Link, Transport
 from p2pmsg.delivery import frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.dht import rpc
+from p2pmsg.dht.peer import Peer
+from p2pmsg.dht.service import Dht, DhtOptions
+from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import (
-    BadEndpoint,
     HandshakeError,
     ListenError,
     RemoteProtocolError,
     UnknownContact,
     UnsupportedEndpoint,
 )
-from p2pmsg.home import Home
+from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
-from p2pmsg.link.secure import SecureLink, accept_secure, connect_secure
+from p2pmsg.link.secure import SecureLink, accept_secure
 from p2pmsg.store import Contact, InboxMessage, Offload, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
 
-_LINK_ERRORS = (
-    OSError,
-    HandshakeError,
-    RemoteProtocolError,
-    UnsupportedEndpoint,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.EndOfChannel,
-    trio.TooSlowError,
-)
+_LINK_ERRORS = DIAL_ERRORS
 
 
 @dataclass(frozen=True)
@@ -75,6 +70,9 @@ class NodeOptions:
     batch: int = 64
     app_queue: int = 256
     poll_interval: float = 60.0
+    cache_every: float = 600.0
+    capabilities: frozenset[str] = frozenset()
+    dht: DhtOptions = field(default_factory=DhtOptions)
 
 
 @dataclass(frozen=True)
@@ -137,6 +135,18 @@ class Node:
             options.app_queue
         )
         self.started = wall_clock()
+        self._dialer = Dialer(
+            identity,
+            transports,
+            dial_timeout=options.dial_timeout,
+            handshake_timeout=options.handshake_timeout,
+            wall_clock=wall_clock,
+            rng=rng,
+        )
+        self.dht = Dht(
+            identity, self._dialer.connect, options=options.dht, wall_clock=wall_clock, rng=rng
+        )
+        self.joined = trio.Event()
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
@@ -180,6 +190,9 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for endpoint in config.listen:
                     await node._listen(nursery, endpoint)
+                node.dht.publish_local([str(e) for e in node.listening], node.options.capabilities)
+                await nursery.start(node.dht.run)
+                nursery.start_soon(node._stay_joined, config)
                 await nursery.start(node._delivery_loop)
                 yield node
                 nursery.cancel_scope.cancel()
@@ -247,9 +260,6 @@ class Node:
 
     # -- listening -----------------------------------------------------------
 
-    def _transport_for(self, endpoint: Endpoint) -> Transport | None:
-        return next((t for t in self.transports if t.can_dial(endpoint)), None)
-
     async def _listen(self, nursery: trio.Nursery, endpoint: Endpoint) -> None:
         transport = next((t for t in self.transports if t.name == endpoint.transport), None)
         if transport is None:
@@ -296,6 +306,9 @@ class Node:
         while True:
             with trio.fail_after(self.options.idle_timeout):
                 data = await link.receive()
+            if len(data) > 1 and data[1] in (rpc.REQUEST_TYPE, rpc.RESPONSE_TYPE):
+                await self._answer_rpc(link, data)
+                continue
             try:
                 frame = frames.decode(data)
             except RemoteProtocolError:
@@ -304,6 +317,12 @@ class Node:
             if isinstance(frame, MsgFrame):
                 await self._commit_received(link.peer, frame)
                 await link.send(frames.encode(AckFrame(frame.id)))
+
+    async def _answer_rpc(self, link: SecureLink, data: bytes) -> None:
+        message = rpc.decode(data)
+        if isinstance(message, rpc.Request):
+            response = await self.dht.handle(link.peer, message)
+            await link.send(rpc.encode_response(response))
 
     async def _commit_received(self, peer: PublicIdentity, frame: MsgFrame) -> None:
         message = InboxMessage(
@@ -335,6 +354,34 @@ class Node:
             channel.send_nowait(item)
         except trio.WouldBlock:
             self.stats.app_queue_overflow += 1
+
+    # -- the DHT -------------------------------------------------------------
+
+    async def _seeds(self, config: Config) -> list[Peer]:
+        cached = join.seeds_from_cache(await self.store.get_meta(join.CACHE_KEY))
+        contacts = join.seeds_from_contacts(await self.store.list_contacts())
+        invites = join.seeds_from_invites(config.bootstrap)
+        return join.unique(invites + cached + contacts, exclude=self.identity.node_id)
+
+    async def _stay_joined(self, config: Config) -> None:
+        """Join from every seed source; then keep our record stored and the
+        routing table cached, retrying the join while the table is empty."""
+        while True:
+            if not len(self.dht.table):
+                seeds = await self._seeds(config)
+                if seeds and await self.dht.join(seeds):
+                    log.info("joined the DHT")
+                    self.joined.set()
+                    if self.dht.own_record is not None:
+                        await self.dht.put(self.dht.own_record)
+            if len(self.dht.table):
+                cache = join.encode_cache(self.dht.table.peers())
+                await self.store.set_meta(join.CACHE_KEY, cache)
+            await trio.sleep(self.options.cache_every if len(self.dht.table) else 30.0)
+
+    async def find(self, node_id: bytes) -> Peer | None:
+        """The current peer record of ``node_id`` in the DHT, as a Peer."""
+        return await self.dht.find_peer(node_id)
 
     # -- delivery ------------------------------------------------------------
 
@@ -371,17 +418,37 @@ class Node:
                 delay = frames.retry_delay(message.attempts, jitter)
                 await self.store.mark_attempt(message.id, now + delay)
             contact = await self.store.contact_by_node_id(peer)
-            if batch and contact is not None and contact.public_key is not None:
-                await self._push(contact, batch)
+            if batch and contact is not None:
+                await self._push_or_resolve(contact, batch)
         except _LINK_ERRORS as exc:
             log.info("delivery to %s failed: %s", peer.hex()[:8], type(exc).__name__)
         finally:
             self._busy.discard(peer)
             self._wake.set()
 
-    async def _push(self, contact: Contact, batch: list[OutboxMessage]) -> None:
-        assert contact.public_key is not None
-        link = await self._connect(contact.endpoints, PublicIdentity(contact.public_key))
+    async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
+        """Push over the contact's known endpoints; when that is impossible or
+        fails, find its current peer record in the DHT and push there."""
+        if contact.public_key is not None and contact.endpoints:
+            try:
+                await self._push(contact.public_key, contact.endpoints, batch)
+            except _LINK_ERRORS as exc:
+                log.debug("known endpoints failed (%r); asking the DHT", exc)
+            else:
+                return
+        found = await self.dht.find_peer(contact.node_id)
+        if found is None:
+            raise UnsupportedEndpoint("no endpoints known, none found in the DHT")
+        if contact.public_key is None:
+            await self.store.set_contact_key(contact.node_id, found.public_key)
+        if found.endpoints != contact.endpoints:
+            await self.store.update_contact_endpoints(contact.node_id, found.endpoints)
+        await self._push(found.public_key, found.endpoints, batch)
+
+    async def _push(
+        self, public_key: bytes, endpoints: Sequence[str], batch: list[OutboxMessage]
+    ) -> None:
+        link, _ = await self._dialer.connect(endpoints, PublicIdentity(public_key))
         try:
             for message in batch:
                 frame = MsgFrame(
@@ -399,33 +466,3 @@ class Node:
                             self._report(self._delivered_send, ack.id)
         finally:
             await link.aclose()
-
-    async def _connect(self, endpoints: Sequence[str], peer: PublicIdentity) -> SecureLink:
-        """A secure link over the first endpoint that works, in order.
-
-        Endpoints of transports not present here are skipped. Raises the
-        last error, or :class:`UnsupportedEndpoint` if none was dialable.
-        """
-        last: Exception = UnsupportedEndpoint("no dialable endpoint")
-        for text in endpoints:
-            try:
-                endpoint = Endpoint.parse(text)
-            except BadEndpoint:
-                continue
-            transport = self._transport_for(endpoint)
-            if transport is None:
-                continue
-            try:
-                with trio.fail_after(self.options.dial_timeout):
-                    link = await transport.dial(endpoint)
-                return await connect_secure(
-                    link,
-                    self.identity,
-                    peer,
-                    wall_clock=self._wall_clock,
-                    rng=self._rng,
-                    timeout=self.options.handshake_timeout,
-                )
-            except _LINK_ERRORS as exc:
-                last = exc
-        raise last

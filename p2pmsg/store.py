@@ -39,7 +39,7 @@ import trio
 
 from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import StoreError
-from p2pmsg.keys import KEY_BYTES
+from p2pmsg.keys import KEY_BYTES, node_id_of
 from p2pmsg.store_schema import (
     SCHEMA_VERSION,
     SELECT_CONTACT,
@@ -191,6 +191,18 @@ class Database:
             cur = conn.execute(
                 "UPDATE contacts SET endpoints = ? WHERE node_id = ?",
                 (endpoints_json(endpoints), node_id),
+            )
+            return cur.rowcount == 1
+
+    def set_contact_key(self, node_id: bytes, public_key: bytes) -> bool:
+        """Fill in the key of a contact added by bare node id; False when no
+        such contact lacks it. Raises ``ValueError`` if the key is not the id's."""
+        if len(public_key) != KEY_BYTES or node_id_of(public_key) != node_id:
+            raise ValueError("the public key does not hash to the node id")
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE contacts SET public_key = ? WHERE node_id = ? AND public_key IS NULL",
+                (public_key, node_id),
             )
             return cur.rowcount == 1
 
@@ -413,6 +425,7 @@ class Store:
     get_identity = _offloaded(Database.get_identity)
     add_contact = _offloaded(Database.add_contact)
     update_contact_endpoints = _offloaded(Database.update_contact_endpoints)
+    set_contact_key = _offloaded(Database.set_contact_key)
     get_contact = _offloaded(Database.get_contact)
     contact_by_node_id = _offloaded(Database.contact_by_node_id)
     list_contacts = _offloaded(Database.list_contacts)

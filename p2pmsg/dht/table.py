@@ -36,7 +36,6 @@ from typing import Any, NamedTuple
 from p2pmsg.dht.peer import ID_BITS, ID_BYTES, Peer, distance
 
 OWN_ID = "own id"
-BAD_ID = "not a node id"
 PREFIX_BUCKET = "too many peers from this network prefix in the bucket"
 PREFIX_TABLE = "too many peers from this network prefix in the table"
 PING_PENDING = "bucket full and a ping is pending; kept as a replacement"
@@ -61,10 +60,7 @@ class Rejected:
 
 @dataclass(frozen=True)
 class PingNeeded:
-    """The bucket is full: ping ``oldest`` and report with ``ping_result``.
-
-    The newcomer waits in the bucket's replacement cache meanwhile.
-    """
+    """The bucket is full: ping ``oldest``, report with ``ping_result``; the newcomer waits."""
 
     oldest: Peer
 
@@ -125,8 +121,10 @@ class _Bucket:
     def holds(self, node_id: bytes) -> bool:
         return self.lo <= int.from_bytes(node_id, "big") < self.hi
 
-    def find(self, slots: list[_Slot], node_id: bytes) -> _Slot | None:
-        return next((s for s in slots if s.peer.node_id == node_id), None)
+    def view(self) -> BucketView:
+        entries = tuple(s.view() for s in self.entries)
+        replacements = tuple(s.view() for s in self.replacements)
+        return BucketView(self.lo, self.hi, self.depth, entries, replacements)
 
 
 def _insert_by_time(slots: list[_Slot], slot: _Slot) -> None:
@@ -153,9 +151,10 @@ class RoutingTable:
             raise ValueError("the local id must be a node id")
         if k < 1 or max_replacements < 0 or failure_threshold < 1:
             raise ValueError("k and failure_threshold must be positive")
-        for cap in (max_per_prefix_bucket, max_per_prefix_table):
-            if cap is not None and cap < 1:
-                raise ValueError("a prefix limit must be positive or None")
+        if any(
+            cap is not None and cap < 1 for cap in (max_per_prefix_bucket, max_per_prefix_table)
+        ):
+            raise ValueError("a prefix limit must be positive or None")
         self.local_id = local_id
         self.k = k
         self.max_per_prefix_bucket = max_per_prefix_bucket
@@ -186,16 +185,7 @@ class RoutingTable:
 
     def buckets(self) -> tuple[BucketView, ...]:
         """Read-only views of the buckets in id order."""
-        return tuple(
-            BucketView(
-                lo=b.lo,
-                hi=b.hi,
-                depth=b.depth,
-                entries=tuple(s.view() for s in b.entries),
-                replacements=tuple(s.view() for s in b.replacements),
-            )
-            for b in self._buckets
-        )
+        return tuple(b.view() for b in self._buckets)
 
     def closest(self, target: bytes, count: int, *, exclude: Collection[bytes] = ()) -> list[Peer]:
         """The ``count`` entries closest to ``target`` by XOR distance, closest first.
@@ -220,8 +210,6 @@ class RoutingTable:
         node_id = peer.node_id
         if node_id == self.local_id:
             return Rejected(OWN_ID)
-        if len(node_id) != ID_BYTES:
-            return Rejected(BAD_ID)
         slot = self._slots.get(node_id)
         if slot is not None:
             return self._update(slot, peer, now)
@@ -229,9 +217,7 @@ class RoutingTable:
         while len(bucket.entries) >= self.k and self._splittable(bucket):
             self._split(bucket)
             bucket = self._bucket_for(node_id)
-        cached = bucket.find(bucket.replacements, node_id)
-        if cached is not None:
-            bucket.replacements.remove(cached)
+        self._drop_replacement(bucket, node_id)
         reason = self._cap_violation(bucket, peer.prefix)
         if reason is not None:
             return Rejected(reason)
@@ -266,9 +252,7 @@ class RoutingTable:
         the best replacement, if there is one; live contacts are never replaced.
         """
         bucket = self._bucket_for(node_id)
-        cached = bucket.find(bucket.replacements, node_id)
-        if cached is not None:
-            bucket.replacements.remove(cached)
+        if self._drop_replacement(bucket, node_id):
             return True
         slot = self._slots.get(node_id)
         if slot is None:
@@ -282,9 +266,7 @@ class RoutingTable:
         A removed entry's place goes to the best replacement.
         """
         bucket = self._bucket_for(node_id)
-        cached = bucket.find(bucket.replacements, node_id)
-        if cached is not None:
-            bucket.replacements.remove(cached)
+        if self._drop_replacement(bucket, node_id):
             return True
         slot = self._slots.get(node_id)
         if slot is None:
@@ -347,14 +329,18 @@ class RoutingTable:
         index = bisect_right(self._buckets, int.from_bytes(node_id, "big"), key=lambda b: b.lo)
         return self._buckets[index - 1]
 
+    def _drop_replacement(self, bucket: _Bucket, node_id: bytes) -> bool:
+        before = len(bucket.replacements)
+        bucket.replacements = [s for s in bucket.replacements if s.peer.node_id != node_id]
+        return len(bucket.replacements) < before
+
     def _splittable(self, bucket: _Bucket) -> bool:
         return bucket.depth < ID_BITS and bucket.holds(self.local_id)
 
     def _split(self, bucket: _Bucket) -> None:
         depth = bucket.depth + 1
-        low = _Bucket(lo=bucket.lo, depth=depth, refreshed=bucket.refreshed)
-        high = _Bucket(lo=bucket.lo + (1 << (ID_BITS - depth)), depth=depth)
-        high.refreshed = bucket.refreshed
+        middle = bucket.lo + (1 << (ID_BITS - depth))
+        low, high = (_Bucket(lo, depth, refreshed=bucket.refreshed) for lo in (bucket.lo, middle))
         for half in (low, high):
             half.entries = [s for s in bucket.entries if half.holds(s.peer.node_id)]
             half.replacements = [s for s in bucket.replacements if half.holds(s.peer.node_id)]

@@ -129,7 +129,9 @@ def _expected(count: int) -> set[bytes]:
 
 def rdata_size(properties: Properties) -> int:
     """The size of the TXT RDATA that carries ``properties``, length bytes included."""
-    return sum(1 + len(key) + (0 if value is None else 1 + len(value)) for key, value in properties.items())
+    return sum(
+        1 + len(key) + (0 if value is None else 1 + len(value)) for key, value in properties.items()
+    )
 
 
 def build_rdata(properties: Properties) -> bytes:

@@ -1,0 +1,441 @@
+"""The DHT as a trio service: RPCs over secure links, lookups, records.
+
+The pure parts (routing table, lookup iterator, records, RPC codec, rate
+limiter) decide everything; this module only moves their inputs and outputs
+over links. Outbound, every RPC opens a secure link with ``connect`` (the
+node's dialler, which tries a peer's endpoints in order and reports the one
+that authenticated), sends one request, waits for its response under
+``rpc_timeout`` and closes the link. A peer enters the routing table only
+after it answered us on an endpoint we dialled, so its network prefix (the
+unit of the diversity limits) is one we verified, not one it claimed.
+
+Inbound, the node hands each request to :meth:`Dht.handle`. A requester may
+attach its signed peer record; when it is not in our table yet, it is queued
+(bounded, drop when full) for a verifying PING dialled back to it.
+
+Every node keeps its own signed peer record, republished by :meth:`Dht.run`
+before it expires, and stored at the k nodes closest to its id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from p2pmsg.dht import records as rec
+from p2pmsg.dht import rpc
+from p2pmsg.dht.lookup import Finished, Lookup, Query
+from p2pmsg.dht.peer import Peer, prefix_of_endpoint
+from p2pmsg.dht.ratelimit import RateLimiter
+from p2pmsg.dht.record_store import Ignored, RecordStore
+from p2pmsg.dht.table import PingNeeded, RoutingTable
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.errors import P2PMsgError, RemoteProtocolError
+from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link.secure import SecureLink
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[Sequence[str], PublicIdentity], Awaitable[tuple[SecureLink, Endpoint]]]
+RPC_ERRORS = (
+    OSError,
+    P2PMsgError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.EndOfChannel,
+    trio.TooSlowError,
+)
+
+
+class _LookupRun:
+    """The mutable state one running lookup shares with its query tasks."""
+
+    def __init__(self, lookup: Lookup, value_type: int | None) -> None:
+        self.lookup = lookup
+        self.value_type = value_type
+        self.found: dict[tuple[bytes, int], rec.Record] = {}
+        self.wake = trio.Event()
+
+
+class RpcFailed(P2PMsgError):
+    """A DHT request to a peer failed."""
+
+
+@dataclass(frozen=True)
+class DhtOptions:
+    k: int = 20
+    alpha: int = 3
+    rpc_timeout: float = 5.0
+    max_per_prefix_bucket: int | None = 2
+    max_per_prefix_table: int | None = 3
+    record_ttl: int = 24 * 3600
+    republish_every: float = 3600.0
+    refresh_every: float = 3600.0
+    rate: float = 20.0
+    burst: float = 60.0
+    verify_queue: int = 64
+    known_records: int = 4096
+
+
+class Dht:
+    """One node's view of the DHT. Start :meth:`run` in a nursery."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        connect: Connect,
+        *,
+        options: DhtOptions | None = None,
+        wall_clock: Callable[[], float],
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.identity = identity
+        self.options = options = options or DhtOptions()
+        self._connect = connect
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self.table = RoutingTable(
+            identity.node_id,
+            k=options.k,
+            max_per_prefix_bucket=options.max_per_prefix_bucket,
+            max_per_prefix_table=options.max_per_prefix_table,
+        )
+        self.records = RecordStore(own=[identity.public.key])
+        self.limiter = RateLimiter(options.rate, options.burst)
+        self.own_record: rec.Record | None = None
+        self._known: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> peer record
+        self._validated: OrderedDict[bytes, tuple[Peer, int]] = OrderedDict()
+        self._queued: OrderedDict[bytes, float] = OrderedDict()  # node id -> when verified
+        self._verify_send, self._verify_receive = trio.open_memory_channel[Peer](
+            options.verify_queue
+        )
+        self.dropped_verifications = 0
+
+    def __repr__(self) -> str:
+        return f"Dht(node_id={self.identity.node_id.hex()[:16]}…, peers={len(self.table)})"
+
+    # -- our own record --------------------------------------------------------
+
+    def publish_local(self, endpoints: Sequence[str], capabilities: frozenset[str]) -> rec.Record:
+        """Sign a fresh peer record for ourselves and keep it locally."""
+        now = self._wall_clock()
+        info = rec.PeerInfo(tuple(endpoints), capabilities)
+        record = rec.make_peer_record(
+            self.identity, info, seq=int(now * 1000), expires=int(now) + self.options.record_ttl
+        )
+        self.records.put(record, now, source=self.identity.node_id)
+        self.own_record = record
+        return record
+
+    def _remember(self, record: rec.Record) -> None:
+        self._known[record.key] = rec.encode(record)
+        self._known.move_to_end(record.key)
+        while len(self._known) > self.options.known_records:
+            self._known.popitem(last=False)
+
+    def _peer_from_bytes(self, data: bytes) -> Peer | None:
+        """A validated peer record as a Peer (prefix from its first endpoint), or None.
+
+        The same records come back in many replies, so validated ones are
+        cached (bounded) by their bytes until they expire.
+        """
+        now = self._wall_clock()
+        cached = self._validated.get(data)
+        if cached is not None and cached[1] > now:
+            self._validated.move_to_end(data)
+            return cached[0]
+        peer = self._validate_peer(data)
+        if peer is not None:
+            self._validated[data] = (peer, rec.decode(data).expires)
+            while len(self._validated) > self.options.known_records:
+                self._validated.popitem(last=False)
+        return peer
+
+    def _validate_peer(self, data: bytes) -> Peer | None:
+        try:
+            record = rec.decode(data)
+            rec.validate(record, self._wall_clock())
+            info = rec.decode_peer_info(record.value)
+            if record.type is not rec.RecordType.PEER or not info.endpoints:
+                return None
+        except RemoteProtocolError:
+            return None
+        if record.key == self.identity.node_id:
+            return None
+        self._remember(record)
+        prefix = prefix_of_endpoint(Endpoint.parse(info.endpoints[0]))
+        return rec.peer_from_record(record, prefix)
+
+    # -- serving ---------------------------------------------------------------
+
+    async def handle(self, requester: PublicIdentity, request: rpc.Request) -> rpc.Response:
+        """Answer one request from an authenticated ``requester``."""
+        now = self._wall_clock()
+        if not self.limiter.allow(requester.node_id, now):
+            return rpc.Response(request.rid, rpc.Status.RATE_LIMITED)
+        if request.sender:
+            self._consider(requester, request.sender)
+        try:
+            body = self._answer(requester, request, now)
+        except RemoteProtocolError as exc:
+            log.debug("refused a DHT request: %s", exc)
+            return rpc.Response(request.rid, rpc.Status.REFUSED)
+        await trio.lowlevel.checkpoint()
+        return rpc.Response(request.rid, rpc.Status.OK, body)
+
+    def _answer(self, requester: PublicIdentity, request: rpc.Request, now: float) -> bytes:
+        match request.method:
+            case rpc.Method.PING:
+                return rec.encode(self.own_record) if self.own_record else b""
+            case rpc.Method.FIND_NODE:
+                target = rpc.decode_target(request.body)
+                return rpc.encode_records(self._closer_records(target, requester.node_id))
+            case rpc.Method.FIND_VALUE:
+                rtype, key = rpc.decode_find_value(request.body)
+                values = self._values(rtype, key, now)
+                return rpc.encode_value_reply(values, self._closer_records(key, requester.node_id))
+            case rpc.Method.STORE:
+                record = rec.decode(request.body)
+                result = self.records.put(record, now, source=requester.node_id)
+                if record.type is rec.RecordType.PEER:
+                    self._remember(record)
+                if isinstance(result, Ignored) and result.reason.value != "not_newer":
+                    raise RemoteProtocolError(f"store refused: {result.reason.value}")
+                return b""
+
+    def _values(self, rtype: int, key: bytes, now: float) -> list[bytes]:
+        try:
+            record_type = rec.RecordType(rtype)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"unknown record type {rtype}") from exc
+        found = self.records.get(record_type, key, now)
+        return [rec.encode(r) for r in found[: rpc.MAX_RECORDS]]
+
+    def _closer_records(self, target: bytes, requester: bytes) -> list[bytes]:
+        peers = self.table.closest(target, self.options.k, exclude=(requester,))
+        return [self._known[p.node_id] for p in peers if p.node_id in self._known]
+
+    def _consider(self, requester: PublicIdentity, sender: bytes) -> None:
+        peer = self._peer_from_bytes(sender)
+        if peer is None or peer.node_id != requester.node_id or peer.node_id in self.table:
+            return
+        self._verify(peer)
+
+    def _verify(self, peer: Peer) -> bool:
+        """Queue a verifying ping, at most once per peer per refresh interval.
+        False when it was not queued (verified recently, or the queue is full)."""
+        now = trio.current_time()
+        last = self._queued.get(peer.node_id)
+        if last is not None and now - last < self.options.refresh_every:
+            return False
+        try:
+            self._verify_send.send_nowait(peer)
+        except trio.WouldBlock:
+            self.dropped_verifications += 1
+            return False
+        self._queued[peer.node_id] = now
+        self._queued.move_to_end(peer.node_id)
+        while len(self._queued) > self.options.known_records:
+            self._queued.popitem(last=False)
+        return True
+
+    # -- calling ---------------------------------------------------------------
+
+    async def call(self, peer: Peer, method: rpc.Method, body: bytes = b"") -> bytes:
+        """One RPC to ``peer``; the OK response's body. Raises :class:`RpcFailed`.
+
+        A peer that answers is offered to the routing table with the prefix
+        of the endpoint that worked; one that fails is reported to it.
+        """
+        sender = rec.encode(self.own_record) if self.own_record else b""
+        request = rpc.Request(self._rng(rpc.RID_BYTES), method, sender, body)
+        try:
+            with trio.fail_after(self.options.rpc_timeout):
+                response, used = await self._exchange(peer, request)
+        except RPC_ERRORS as exc:
+            self.table.on_failure(peer.node_id)
+            raise RpcFailed(f"{method.name} failed: {type(exc).__name__}") from exc
+        if response.status is not rpc.Status.OK:
+            raise RpcFailed(f"{method.name} answered {response.status.name}")
+        verified = Peer(peer.node_id, peer.public_key, peer.endpoints, prefix_of_endpoint(used))
+        self._offer(verified)
+        return response.body
+
+    async def _exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
+        link, used = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
+        try:
+            await link.send(rpc.encode_request(request))
+            while True:
+                message = rpc.decode(await link.receive())
+                if isinstance(message, rpc.Response) and message.rid == request.rid:
+                    return message, used
+        finally:
+            await link.aclose()
+
+    def _offer(self, peer: Peer) -> None:
+        result = self.table.offer(peer, trio.current_time())
+        if isinstance(result, PingNeeded) and not self._verify(result.oldest):
+            # Seen alive recently (or no room to ask): the old contact stays.
+            self.table.ping_result(result.oldest.node_id, True, trio.current_time())
+
+    async def ping(self, peer: Peer) -> bool:
+        """True when ``peer`` answered; its record is remembered."""
+        try:
+            body = await self.call(peer, rpc.Method.PING)
+        except RpcFailed:
+            return False
+        if body:
+            self._peer_from_bytes(body)
+        return True
+
+    # -- lookups ---------------------------------------------------------------
+
+    async def lookup(
+        self, target: bytes, *, disjoint_paths: int = 1, value_type: int | None = None
+    ) -> tuple[list[Peer], list[rec.Record]]:
+        """The k closest answering peers to ``target`` and, with ``value_type``,
+        the valid records of that type stored under ``target`` (newest first)."""
+        lookup = Lookup(
+            target,
+            self.table.closest(target, self.options.k),
+            k=self.options.k,
+            alpha=self.options.alpha,
+            disjoint_paths=disjoint_paths,
+            rpc_timeout=self.options.rpc_timeout,
+            exclude={self.identity.node_id},
+        )
+        run = _LookupRun(lookup, value_type)
+        async with trio.open_nursery() as nursery:
+            while True:
+                step = lookup.next(trio.current_time())
+                if isinstance(step, Finished):
+                    break
+                if isinstance(step, Query):
+                    nursery.start_soon(self._query, run, step.peer)
+                    continue
+                run.wake = trio.Event()
+                with trio.move_on_at(step.until):
+                    await run.wake.wait()
+            nursery.cancel_scope.cancel()
+        values = sorted(run.found.values(), key=lambda r: r.seq, reverse=True)
+        return lookup.result(), values
+
+    async def _query(self, run: _LookupRun, peer: Peer) -> None:
+        lookup, value_type, found = run.lookup, run.value_type, run.found
+        try:
+            if value_type is None:
+                body = await self.call(peer, rpc.Method.FIND_NODE, lookup.target)
+                closer = rpc.decode_node_reply(body)
+            else:
+                request = rpc.encode_find_value(value_type, lookup.target)
+                body = await self.call(peer, rpc.Method.FIND_VALUE, request)
+                values, closer = rpc.decode_value_reply(body)
+                self._collect(values, value_type, lookup.target, found)
+        except (RpcFailed, RemoteProtocolError):
+            lookup.on_failure(peer.node_id, trio.current_time())
+        else:
+            peers = [p for p in map(self._peer_from_bytes, closer) if p is not None]
+            lookup.on_success(peer.node_id, peers, trio.current_time())
+        run.wake.set()
+
+    def _collect(
+        self,
+        values: list[bytes],
+        value_type: int,
+        key: bytes,
+        found: dict[tuple[bytes, int], rec.Record],
+    ) -> None:
+        now = self._wall_clock()
+        for data in values:
+            try:
+                record = rec.decode(data)
+                rec.validate(record, now)
+            except RemoteProtocolError:
+                continue
+            if record.type == value_type and record.key == key:
+                slot = (record.publisher, record.type)
+                if slot not in found or found[slot].seq < record.seq:
+                    found[slot] = record
+
+    # -- storing and finding ---------------------------------------------------
+
+    async def put(self, record: rec.Record) -> int:
+        """Store ``record`` on the k nodes closest to its key; how many took it."""
+        peers, _ = await self.lookup(record.key)
+        stored = 0
+
+        async def store(peer: Peer) -> None:
+            nonlocal stored
+            try:
+                await self.call(peer, rpc.Method.STORE, rec.encode(record))
+            except RpcFailed:
+                return
+            stored += 1
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(store, peer)
+        return stored
+
+    async def find_peer(self, node_id: bytes) -> Peer | None:
+        """The newest valid peer record of ``node_id`` in the DHT, as a Peer."""
+        _, values = await self.lookup(node_id, value_type=rec.RecordType.PEER)
+        for record in values:
+            peer = self._peer_from_bytes(rec.encode(record))
+            if peer is not None and peer.node_id == node_id:
+                return peer
+        return None
+
+    # -- joining and upkeep ----------------------------------------------------
+
+    async def join(self, seeds: Sequence[Peer], *, stagger: float = 0.25) -> bool:
+        """Ping ``seeds`` with staggered starts; on the first answer, look up our
+        own id to fill the table. True when any seed answered."""
+        joined = trio.Event()
+
+        async def attempt(index: int, peer: Peer) -> None:
+            await trio.sleep(index * stagger)
+            if await self.ping(peer):
+                joined.set()
+
+        async with trio.open_nursery() as nursery:
+            for index, peer in enumerate(seeds):
+                nursery.start_soon(attempt, index, peer)
+            await joined.wait()
+            nursery.cancel_scope.cancel()
+        if not joined.is_set():
+            return False
+        await self.lookup(self.identity.node_id)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Verify newcomers and pings, republish our record, refresh buckets."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(self._verifier)
+            task_status.started()
+            while True:
+                await self._upkeep()
+                await trio.sleep(min(self.options.republish_every, self.options.refresh_every))
+
+    async def _verifier(self) -> None:
+        async for peer in self._verify_receive:
+            alive = await self.ping(peer)
+            self.table.ping_result(peer.node_id, alive, trio.current_time())
+
+    async def _upkeep(self) -> None:
+        now = self._wall_clock()
+        self.records.expire(now)
+        if self.own_record is not None and len(self.table):
+            info = rec.decode_peer_info(self.own_record.value)
+            self.publish_local(info.endpoints, info.capabilities)
+            await self.put(self.own_record)
+        stale = self.table.stale_buckets(
+            trio.current_time(), self.options.refresh_every, rng=self._rng
+        )
+        for target in stale[:8]:
+            await self.lookup(target)

@@ -1,0 +1,94 @@
+"""Many real DHT services on one simulated network, for tests.
+
+Each host runs the real :class:`Dht`, real secure links and the real `sim`
+transport; only the node around them is left out (no SQLite, no delivery),
+so a thousand of them fit in one test.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import trio
+from simworld import sim_wall_clock
+
+from p2pmsg.abc import Link
+from p2pmsg.dht import records as rec
+from p2pmsg.dht import rpc
+from p2pmsg.dht.peer import Peer, prefix_of_endpoint
+from p2pmsg.dht.service import Dht, DhtOptions
+from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.endpoint import Endpoint
+from p2pmsg.keys import Identity
+from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.link.secure import accept_secure
+from p2pmsg.sim.net import SimNetwork
+from transports.sim import SimTransport
+
+
+class DhtWorld:
+    def __init__(self, options: DhtOptions | None = None) -> None:
+        self.net = SimNetwork()
+        self.options = options or DhtOptions(max_per_prefix_bucket=None, max_per_prefix_table=None)
+        self.nodes: list[Dht] = []
+
+    async def add(
+        self, nursery: trio.Nursery, host: str, *, options: DhtOptions | None = None
+    ) -> Dht:
+        identity = Identity.generate()
+        transport = SimTransport(self.net, host)
+        dialer = Dialer(
+            identity,
+            [transport],
+            wall_clock=sim_wall_clock,
+            dial_timeout=5.0,
+            handshake_timeout=5.0,
+        )
+        dht = Dht(
+            identity,
+            dialer.connect,
+            options=options or self.options,
+            wall_clock=sim_wall_clock,
+            rng=os.urandom,
+        )
+        replay = ReplayWindow(86400)
+        bound = await nursery.start(
+            transport.serve, Endpoint.parse(f"sim:{host}"), partial(serve_rpc, dht, replay)
+        )
+        dht.publish_local([str(bound)], frozenset())
+        await nursery.start(dht.run)
+        self.nodes.append(dht)
+        return dht
+
+
+def as_seed(dht: Dht) -> Peer:
+    """What an invite to ``dht``'s node gives: its key and endpoints."""
+    assert dht.own_record is not None
+    info = rec.decode_peer_info(dht.own_record.value)
+    return Peer(
+        dht.identity.node_id,
+        dht.identity.public.key,
+        info.endpoints,
+        prefix_of_endpoint(Endpoint.parse(info.endpoints[0])),
+    )
+
+
+async def serve_rpc(dht: Dht, replay: ReplayWindow, link: Link) -> None:
+    """What a node does with an inbound link, reduced to the DHT's part."""
+    try:
+        secure = await accept_secure(
+            link, dht.identity, replay, wall_clock=sim_wall_clock, timeout=5.0
+        )
+    except DIAL_ERRORS:
+        return
+    try:
+        while True:
+            message = rpc.decode(await secure.receive())
+            if isinstance(message, rpc.Request):
+                response = await dht.handle(secure.peer, message)
+                await secure.send(rpc.encode_response(response))
+    except DIAL_ERRORS:
+        pass
+    finally:
+        await secure.aclose()
