@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,9 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(home: Home, request: dict[str, Any]) -> dict[str, Any]:
+def _ask(
+    home: Home, request: dict[str, Any], *, timeout: float = control.TIMEOUT
+) -> dict[str, Any]:
     home.load_identity()
-    return run_trio(control.call, home.control_socket, request)
+    return run_trio(partial(control.call, timeout=timeout), home.control_socket, request)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -218,6 +221,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         for key, value in reply.items():
             _out(f"{key}: {value}")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    reply = _ask(home_of(args), {"op": "peers", "limit": args.limit})
+    for item in reply["items"]:
+        _out(json.dumps(item) if args.json else f"{item['node_id']}\t{' '.join(item['endpoints'])}")
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    reply = _ask(home_of(args), {"op": "lookup", "id": args.node_id.lower()}, timeout=120.0)
+    reply.pop("ok", None)
+    _out(json.dumps(reply) if args.json else f"{reply['node_id']}\t{' '.join(reply['endpoints'])}")
     return 0
 
 
@@ -277,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "the running node's status").add_argument(
         "--json", action="store_true"
     )
+    p = add("peers", cmd_peers, "the running node's DHT routing table")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=1000)
+    p = add("lookup", cmd_lookup, "find a node's endpoints in the DHT")
+    p.add_argument("node_id", metavar="NODE_ID")
+    p.add_argument("--json", action="store_true")
     add("demo", cmd_demo, "two in-process nodes exchanging messages")
     return parser
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,16 +22,24 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pmsg.errors import ControlError, HomeError, NodeNotRunning, NodeRefused, P2PMsgError
+from p2pmsg.errors import (
+    ControlError,
+    HomeError,
+    NodeNotRunning,
+    NodeRefused,
+    NotFound,
+    P2PMsgError,
+)
 
 if TYPE_CHECKING:
+    from p2pmsg.dht.peer import Peer
     from p2pmsg.node import Node
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 256 * 1024
 MAX_LIMIT = 1000
-OPS = frozenset({"send", "inbox", "outbox", "status"})
+OPS = frozenset({"send", "inbox", "outbox", "status", "peers", "lookup"})
 TIMEOUT = 30.0
 MAX_SOCKET_PATH = 108  # sun_path on Linux, NUL included
 
@@ -41,6 +50,7 @@ class Request:
     to: str = ""
     text: str = ""
     limit: int = 100
+    node_id: bytes = b""
 
 
 def parse_request(line: bytes) -> Request:
@@ -59,6 +69,11 @@ def parse_request(line: bytes) -> Request:
         if not isinstance(to, str) or not isinstance(text, str):
             raise ControlError("send needs string 'to' and 'text'")
         return Request(op, to=to, text=text)
+    if op == "lookup":
+        node_id = data.get("id")
+        if not isinstance(node_id, str) or not re.fullmatch(r"[0-9a-f]{64}", node_id):
+            raise ControlError("lookup needs 'id': a node id of 64 hex digits")
+        return Request(op, node_id=bytes.fromhex(node_id))
     limit = data.get("limit", 100)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_LIMIT:
         raise ControlError(f"limit must be 1-{MAX_LIMIT}")
@@ -198,6 +213,11 @@ def node_handler(node: Node) -> Handler:
             return {"id": message_id.hex()}
         if request.op == "status":
             return await node.status()
+        if request.op == "lookup":
+            return await _lookup(node, request.node_id)
+        if request.op == "peers":
+            peers = node.dht.table.peers()[: request.limit]
+            return {"items": [_peer_item(p) for p in peers]}
         items = []
         if request.op == "inbox":
             for m in await node.store.list_inbox(request.limit):
@@ -212,6 +232,17 @@ def node_handler(node: Node) -> Handler:
         return {"items": items}
 
     return handle
+
+
+async def _lookup(node: Node, node_id: bytes) -> dict[str, Any]:
+    found = await node.find(node_id)
+    if found is None:
+        raise NotFound(node_id.hex())
+    return _peer_item(found)
+
+
+def _peer_item(peer: Peer) -> dict[str, Any]:
+    return {"node_id": peer.node_id.hex(), "endpoints": list(peer.endpoints), "prefix": peer.prefix}
 
 
 def _item(message_id: bytes, peer: str, text: str, state: str, time_: float) -> dict[str, Any]:

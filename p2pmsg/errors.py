@@ -63,6 +63,10 @@ class HomeError(P2PMsgError):
     """The node's home directory cannot be used."""
 
 
+class NotFound(P2PMsgError):
+    """No node with that id was found in the DHT."""
+
+
 class ListenError(P2PMsgError):
     """The node cannot listen on one of its endpoints."""
 

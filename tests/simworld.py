@@ -32,19 +32,24 @@ class SimWorld:
         self.net = SimNetwork()
         self.homes: dict[str, Home] = {}
 
-    def home(self, name: str, *, listen: bool = True) -> Home:
+    def home(self, name: str, *, listen: bool = True, bootstrap: Sequence[str] = ()) -> Home:
         if name not in self.homes:
             home = Home(self.root / name)
             endpoints = (Endpoint.parse(f"sim:{name}"),) if listen else ()
-            home.init(Config(listen=endpoints), Identity.generate())
+            home.init(Config(listen=endpoints, bootstrap=tuple(bootstrap)), Identity.generate())
             self.homes[name] = home
         return self.homes[name]
 
     @asynccontextmanager
     async def node(
-        self, name: str, *, options: NodeOptions | None = None, listen: bool = True
+        self,
+        name: str,
+        *,
+        options: NodeOptions | None = None,
+        listen: bool = True,
+        bootstrap: Sequence[str] = (),
     ) -> AsyncIterator[Node]:
-        home = self.home(name, listen=listen)
+        home = self.home(name, listen=listen, bootstrap=bootstrap)
         async with Node.open(
             home.path,
             [SimTransport(self.net, name)],
@@ -53,6 +58,9 @@ class SimWorld:
             wall_clock=sim_wall_clock,
         ) as node:
             yield node
+
+    def invite(self, name: str) -> str:
+        return str(self.home(name).invite())
 
     def contact_of(self, name: str, endpoints: Sequence[str] | None = None) -> Contact:
         invite = self.home(name).invite()

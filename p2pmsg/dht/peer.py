@@ -42,11 +42,21 @@ def prefix_of_host(host: str) -> str:
 
 
 def prefix_of_endpoint(endpoint: Endpoint) -> str:
-    """The diversity prefix of an endpoint's host (its whole address if it has no port)."""
+    """The diversity prefix of an endpoint's host (its whole address if it has no port).
+
+    Loopback is exempt: every loopback address and port is a prefix of its
+    own, so that many nodes on one machine (tests, labs) can know each other.
+    A censor's Sybils cannot live on our loopback.
+    """
     try:
-        host, _ = endpoint.host_port(default_port=0)
+        host, port = endpoint.host_port(default_port=0)
     except BadEndpoint:
-        host = endpoint.address
+        return prefix_of_host(endpoint.address)
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return f"lo:{endpoint.transport}:{host}:{port}"
+    except ValueError:
+        pass
     return prefix_of_host(host)
 
 

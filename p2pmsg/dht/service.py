@@ -51,6 +51,14 @@ RPC_ERRORS = (
 )
 
 
+async def _round_trip(link: SecureLink, request: rpc.Request) -> rpc.Response:
+    await link.send(rpc.encode_request(request))
+    while True:
+        message = rpc.decode(await link.receive())
+        if isinstance(message, rpc.Response) and message.rid == request.rid:
+            return message
+
+
 class _LookupRun:
     """The mutable state one running lookup shares with its query tasks."""
 
@@ -79,6 +87,8 @@ class DhtOptions:
     burst: float = 60.0
     verify_queue: int = 64
     known_records: int = 4096
+    max_links: int = 32
+    link_idle: float = 60.0
 
 
 class Dht:
@@ -110,6 +120,7 @@ class Dht:
         self._known: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> peer record
         self._validated: OrderedDict[bytes, tuple[Peer, int]] = OrderedDict()
         self._queued: OrderedDict[bytes, float] = OrderedDict()  # node id -> when verified
+        self._pool: OrderedDict[bytes, tuple[SecureLink, Endpoint, float]] = OrderedDict()
         self._verify_send, self._verify_receive = trio.open_memory_channel[Peer](
             options.verify_queue
         )
@@ -266,15 +277,49 @@ class Dht:
         return response.body
 
     async def _exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
+        """One request and its response, on a pooled link when there is one.
+
+        A pooled link is taken out while in use, so concurrent calls to one
+        peer each get their own; a pooled link that fails (the peer closed it
+        while idle) is dropped and the request goes on a fresh one.
+        """
+        pooled = self._pool.pop(peer.node_id, None)
+        if pooled is not None:
+            link, used, _ = pooled
+            try:
+                response = await _round_trip(link, request)
+            except RPC_ERRORS:
+                await link.aclose()
+            else:
+                await self._put_back(peer.node_id, link, used)
+                return response, used
         link, used = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
         try:
-            await link.send(rpc.encode_request(request))
-            while True:
-                message = rpc.decode(await link.receive())
-                if isinstance(message, rpc.Response) and message.rid == request.rid:
-                    return message, used
-        finally:
+            response = await _round_trip(link, request)
+        except BaseException:
             await link.aclose()
+            raise
+        await self._put_back(peer.node_id, link, used)
+        return response, used
+
+    async def _put_back(self, node_id: bytes, link: SecureLink, used: Endpoint) -> None:
+        now = trio.current_time()
+        if node_id in self._pool:
+            await link.aclose()
+            return
+        self._pool[node_id] = (link, used, now)
+        while len(self._pool) > self.options.max_links or (
+            self._pool and now - next(iter(self._pool.values()))[2] > self.options.link_idle
+        ):
+            _, (old, _, _) = self._pool.popitem(last=False)
+            await old.aclose()
+
+    async def close_links(self) -> None:
+        """Close every pooled link (shielded from cancellation)."""
+        with trio.CancelScope(shield=True):
+            while self._pool:
+                _, (link, _, _) = self._pool.popitem()
+                await link.aclose()
 
     def _offer(self, peer: Peer) -> None:
         result = self.table.offer(peer, trio.current_time())
@@ -414,13 +459,16 @@ class Dht:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Verify newcomers and pings, republish our record, refresh buckets."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(self._verifier)
-            task_status.started()
-            while True:
-                await self._upkeep()
-                await trio.sleep(min(self.options.republish_every, self.options.refresh_every))
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(self._verifier)
+                task_status.started()
+                while True:
+                    await self._upkeep()
+                    await trio.sleep(min(self.options.republish_every, self.options.refresh_every))
+        finally:
+            await self.close_links()
 
     async def _verifier(self) -> None:
         async for peer in self._verify_receive:
@@ -437,5 +485,5 @@ class Dht:
         stale = self.table.stale_buckets(
             trio.current_time(), self.options.refresh_every, rng=self._rng
         )
-        for target in stale[:8]:
+        for target in stale:
             await self.lookup(target)

@@ -1,0 +1,70 @@
+"""Full nodes joining the DHT on the simulated network (autojump clock)."""
+
+from __future__ import annotations
+
+import trio
+from simworld import EPOCH, SimWorld
+from trio.testing import MockClock
+
+from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict
+from p2pmsg.store import Contact
+
+
+async def test_a_contact_added_by_bare_id_is_found_through_the_dht(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    world.home("seed")
+    boot = [world.invite("seed")]
+    async with (
+        world.node("seed"),
+        world.node("alice", bootstrap=boot) as alice,
+        world.node("bob", bootstrap=boot) as bob,
+    ):
+        await alice.joined.wait()
+        await bob.joined.wait()
+        await alice.store.add_contact(Contact("bob", bob.identity.node_id, None, (), EPOCH))
+        sent = await alice.send("bob", "found you")
+        got = await bob.messages().receive()
+        assert got.id == sent
+        contact = await alice.store.get_contact("bob")
+        assert contact is not None
+        assert contact.public_key == bob.identity.public.key
+        assert contact.endpoints == ("sim:bob:1",)
+
+
+async def test_a_blocked_bootstrap_list_is_survived_through_one_working_invite(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    for name in ("dead1", "dead2", "seed"):
+        world.home(name)
+
+    def censor(packet: Packet) -> Verdict:
+        return Drop() if packet.dst_host.startswith("dead") else Deliver()
+
+    world.net.policy = censor
+    boot = [world.invite("dead1"), world.invite("dead2"), world.invite("seed")]
+    async with world.node("seed"), world.node("alice", bootstrap=boot) as alice:
+        with trio.fail_after(120):
+            await alice.joined.wait()
+        assert [p.prefix for p in alice.dht.table.peers()] == ["host:seed"]
+
+
+async def test_a_restarted_node_rejoins_from_its_cache_without_the_seed(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    world.home("seed")
+    boot = [world.invite("seed")]
+    async with (
+        world.node("seed"),
+        world.node("bob", bootstrap=boot) as bob,
+        world.node("alice", bootstrap=boot) as alice,
+    ):
+        await alice.joined.wait()
+        await bob.joined.wait()
+        await trio.sleep(700)  # the node caches its routing table every 10 minutes
+    # The seed is gone for good; alice comes back and still finds bob.
+    world.net.policy = lambda p: Drop() if p.dst_host == "seed" else Deliver()
+    async with world.node("bob") as bob, world.node("alice", bootstrap=boot) as alice:
+        with trio.fail_after(300):
+            await alice.joined.wait()
+        assert bob.identity.node_id in alice.dht.table
