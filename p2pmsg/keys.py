@@ -11,6 +11,7 @@ owner-only permissions and refused when group or others can read them.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import stat
@@ -27,6 +28,15 @@ from p2pmsg.errors import BadKey
 KEY_BYTES = 32
 NODE_ID_BYTES = 32
 _KEY_FILE_MAGIC = b"p2pmsg-identity-v1\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _x25519_of(public_key: bytes) -> bytes:
+    """The X25519 image of an Ed25519 key (cached: peers' keys recur on every dial)."""
+    try:
+        return sodium.crypto_sign_ed25519_pk_to_curve25519(public_key)
+    except nacl.exceptions.RuntimeError as exc:
+        raise BadKey("not a valid Ed25519 point") from exc
 
 
 def node_id_of(public_key: bytes) -> bytes:
@@ -63,12 +73,8 @@ class PublicIdentity:
     def __post_init__(self) -> None:
         if len(self.key) != KEY_BYTES:
             raise BadKey("an Ed25519 public key is 32 bytes")
-        try:
-            x = sodium.crypto_sign_ed25519_pk_to_curve25519(self.key)
-        except nacl.exceptions.RuntimeError as exc:
-            raise BadKey("not a valid Ed25519 point") from exc
+        object.__setattr__(self, "x25519", _x25519_of(self.key))
         object.__setattr__(self, "node_id", node_id_of(self.key))
-        object.__setattr__(self, "x25519", x)
 
     def __repr__(self) -> str:
         return f"PublicIdentity(node_id={self.node_id.hex()[:16]}…)"
