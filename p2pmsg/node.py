@@ -31,6 +31,7 @@ from p2pmsg import join
 from p2pmsg.abc import Link, Transport
 from p2pmsg.delivery import frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.delivery.sender import Sender
 from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
@@ -41,13 +42,12 @@ from p2pmsg.errors import (
     ListenError,
     RemoteProtocolError,
     UnknownContact,
-    UnsupportedEndpoint,
 )
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import SecureLink, accept_secure
-from p2pmsg.store import Contact, InboxMessage, Offload, OutboxMessage, Store
+from p2pmsg.store import InboxMessage, Offload, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,6 @@ class Node:
         self._wall_clock = wall_clock
         self._rng = rng
         self._replay = ReplayWindow(options.replay_window, options.replay_capacity)
-        self._wake = trio.Event()
-        self._busy: set[bytes] = set()
         self._inbound = 0
         self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
             options.app_queue
@@ -147,6 +145,18 @@ class Node:
             identity, self._dialer.connect, options=options.dht, wall_clock=wall_clock, rng=rng
         )
         self.joined = trio.Event()
+        self._sender = Sender(
+            store,
+            self._dialer,
+            self.dht,
+            batch=options.batch,
+            max_parallel_peers=options.max_parallel_peers,
+            ack_timeout=options.ack_timeout,
+            poll_interval=options.poll_interval,
+            on_delivered=self._delivered,
+            wall_clock=wall_clock,
+            rng=rng,
+        )
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
@@ -193,7 +203,7 @@ class Node:
                 node.dht.publish_local([str(e) for e in node.listening], node.options.capabilities)
                 await nursery.start(node.dht.run)
                 nursery.start_soon(node._stay_joined, config)
-                await nursery.start(node._delivery_loop)
+                await nursery.start(node._sender.run)
                 yield node
                 nursery.cancel_scope.cancel()
         finally:
@@ -244,7 +254,7 @@ class Node:
             delivered=None,
         )
         await self.store.enqueue(message)
-        self._wake.set()
+        self._sender.wake()
         return message.id
 
     async def status(self) -> dict[str, Any]:
@@ -349,6 +359,10 @@ class Node:
         )
         self._report(self._app_send, seen)
 
+    def _delivered(self, message_id: bytes) -> None:
+        self.stats.delivered += 1
+        self._report(self._delivered_send, message_id)
+
     def _report(self, channel: trio.MemorySendChannel[Any], item: object) -> None:
         try:
             channel.send_nowait(item)
@@ -382,87 +396,3 @@ class Node:
     async def find(self, node_id: bytes) -> Peer | None:
         """The current peer record of ``node_id`` in the DHT, as a Peer."""
         return await self.dht.find_peer(node_id)
-
-    # -- delivery ------------------------------------------------------------
-
-    async def _delivery_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                self._wake = trio.Event()
-                await self._start_due(nursery)
-                next_due = await self.store.next_due_time()
-                wait = self.options.poll_interval
-                if next_due is not None:
-                    wait = min(wait, max(1.0, next_due - self._wall_clock()))
-                with trio.move_on_after(wait):
-                    await self._wake.wait()
-
-    async def _start_due(self, nursery: trio.Nursery) -> None:
-        now = self._wall_clock()
-        for message_id in await self.store.expire_due(now):
-            log.warning("message %s expired undelivered", message_id.hex()[:8])
-        for message in await self.store.due_messages(now, limit=self.options.batch * 4):
-            if len(self._busy) >= self.options.max_parallel_peers:
-                return
-            if message.peer not in self._busy:
-                self._busy.add(message.peer)
-                nursery.start_soon(self._deliver_to, message.peer)
-
-    async def _deliver_to(self, peer: bytes) -> None:
-        try:
-            batch = await self.store.pending_for_peer(peer, limit=self.options.batch)
-            now = self._wall_clock()
-            for message in batch:
-                jitter = int.from_bytes(self._rng(2), "big") / 65536
-                delay = frames.retry_delay(message.attempts, jitter)
-                await self.store.mark_attempt(message.id, now + delay)
-            contact = await self.store.contact_by_node_id(peer)
-            if batch and contact is not None:
-                await self._push_or_resolve(contact, batch)
-        except _LINK_ERRORS as exc:
-            log.info("delivery to %s failed: %s", peer.hex()[:8], type(exc).__name__)
-        finally:
-            self._busy.discard(peer)
-            self._wake.set()
-
-    async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
-        """Push over the contact's known endpoints; when that is impossible or
-        fails, find its current peer record in the DHT and push there."""
-        if contact.public_key is not None and contact.endpoints:
-            try:
-                await self._push(contact.public_key, contact.endpoints, batch)
-            except _LINK_ERRORS as exc:
-                log.debug("known endpoints failed (%r); asking the DHT", exc)
-            else:
-                return
-        found = await self.dht.find_peer(contact.node_id)
-        if found is None:
-            raise UnsupportedEndpoint("no endpoints known, none found in the DHT")
-        if contact.public_key is None:
-            await self.store.set_contact_key(contact.node_id, found.public_key)
-        if found.endpoints != contact.endpoints:
-            await self.store.update_contact_endpoints(contact.node_id, found.endpoints)
-        await self._push(found.public_key, found.endpoints, batch)
-
-    async def _push(
-        self, public_key: bytes, endpoints: Sequence[str], batch: list[OutboxMessage]
-    ) -> None:
-        link, _ = await self._dialer.connect(endpoints, PublicIdentity(public_key))
-        try:
-            for message in batch:
-                frame = MsgFrame(
-                    message.id, int(message.created * 1000), MessageKind(message.kind), message.body
-                )
-                await link.send(frames.encode(frame))
-            pending = {message.id for message in batch}
-            with trio.move_on_after(self.options.ack_timeout):
-                while pending:
-                    ack = frames.decode(await link.receive())
-                    if isinstance(ack, AckFrame) and ack.id in pending:
-                        pending.discard(ack.id)
-                        if await self.store.mark_delivered(ack.id, self._wall_clock()):
-                            self.stats.delivered += 1
-                            self._report(self._delivered_send, ack.id)
-        finally:
-            await link.aclose()

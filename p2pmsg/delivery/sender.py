@@ -1,0 +1,141 @@
+"""Sending: the outbox drained over secure links, with retries.
+
+Each attempt first pushes its messages' next retry time into the store, then
+dials the contact, sends every queued message for it and marks each
+delivered when its ack arrives; a crash at any point leaves messages that
+will be retried. Contacts known only by node id, or whose known endpoints
+fail, are resolved through the DHT's peer records. At most
+``max_parallel_peers`` peers are worked on at once, one attempt per peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+
+from p2pmsg.delivery import frames
+from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.dht.service import Dht
+from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.errors import UnsupportedEndpoint
+from p2pmsg.keys import PublicIdentity
+from p2pmsg.store import Contact, OutboxMessage, Store
+
+log = logging.getLogger(__name__)
+
+
+class Sender:
+    """Drains the outbox; start :meth:`run` in a nursery, :meth:`wake` on news."""
+
+    def __init__(
+        self,
+        store: Store,
+        dialer: Dialer,
+        dht: Dht,
+        *,
+        batch: int,
+        max_parallel_peers: int,
+        ack_timeout: float,
+        poll_interval: float,
+        on_delivered: Callable[[bytes], None],
+        wall_clock: Callable[[], float],
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.store = store
+        self.dialer = dialer
+        self.dht = dht
+        self.batch = batch
+        self.max_parallel_peers = max_parallel_peers
+        self.ack_timeout = ack_timeout
+        self.poll_interval = poll_interval
+        self._on_delivered = on_delivered
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self._wake = trio.Event()
+        self._busy: set[bytes] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                await self._start_due(nursery)
+                next_due = await self.store.next_due_time()
+                wait = self.poll_interval
+                if next_due is not None:
+                    wait = min(wait, max(1.0, next_due - self._wall_clock()))
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+
+    async def _start_due(self, nursery: trio.Nursery) -> None:
+        now = self._wall_clock()
+        for message_id in await self.store.expire_due(now):
+            log.warning("message %s expired undelivered", message_id.hex()[:8])
+        for message in await self.store.due_messages(now, limit=self.batch * 4):
+            if len(self._busy) >= self.max_parallel_peers:
+                return
+            if message.peer not in self._busy:
+                self._busy.add(message.peer)
+                nursery.start_soon(self._deliver_to, message.peer)
+
+    async def _deliver_to(self, peer: bytes) -> None:
+        try:
+            batch = await self.store.pending_for_peer(peer, limit=self.batch)
+            now = self._wall_clock()
+            for message in batch:
+                jitter = int.from_bytes(self._rng(2), "big") / 65536
+                delay = frames.retry_delay(message.attempts, jitter)
+                await self.store.mark_attempt(message.id, now + delay)
+            contact = await self.store.contact_by_node_id(peer)
+            if batch and contact is not None:
+                await self._push_or_resolve(contact, batch)
+        except DIAL_ERRORS as exc:
+            log.info("delivery to %s failed: %s", peer.hex()[:8], type(exc).__name__)
+        finally:
+            self._busy.discard(peer)
+            self._wake.set()
+
+    async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
+        """Push over the contact's known endpoints; when that is impossible or
+        fails, find its current peer record in the DHT and push there."""
+        if contact.public_key is not None and contact.endpoints:
+            try:
+                await self._push(contact.public_key, contact.endpoints, batch)
+            except DIAL_ERRORS as exc:
+                log.debug("known endpoints failed (%r); asking the DHT", exc)
+            else:
+                return
+        found = await self.dht.find_peer(contact.node_id)
+        if found is None:
+            raise UnsupportedEndpoint("no endpoints known, none found in the DHT")
+        if contact.public_key is None:
+            await self.store.set_contact_key(contact.node_id, found.public_key)
+        if found.endpoints != contact.endpoints:
+            await self.store.update_contact_endpoints(contact.node_id, found.endpoints)
+        await self._push(found.public_key, found.endpoints, batch)
+
+    async def _push(
+        self, public_key: bytes, endpoints: Sequence[str], batch: list[OutboxMessage]
+    ) -> None:
+        link, _ = await self.dialer.connect(endpoints, PublicIdentity(public_key))
+        try:
+            for message in batch:
+                frame = MsgFrame(
+                    message.id, int(message.created * 1000), MessageKind(message.kind), message.body
+                )
+                await link.send(frames.encode(frame))
+            pending = {message.id for message in batch}
+            with trio.move_on_after(self.ack_timeout):
+                while pending:
+                    ack = frames.decode(await link.receive())
+                    if isinstance(ack, AckFrame) and ack.id in pending:
+                        pending.discard(ack.id)
+                        if await self.store.mark_delivered(ack.id, self._wall_clock()):
+                            self._on_delivered(ack.id)
+        finally:
+            await link.aclose()
