@@ -1,17 +1,16 @@
 """The node: owns the nursery, wires links, store and delivery together.
 
 ``async with Node.open(home, transports) as node:`` starts one listener per
-configured endpoint whose transport was handed in, and the delivery loop;
-leaving the block cancels them all. Nothing runs in the background that this
-nursery did not start.
+configured endpoint whose transport was handed in, the DHT (joined from
+every seed source, see :mod:`p2pmsg.join`) and the outbox sender
+(:mod:`p2pmsg.delivery.sender`); leaving the block cancels them all. Nothing
+runs in the background that this nursery did not start.
 
-Delivery (direct over secure links for now; onion routing comes later): a
-message is committed to the outbox before anything leaves the host; each
-attempt first pushes the message's next retry into the store, then dials the
-contact, sends every queued message for it and marks each delivered when its
-ack arrives. The receiver commits to its inbox (deduplicated by sender and
-message id) before it acks, so the application sees every message once,
-across crashes on either side.
+Inbound links carry both delivery frames and DHT requests. Direct delivery
+for now (onion routing comes later): a message is committed to the outbox
+before anything leaves the host, and the receiver commits to its inbox
+(deduplicated by sender and message id) before it acks, so the application
+sees every message once, across crashes on either side.
 """
 
 from __future__ import annotations
