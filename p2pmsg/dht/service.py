@@ -37,6 +37,7 @@ from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import P2PMsgError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.secure import SecureLink
+from p2pmsg.link.wire import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,17 @@ RPC_ERRORS = (
     trio.EndOfChannel,
     trio.TooSlowError,
 )
+
+
+def _fit(records: list[bytes], budget: int) -> list[bytes]:
+    """The leading records that fit ``budget`` bytes with their length prefixes."""
+    out: list[bytes] = []
+    for record in records[: rpc.MAX_RECORDS]:
+        budget -= len(record) + 2
+        if budget < 0:
+            break
+        out.append(record)
+    return out
 
 
 async def _round_trip(link: SecureLink, request: rpc.Request) -> rpc.Response:
@@ -67,6 +79,10 @@ class _LookupRun:
         self.value_type = value_type
         self.found: dict[tuple[bytes, int], rec.Record] = {}
         self.wake = trio.Event()
+
+
+#: Bytes of records one reply may carry: a response must fit one link message.
+REPLY_BUDGET = MAX_MESSAGE - 1024
 
 
 class RpcFailed(P2PMsgError):
@@ -204,11 +220,13 @@ class Dht:
                 return rec.encode(self.own_record) if self.own_record else b""
             case rpc.Method.FIND_NODE:
                 target = rpc.decode_target(request.body)
-                return rpc.encode_records(self._closer_records(target, requester.node_id))
+                closer = self._closer_records(target, requester.node_id)
+                return rpc.encode_records(_fit(closer, REPLY_BUDGET))
             case rpc.Method.FIND_VALUE:
                 rtype, key = rpc.decode_find_value(request.body)
-                values = self._values(rtype, key, now)
-                return rpc.encode_value_reply(values, self._closer_records(key, requester.node_id))
+                values = _fit(self._values(rtype, key, now), REPLY_BUDGET // 2)
+                closer = _fit(self._closer_records(key, requester.node_id), REPLY_BUDGET // 2)
+                return rpc.encode_value_reply(values, closer)
             case rpc.Method.STORE:
                 record = rec.decode(request.body)
                 result = self.records.put(record, now, source=requester.node_id)
