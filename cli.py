@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -30,7 +31,7 @@ from p2pmsg.abc import Transport
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.demo import run_demo
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.errors import BadEndpoint, P2PMsgError
+from p2pmsg.errors import BadEndpoint, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity
 from p2pmsg.node import Node
@@ -232,6 +233,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"[0-9a-f]{64}", args.node_id.lower()):
+        raise NotFound(f"{args.node_id!r} is not a node id of 64 hex digits")
     reply = _ask(home_of(args), {"op": "lookup", "id": args.node_id.lower()}, timeout=120.0)
     reply.pop("ok", None)
     _out(json.dumps(reply) if args.json else f"{reply['node_id']}\t{' '.join(reply['endpoints'])}")

@@ -9,6 +9,7 @@ from dhtworld import DhtWorld, as_seed
 from trio.testing import MockClock
 
 from p2pmsg.dht.peer import distance
+from p2pmsg.sim.net import Deliver, Drop
 
 
 def true_closest(world: DhtWorld, target: bytes, count: int) -> list[bytes]:
@@ -39,4 +40,17 @@ async def test_lookups_find_the_true_closest(autojump_clock: MockClock) -> None:
             ]
             ok += [p.node_id for p in peers] == expected[:20]
         assert ok >= trials * 0.99
+        nursery.cancel_scope.cancel()
+
+
+async def test_join_returns_false_when_no_seed_answers(autojump_clock: MockClock) -> None:
+    world = DhtWorld()
+    async with trio.open_nursery() as nursery:
+        lonely = await world.add(nursery, "10.9.0.1")
+        gone = await world.add(nursery, "10.9.0.2")
+        seed = as_seed(gone)
+        world.net.policy = lambda p: Drop() if p.dst_host == "10.9.0.2" else Deliver()
+        assert not await lonely.join([seed, seed])
+        world.net.policy = lambda p: Deliver()
+        assert await lonely.join([seed])
         nursery.cancel_scope.cancel()

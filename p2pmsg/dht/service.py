@@ -464,12 +464,12 @@ class Dht:
             await trio.sleep(index * stagger)
             if await self.ping(peer):
                 joined.set()
+                nursery.cancel_scope.cancel()
 
+        # The nursery ends on the first answer, or by itself when every seed failed.
         async with trio.open_nursery() as nursery:
             for index, peer in enumerate(seeds):
                 nursery.start_soon(attempt, index, peer)
-            await joined.wait()
-            nursery.cancel_scope.cancel()
         if not joined.is_set():
             return False
         await self.lookup(self.identity.node_id)
