@@ -10,6 +10,7 @@ control socket.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -100,7 +101,12 @@ def home_of(args: argparse.Namespace) -> Home:
 def cmd_init(args: argparse.Namespace) -> int:
     home = home_of(args)
     listen = tuple(_resolve_port_zero(Endpoint.parse(text)) for text in args.listen)
-    config = Config(listen=listen, bootstrap=tuple(args.bootstrap))
+    if args.mdns is not None:
+        try:
+            ipaddress.ip_address(args.mdns)
+        except ValueError as exc:
+            raise BadEndpoint(f"--mdns takes an interface's IP address, not {args.mdns!r}") from exc
+    config = Config(listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns)
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
         identity = home.load_identity()
@@ -272,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("init", cmd_init, "create an identity and config")
     p.add_argument("--listen", action="append", default=[], metavar="ENDPOINT")
     p.add_argument("--bootstrap", action="append", default=[], metavar="LINK")
+    p.add_argument(
+        "--mdns", metavar="IP", help="find peers on the LAN of the interface with this address"
+    )
     add("invite", cmd_invite, "print this node's invite link").add_argument(
         "--qr", action="store_true", help="also print a QR code"
     )

@@ -36,9 +36,16 @@ class Config:
 
     listen: tuple[Endpoint, ...] = ()
     bootstrap: tuple[str, ...] = field(default=())
+    #: The address of the one interface mDNS runs on; None: no mDNS.
+    mdns: str | None = None
 
     def to_json(self) -> str:
-        data = {"version": 1, "listen": [str(e) for e in self.listen], "bootstrap": self.bootstrap}
+        data = {
+            "version": 1,
+            "listen": [str(e) for e in self.listen],
+            "bootstrap": self.bootstrap,
+            "mdns": self.mdns,
+        }
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -52,8 +59,11 @@ class Config:
         listen, bootstrap = data.get("listen"), data.get("bootstrap", [])
         if not _str_list(listen) or not _str_list(bootstrap):
             raise HomeError("config.json is damaged: listen and bootstrap are lists of text")
+        mdns = data.get("mdns")
+        if mdns is not None and not isinstance(mdns, str):
+            raise HomeError("config.json is damaged: mdns is an address or null")
         try:
-            return cls(tuple(Endpoint.parse(e) for e in listen), tuple(bootstrap))
+            return cls(tuple(Endpoint.parse(e) for e in listen), tuple(bootstrap), mdns)
         except BadEndpoint as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc
 

@@ -31,10 +31,11 @@ from p2pmsg.abc import Link, Transport
 from p2pmsg.delivery import frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.sender import Sender
-from p2pmsg.dht import rpc
+from p2pmsg.dht import records, rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.discovery.mdns import MdnsDiscovery
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import (
     HandshakeError,
@@ -202,6 +203,8 @@ class Node:
                 node.dht.publish_local([str(e) for e in node.listening], node.options.capabilities)
                 await nursery.start(node.dht.run)
                 nursery.start_soon(node._stay_joined, config)
+                if config.mdns is not None:
+                    await nursery.start(node._mdns, config.mdns)
                 await nursery.start(node._sender.run)
                 yield node
                 nursery.cancel_scope.cancel()
@@ -391,6 +394,35 @@ class Node:
                 cache = join.encode_cache(self.dht.table.peers())
                 await self.store.set_meta(join.CACHE_KEY, cache)
             await trio.sleep(self.options.cache_every if len(self.dht.table) else 30.0)
+
+    async def _mdns(self, interface: str, *, task_status: trio.TaskStatus[None]) -> None:
+        """Advertise our peer record on the LAN and ping every node seen there.
+
+        The advertisement is renewed with each new record, so it never
+        carries an expired one.
+        """
+        send, receive = trio.open_memory_channel[bytes](64)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._on_sightings, receive)
+            started = False
+            while True:
+                record = self.dht.own_record
+                assert record is not None
+                with trio.move_on_after(self.dht.options.record_ttl / 2):
+                    async with trio.open_nursery() as advert:
+                        discovery = MdnsDiscovery(interface)
+                        await advert.start(discovery.run, records.encode(record), send)
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await trio.sleep_forever()
+
+    async def _on_sightings(self, sightings: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for data in sightings:
+            peer = self.dht.consider(data)
+            if peer is not None and await self.dht.ping(peer):
+                log.info("found a peer on the LAN")
+                self.joined.set()
 
     async def find(self, node_id: bytes) -> Peer | None:
         """The current peer record of ``node_id`` in the DHT, as a Peer."""

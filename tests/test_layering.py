@@ -22,6 +22,14 @@ PURE_CORES = [
     "p2pmsg/link/replay.py",
     "p2pmsg/link/connection.py",
     "p2pmsg/delivery/frames.py",
+    "p2pmsg/dht/peer.py",
+    "p2pmsg/dht/table.py",
+    "p2pmsg/dht/lookup.py",
+    "p2pmsg/dht/records.py",
+    "p2pmsg/dht/record_store.py",
+    "p2pmsg/dht/rpc.py",
+    "p2pmsg/dht/ratelimit.py",
+    "p2pmsg/discovery/txt.py",
 ]
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "zeroconf", "random", "asyncio", "select"}
 

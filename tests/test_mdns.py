@@ -19,8 +19,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 
 import pytest
@@ -353,14 +353,15 @@ async def test_an_instance_in_another_process_is_seen_and_sees_us() -> None:
     assert process.returncode == 0
 
 
-@contextmanager
-def raw_zeroconf() -> Iterator[Zeroconf]:
+@asynccontextmanager
+async def raw_zeroconf() -> AsyncIterator[Zeroconf]:
     """A bare zeroconf on loopback, for advertising what MdnsDiscovery never would."""
-    zc = Zeroconf(interfaces=[LOOPBACK], use_asyncio=False)
+    zc = await trio.to_thread.run_sync(partial(Zeroconf, interfaces=[LOOPBACK], use_asyncio=False))
     try:
         yield zc
     finally:
-        zc.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(zc.close)
 
 
 def raw_service(
@@ -386,15 +387,15 @@ async def test_malformed_records_are_counted_and_ignored() -> None:
         {b"hello": b"world"},
     ]
     good = b"well formed"
-    with no_new_threads(), raw_zeroconf() as zc:
-        async with trio.open_nursery() as nursery:
+    services = [raw_service(service_type, f"bad{i}", record) for i, record in enumerate(bad)]
+    services.append(raw_service(service_type, "good", encode_txt(good)))
+    with no_new_threads():
+        async with raw_zeroconf() as zc, trio.open_nursery() as nursery:
             await nursery.start(discovery.run, b"listener", send)
-            for index, properties in enumerate(bad):
-                info = raw_service(service_type, f"bad{index}", properties)
-                await trio.to_thread.run_sync(zc.register_service, info)
-            await trio.to_thread.run_sync(
-                zc.register_service, raw_service(service_type, "good", encode_txt(good))
-            )
+            async with trio.open_nursery() as registering:  # ~1.6 s each, so all at once
+                for info in services:
+                    register = partial(zc.register_service, info)
+                    registering.start_soon(trio.to_thread.run_sync, register)
             with trio.fail_after(HANG_GUARD):
                 assert await seen.receive() == good
             await wait_until(lambda: discovery.malformed >= len(bad), "malformed count")

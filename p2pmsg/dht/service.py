@@ -248,6 +248,11 @@ class Dht:
         peers = self.table.closest(target, self.options.k, exclude=(requester,))
         return [self._known[p.node_id] for p in peers if p.node_id in self._known]
 
+    def consider(self, data: bytes) -> Peer | None:
+        """A peer from an untrusted signed peer record (mDNS, an invite...),
+        or None when the record is invalid or our own. Unverified: ping it."""
+        return self._peer_from_bytes(data)
+
     def _consider(self, requester: PublicIdentity, sender: bytes) -> None:
         peer = self._peer_from_bytes(sender)
         if peer is None or peer.node_id != requester.node_id or peer.node_id in self.table:

@@ -151,8 +151,9 @@ class MdnsDiscovery:
         when the interface cannot be used; zeroconf's ``Error``\\ s when the
         registration fails. On cancellation (or any error) it withdraws the
         service with goodbye packets and closes zeroconf, shielded, and
-        returns only once zeroconf's threads have ended: a resolve in
-        progress delays that by up to :data:`RESOLVE_TIMEOUT_MS`.
+        returns only once zeroconf's threads have ended: a registration in
+        progress is finished first (up to ~1.6 s) and a resolve in progress
+        delays it by up to :data:`RESOLVE_TIMEOUT_MS`.
         """
         properties = encode_txt(advertise)
         if self._running:
