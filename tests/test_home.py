@@ -120,8 +120,12 @@ def test_config_known_answer() -> None:
         "version": 1,
         "listen": ["tcp:0.0.0.0:4001", r"pt:[::]:4002;k=a\;b,c"],
         "bootstrap": ["tcp:seed.example:4001"],
+        "mdns": None,
     }
     assert Config.from_json('{"listen": []}') == Config()
+    assert Config.from_json('{"listen": [], "mdns": "127.0.0.1"}').mdns == "127.0.0.1"
+    with pytest.raises(HomeError, match="mdns"):
+        Config.from_json('{"listen": [], "mdns": 5}')
 
 
 @pytest.mark.parametrize(
