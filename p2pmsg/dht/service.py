@@ -134,6 +134,7 @@ class Dht:
         self.limiter = RateLimiter(options.rate, options.burst)
         self.own_record: rec.Record | None = None
         self._known: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> peer record
+        self._pinned: dict[bytes, bytes] = {}  # the same, for routing-table peers
         self._validated: OrderedDict[bytes, tuple[Peer, int]] = OrderedDict()
         self._queued: OrderedDict[bytes, float] = OrderedDict()  # node id -> when verified
         self._pool: OrderedDict[bytes, tuple[SecureLink, Endpoint, float]] = OrderedDict()
@@ -159,10 +160,29 @@ class Dht:
         return record
 
     def _remember(self, record: rec.Record) -> None:
-        self._known[record.key] = rec.encode(record)
+        """Keep the newest peer record per node id, to hand out in answers.
+
+        Records of routing-table peers are pinned apart from the bounded
+        cache, so that a flood of other valid records cannot push them out
+        and blind our answers; an older record never replaces a newer one.
+        """
+        pinned = record.key in self.table
+        where = self._pinned if pinned else self._known
+        previous = where.get(record.key) or self._known.get(record.key)
+        if previous is not None and rec.decode(previous).seq >= record.seq:
+            return
+        where[record.key] = rec.encode(record)
+        if pinned:
+            self._known.pop(record.key, None)
+            if len(self._pinned) > 2 * len(self.table) + self.options.k:
+                self._pinned = {k: v for k, v in self._pinned.items() if k in self.table}
+            return
         self._known.move_to_end(record.key)
         while len(self._known) > self.options.known_records:
             self._known.popitem(last=False)
+
+    def _record_of(self, node_id: bytes) -> bytes | None:
+        return self._pinned.get(node_id) or self._known.get(node_id)
 
     def _peer_from_bytes(self, data: bytes) -> Peer | None:
         """A validated peer record as a Peer (prefix from its first endpoint), or None.
@@ -202,7 +222,8 @@ class Dht:
     async def handle(self, requester: PublicIdentity, request: rpc.Request) -> rpc.Response:
         """Answer one request from an authenticated ``requester``."""
         now = self._wall_clock()
-        if not self.limiter.allow(requester.node_id, now):
+        # Monotonic time: wall-clock floats are too coarse, and may step.
+        if not self.limiter.allow(requester.node_id, trio.current_time()):
             return rpc.Response(request.rid, rpc.Status.RATE_LIMITED)
         if request.sender:
             self._consider(requester, request.sender)
@@ -230,7 +251,7 @@ class Dht:
             case rpc.Method.STORE:
                 record = rec.decode(request.body)
                 result = self.records.put(record, now, source=requester.node_id)
-                if record.type is rec.RecordType.PEER:
+                if record.type is rec.RecordType.PEER and record.key in self.table:
                     self._remember(record)
                 if isinstance(result, Ignored) and result.reason.value != "not_newer":
                     raise RemoteProtocolError(f"store refused: {result.reason.value}")
@@ -246,7 +267,8 @@ class Dht:
 
     def _closer_records(self, target: bytes, requester: bytes) -> list[bytes]:
         peers = self.table.closest(target, self.options.k, exclude=(requester,))
-        return [self._known[p.node_id] for p in peers if p.node_id in self._known]
+        found = (self._record_of(p.node_id) for p in peers)
+        return [r for r in found if r is not None]
 
     def consider(self, data: bytes) -> Peer | None:
         """A peer from an untrusted signed peer record (mDNS, an invite...),
@@ -313,6 +335,9 @@ class Dht:
                 response = await _round_trip(link, request)
             except RPC_ERRORS:
                 await link.aclose()
+            except BaseException:
+                await link.aclose()
+                raise
             else:
                 await self._put_back(peer.node_id, link, used)
                 return response, used
@@ -346,6 +371,8 @@ class Dht:
 
     def _offer(self, peer: Peer) -> None:
         result = self.table.offer(peer, trio.current_time())
+        if peer.node_id in self.table and peer.node_id in self._known:
+            self._pinned[peer.node_id] = self._known.pop(peer.node_id)
         if isinstance(result, PingNeeded) and not self._verify(result.oldest):
             # Seen alive recently (or no room to ask): the old contact stays.
             self.table.ping_result(result.oldest.node_id, True, trio.current_time())
