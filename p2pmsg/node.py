@@ -268,6 +268,7 @@ class Node:
             "contacts": len(await self.store.list_contacts()),
             "uptime": round(self._wall_clock() - self.started, 3),
             "stats": vars(self.stats).copy(),
+            "dht": self.dht.stats(),
         }
 
     # -- listening -----------------------------------------------------------
@@ -331,7 +332,11 @@ class Node:
                 await link.send(frames.encode(AckFrame(frame.id)))
 
     async def _answer_rpc(self, link: SecureLink, data: bytes) -> None:
-        message = rpc.decode(data)
+        try:
+            message = rpc.decode(data)
+        except RemoteProtocolError:
+            self.stats.bad_frames += 1
+            raise
         if isinstance(message, rpc.Request):
             response = await self.dht.handle(link.peer, message)
             await link.send(rpc.encode_response(response))

@@ -23,6 +23,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -103,6 +104,7 @@ class DhtOptions:
     burst: float = 60.0
     verify_queue: int = 64
     known_records: int = 4096
+    disjoint_paths: int = 3
     max_links: int = 32
     link_idle: float = 60.0
 
@@ -145,6 +147,17 @@ class Dht:
 
     def __repr__(self) -> str:
         return f"Dht(node_id={self.identity.node_id.hex()[:16]}…, peers={len(self.table)})"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``status``: sizes, and what was refused and why."""
+        return {
+            "peers": len(self.table),
+            "records": len(self.records),
+            "refused_records": self.records.stats,
+            "rate_limited": self.limiter.refused,
+            "dropped_verifications": self.dropped_verifications,
+            "pooled_links": len(self._pool),
+        }
 
     # -- our own record --------------------------------------------------------
 
@@ -477,8 +490,13 @@ class Dht:
         return stored
 
     async def find_peer(self, node_id: bytes) -> Peer | None:
-        """The newest valid peer record of ``node_id`` in the DHT, as a Peer."""
-        _, values = await self.lookup(node_id, value_type=rec.RecordType.PEER)
+        """The newest valid peer record of ``node_id`` in the DHT, as a Peer.
+
+        The lookup runs on disjoint paths (S/Kademlia), so Sybils around the
+        key have to capture every path to hide the record."""
+        _, values = await self.lookup(
+            node_id, value_type=rec.RecordType.PEER, disjoint_paths=self.options.disjoint_paths
+        )
         for record in values:
             peer = self._peer_from_bytes(rec.encode(record))
             if peer is not None and peer.node_id == node_id:
