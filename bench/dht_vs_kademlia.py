@@ -45,16 +45,15 @@ import trio
 from trio.testing import MockClock
 
 from bench._common import environment, median, table
-from p2pmsg.abc import Link
-from p2pmsg.dht import records as rec
 from p2pmsg.dht import rpc
-from p2pmsg.dht.peer import Peer, distance, prefix_of_endpoint
+from p2pmsg.dht.host import serve_dht
+from p2pmsg.dht.peer import Peer, distance
 from p2pmsg.dht.service import Dht, DhtOptions, RpcFailed
-from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.dialer import Dialer
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
-from p2pmsg.link.secure import SecureLink, accept_secure
+from p2pmsg.link.secure import SecureLink
 from p2pmsg.sim.net import Deliver, Packet, SimNetwork
 from transports.sim import SimTransport
 
@@ -176,34 +175,6 @@ class CountingDht(Dht):
             raise
 
 
-async def serve_rpc(dht: Dht, replay: ReplayWindow, link: Link) -> None:
-    """What a node does with an inbound link, reduced to the DHT's part."""
-    try:
-        secure = await accept_secure(
-            link, dht.identity, replay, wall_clock=sim_wall_clock, timeout=5.0
-        )
-    except DIAL_ERRORS:
-        return
-    try:
-        while True:
-            message = rpc.decode(await secure.receive())
-            if isinstance(message, rpc.Request):
-                await secure.send(rpc.encode_response(await dht.handle(secure.peer, message)))
-    except DIAL_ERRORS:
-        pass
-    finally:
-        await secure.aclose()
-
-
-def as_seed(dht: Dht) -> Peer:
-    """What an invite to ``dht``'s node gives: its key and endpoints."""
-    assert dht.own_record is not None
-    info = rec.decode_peer_info(dht.own_record.value)
-    endpoint = Endpoint.parse(info.endpoints[0])
-    prefix = prefix_of_endpoint(endpoint)
-    return Peer(dht.identity.node_id, dht.identity.public.key, info.endpoints, prefix)
-
-
 async def add_node(
     nursery: trio.Nursery, net: SimNetwork, index: int, tally: Tally, rng: random.Random
 ) -> CountingDht:
@@ -223,7 +194,7 @@ async def add_node(
     dht = CountingDht(
         tally, identity, connect, options=options, wall_clock=sim_wall_clock, rng=os.urandom
     )
-    handler = partial(serve_rpc, dht, ReplayWindow(86400))
+    handler = partial(serve_dht, dht, ReplayWindow(86400), wall_clock=sim_wall_clock)
     bound = await nursery.start(transport.serve, Endpoint.parse(f"sim:{host}"), handler)
     dht.publish_local([str(bound)], frozenset())
     await nursery.start(dht.run)
@@ -244,7 +215,7 @@ async def build_ours(
         net.policy = partial(_uniform_latency, Deliver(rtt / 2))
     rng = random.Random(seed)
     nodes = [await add_node(nursery, net, 0, tally, rng)]
-    seed_peer = as_seed(nodes[0])
+    seed_peer = nodes[0].as_peer()
     for index in range(1, count):
         nodes.append(await add_node(nursery, net, index, tally, rng))
         if not await nodes[-1].join([seed_peer]):

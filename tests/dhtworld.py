@@ -14,15 +14,13 @@ import trio
 from simworld import sim_wall_clock
 
 from p2pmsg.abc import Link
-from p2pmsg.dht import records as rec
-from p2pmsg.dht import rpc
-from p2pmsg.dht.peer import Peer, prefix_of_endpoint
+from p2pmsg.dht.host import serve_dht
+from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
-from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.dialer import Dialer
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.keys import Identity
 from p2pmsg.link.replay import ReplayWindow
-from p2pmsg.link.secure import accept_secure
 from p2pmsg.sim.net import SimNetwork
 from transports.sim import SimTransport
 
@@ -64,31 +62,9 @@ class DhtWorld:
 
 def as_seed(dht: Dht) -> Peer:
     """What an invite to ``dht``'s node gives: its key and endpoints."""
-    assert dht.own_record is not None
-    info = rec.decode_peer_info(dht.own_record.value)
-    return Peer(
-        dht.identity.node_id,
-        dht.identity.public.key,
-        info.endpoints,
-        prefix_of_endpoint(Endpoint.parse(info.endpoints[0])),
-    )
+    return dht.as_peer()
 
 
 async def serve_rpc(dht: Dht, replay: ReplayWindow, link: Link) -> None:
     """What a node does with an inbound link, reduced to the DHT's part."""
-    try:
-        secure = await accept_secure(
-            link, dht.identity, replay, wall_clock=sim_wall_clock, timeout=5.0
-        )
-    except DIAL_ERRORS:
-        return
-    try:
-        while True:
-            message = rpc.decode(await secure.receive())
-            if isinstance(message, rpc.Request):
-                response = await dht.handle(secure.peer, message)
-                await secure.send(rpc.encode_response(response))
-    except DIAL_ERRORS:
-        pass
-    finally:
-        await secure.aclose()
+    await serve_dht(dht, replay, link, wall_clock=sim_wall_clock, handshake_timeout=5.0)

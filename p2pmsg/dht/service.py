@@ -35,7 +35,7 @@ from p2pmsg.dht.ratelimit import RateLimiter
 from p2pmsg.dht.record_store import Ignored, RecordStore
 from p2pmsg.dht.table import PingNeeded, RoutingTable
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.errors import P2PMsgError, RemoteProtocolError
+from p2pmsg.errors import LocalProtocolError, P2PMsgError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.secure import SecureLink
 from p2pmsg.link.wire import MAX_MESSAGE
@@ -160,6 +160,14 @@ class Dht:
         }
 
     # -- our own record --------------------------------------------------------
+
+    def as_peer(self) -> Peer:
+        """What an invite to this node gives another: its key and endpoints."""
+        if self.own_record is None:
+            raise LocalProtocolError("publish_local() first")
+        info = rec.decode_peer_info(self.own_record.value)
+        prefix = prefix_of_endpoint(Endpoint.parse(info.endpoints[0]))
+        return Peer(self.identity.node_id, self.identity.public.key, info.endpoints, prefix)
 
     def publish_local(self, endpoints: Sequence[str], capabilities: frozenset[str]) -> rec.Record:
         """Sign a fresh peer record for ourselves and keep it locally."""
