@@ -68,3 +68,23 @@ async def test_a_restarted_node_rejoins_from_its_cache_without_the_seed(
         with trio.fail_after(300):
             await alice.joined.wait()
         assert bob.identity.node_id in alice.dht.table
+
+
+async def test_a_wholly_blocked_static_list_is_survived_through_a_contacts_invite(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    for name in ("dead1", "dead2", "friend"):
+        world.home(name)
+    world.net.policy = lambda p: Drop() if p.dst_host.startswith("dead") else Deliver()
+    static = [world.invite("dead1"), world.invite("dead2")]
+    world.home("alice", bootstrap=static)
+    async with world.node("friend"), world.node("alice") as alice:
+        # Only the static list: nothing answers.
+        with trio.move_on_after(120):
+            await alice.joined.wait()
+        assert not alice.joined.is_set()
+        # A friend's invite arrives (a contact): the next attempt joins through it.
+        await alice.store.add_contact(world.contact_of("friend"))
+        with trio.fail_after(120):
+            await alice.joined.wait()
+        assert [p.prefix for p in alice.dht.table.peers()] == ["host:friend"]
