@@ -29,6 +29,7 @@ PURE_CORES = [
     "p2pmsg/dht/record_store.py",
     "p2pmsg/dht/rpc.py",
     "p2pmsg/dht/ratelimit.py",
+    "p2pmsg/dht/known.py",
     "p2pmsg/discovery/txt.py",
 ]
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "zeroconf", "random", "asyncio", "select"}

@@ -1,13 +1,14 @@
 """The DHT as a trio service: RPCs over secure links, lookups, records.
 
-The pure parts (routing table, lookup iterator, records, RPC codec, rate
-limiter) decide everything; this module only moves their inputs and outputs
-over links. Outbound, every RPC opens a secure link with ``connect`` (the
-node's dialler, which tries a peer's endpoints in order and reports the one
-that authenticated), sends one request, waits for its response under
-``rpc_timeout`` and closes the link. A peer enters the routing table only
-after it answered us on an endpoint we dialled, so its network prefix (the
-unit of the diversity limits) is one we verified, not one it claimed.
+The pure parts (routing table, lookup iterator, records, the records seen
+(:mod:`p2pmsg.dht.known`), RPC codec, rate limiter) decide everything; this
+module only moves their inputs and outputs over links. Outbound, every RPC
+goes on a pooled or fresh secure link (:mod:`p2pmsg.dht.linkpool`; the
+node's dialler tries a peer's endpoints in order and reports the one that
+authenticated) and waits for its response under ``rpc_timeout``. A peer
+enters the routing table only after it answered us on an endpoint we
+dialled, so its network prefix (the unit of the diversity limits) is one we
+verified, not one it claimed.
 
 Inbound, the node hands each request to :meth:`Dht.handle`. A requester may
 attach its signed peer record; when it is not in our table yet, it is queued
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ import trio
 
 from p2pmsg.dht import records as rec
 from p2pmsg.dht import rpc
+from p2pmsg.dht.known import KnownPeers
+from p2pmsg.dht.linkpool import Connect, LinkPool
 from p2pmsg.dht.lookup import Finished, Lookup, Query
 from p2pmsg.dht.peer import Peer, prefix_of_endpoint
 from p2pmsg.dht.ratelimit import RateLimiter
@@ -37,12 +40,10 @@ from p2pmsg.dht.table import PingNeeded, RoutingTable
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import LocalProtocolError, P2PMsgError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
-from p2pmsg.link.secure import SecureLink
 from p2pmsg.link.wire import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[Sequence[str], PublicIdentity], Awaitable[tuple[SecureLink, Endpoint]]]
 RPC_ERRORS = (
     OSError,
     P2PMsgError,
@@ -62,14 +63,6 @@ def _fit(records: list[bytes], budget: int) -> list[bytes]:
             break
         out.append(record)
     return out
-
-
-async def _round_trip(link: SecureLink, request: rpc.Request) -> rpc.Response:
-    await link.send(rpc.encode_request(request))
-    while True:
-        message = rpc.decode(await link.receive())
-        if isinstance(message, rpc.Response) and message.rid == request.rid:
-            return message
 
 
 class _LookupRun:
@@ -135,11 +128,11 @@ class Dht:
         self.records = RecordStore(own=[identity.public.key])
         self.limiter = RateLimiter(options.rate, options.burst)
         self.own_record: rec.Record | None = None
-        self._known: OrderedDict[bytes, bytes] = OrderedDict()  # node id -> peer record
-        self._pinned: dict[bytes, bytes] = {}  # the same, for routing-table peers
-        self._validated: OrderedDict[bytes, tuple[Peer, int]] = OrderedDict()
+        self.known = KnownPeers(
+            identity.node_id, self.table.__contains__, capacity=options.known_records
+        )
+        self.links = LinkPool(connect, max_links=options.max_links, link_idle=options.link_idle)
         self._queued: OrderedDict[bytes, float] = OrderedDict()  # node id -> when verified
-        self._pool: OrderedDict[bytes, tuple[SecureLink, Endpoint, float]] = OrderedDict()
         self._verify_send, self._verify_receive = trio.open_memory_channel[Peer](
             options.verify_queue
         )
@@ -156,7 +149,7 @@ class Dht:
             "refused_records": self.records.stats,
             "rate_limited": self.limiter.refused,
             "dropped_verifications": self.dropped_verifications,
-            "pooled_links": len(self._pool),
+            "pooled_links": len(self.links),
         }
 
     # -- our own record --------------------------------------------------------
@@ -180,63 +173,8 @@ class Dht:
         self.own_record = record
         return record
 
-    def _remember(self, record: rec.Record) -> None:
-        """Keep the newest peer record per node id, to hand out in answers.
-
-        Records of routing-table peers are pinned apart from the bounded
-        cache, so that a flood of other valid records cannot push them out
-        and blind our answers; an older record never replaces a newer one.
-        """
-        pinned = record.key in self.table
-        where = self._pinned if pinned else self._known
-        previous = where.get(record.key) or self._known.get(record.key)
-        if previous is not None and rec.decode(previous).seq >= record.seq:
-            return
-        where[record.key] = rec.encode(record)
-        if pinned:
-            self._known.pop(record.key, None)
-            if len(self._pinned) > 2 * len(self.table) + self.options.k:
-                self._pinned = {k: v for k, v in self._pinned.items() if k in self.table}
-            return
-        self._known.move_to_end(record.key)
-        while len(self._known) > self.options.known_records:
-            self._known.popitem(last=False)
-
-    def _record_of(self, node_id: bytes) -> bytes | None:
-        return self._pinned.get(node_id) or self._known.get(node_id)
-
     def _peer_from_bytes(self, data: bytes) -> Peer | None:
-        """A validated peer record as a Peer (prefix from its first endpoint), or None.
-
-        The same records come back in many replies, so validated ones are
-        cached (bounded) by their bytes until they expire.
-        """
-        now = self._wall_clock()
-        cached = self._validated.get(data)
-        if cached is not None and cached[1] > now:
-            self._validated.move_to_end(data)
-            return cached[0]
-        peer = self._validate_peer(data)
-        if peer is not None:
-            self._validated[data] = (peer, rec.decode(data).expires)
-            while len(self._validated) > self.options.known_records:
-                self._validated.popitem(last=False)
-        return peer
-
-    def _validate_peer(self, data: bytes) -> Peer | None:
-        try:
-            record = rec.decode(data)
-            rec.validate(record, self._wall_clock())
-            info = rec.decode_peer_info(record.value)
-            if record.type is not rec.RecordType.PEER or not info.endpoints:
-                return None
-        except RemoteProtocolError:
-            return None
-        if record.key == self.identity.node_id:
-            return None
-        self._remember(record)
-        prefix = prefix_of_endpoint(Endpoint.parse(info.endpoints[0]))
-        return rec.peer_from_record(record, prefix)
+        return self.known.peer_from_bytes(data, self._wall_clock())
 
     # -- serving ---------------------------------------------------------------
 
@@ -273,7 +211,7 @@ class Dht:
                 record = rec.decode(request.body)
                 result = self.records.put(record, now, source=requester.node_id)
                 if record.type is rec.RecordType.PEER and record.key in self.table:
-                    self._remember(record)
+                    self.known.remember(record)
                 if isinstance(result, Ignored) and result.reason.value != "not_newer":
                     raise RemoteProtocolError(f"store refused: {result.reason.value}")
                 return b""
@@ -288,7 +226,7 @@ class Dht:
 
     def _closer_records(self, target: bytes, requester: bytes) -> list[bytes]:
         peers = self.table.closest(target, self.options.k, exclude=(requester,))
-        found = (self._record_of(p.node_id) for p in peers)
+        found = (self.known.record_of(p.node_id) for p in peers)
         return [r for r in found if r is not None]
 
     def consider(self, data: bytes) -> Peer | None:
@@ -332,7 +270,7 @@ class Dht:
         request = rpc.Request(self._rng(rpc.RID_BYTES), method, sender, body)
         try:
             with trio.fail_after(self.options.rpc_timeout):
-                response, used = await self._exchange(peer, request)
+                response, used = await self.links.exchange(peer, request)
         except RPC_ERRORS as exc:
             self.table.on_failure(peer.node_id)
             raise RpcFailed(f"{method.name} failed: {type(exc).__name__}") from exc
@@ -342,58 +280,10 @@ class Dht:
         self._offer(verified)
         return response.body
 
-    async def _exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
-        """One request and its response, on a pooled link when there is one.
-
-        A pooled link is taken out while in use, so concurrent calls to one
-        peer each get their own; a pooled link that fails (the peer closed it
-        while idle) is dropped and the request goes on a fresh one.
-        """
-        pooled = self._pool.pop(peer.node_id, None)
-        if pooled is not None:
-            link, used, _ = pooled
-            try:
-                response = await _round_trip(link, request)
-            except RPC_ERRORS:
-                await link.aclose()
-            except BaseException:
-                await link.aclose()
-                raise
-            else:
-                await self._put_back(peer.node_id, link, used)
-                return response, used
-        link, used = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
-        try:
-            response = await _round_trip(link, request)
-        except BaseException:
-            await link.aclose()
-            raise
-        await self._put_back(peer.node_id, link, used)
-        return response, used
-
-    async def _put_back(self, node_id: bytes, link: SecureLink, used: Endpoint) -> None:
-        now = trio.current_time()
-        if node_id in self._pool:
-            await link.aclose()
-            return
-        self._pool[node_id] = (link, used, now)
-        while len(self._pool) > self.options.max_links or (
-            self._pool and now - next(iter(self._pool.values()))[2] > self.options.link_idle
-        ):
-            _, (old, _, _) = self._pool.popitem(last=False)
-            await old.aclose()
-
-    async def close_links(self) -> None:
-        """Close every pooled link (shielded from cancellation)."""
-        with trio.CancelScope(shield=True):
-            while self._pool:
-                _, (link, _, _) = self._pool.popitem()
-                await link.aclose()
-
     def _offer(self, peer: Peer) -> None:
         result = self.table.offer(peer, trio.current_time())
-        if peer.node_id in self.table and peer.node_id in self._known:
-            self._pinned[peer.node_id] = self._known.pop(peer.node_id)
+        if peer.node_id in self.table:
+            self.known.pin(peer.node_id, len(self.table))
         if isinstance(result, PingNeeded) and not self._verify(result.oldest):
             # Seen alive recently (or no room to ask): the old contact stays.
             self.table.ping_result(result.oldest.node_id, True, trio.current_time())
@@ -544,7 +434,7 @@ class Dht:
                     await self._upkeep()
                     await trio.sleep(min(self.options.republish_every, self.options.refresh_every))
         finally:
-            await self.close_links()
+            await self.links.close_all()
 
     async def _verifier(self) -> None:
         async for peer in self._verify_receive:
