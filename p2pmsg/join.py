@@ -1,4 +1,4 @@
-"""Where a node finds its first peers, and how it remembers them.
+"""Where a node finds its first peers, how it remembers them, and staying joined.
 
 Seeds come from many sources so that no single blocked server can keep a
 node out (SCENARIOS S2): bootstrap invites from the config, the peers cached
@@ -6,19 +6,29 @@ in the database from the last run, and every contact whose key and endpoints
 we know. The DHT pings them all with staggered starts and is joined on the
 first answer. The cache holds keys and endpoints only (no signed records),
 so it still works after the peers' records have expired, e.g. after two
-weeks offline.
+weeks offline. With mDNS on, the node also advertises its signed peer record
+on one chosen LAN interface and pings every node it sees there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 
+import trio
+
+from p2pmsg.dht import records
 from p2pmsg.dht.peer import Peer, prefix_of_endpoint
+from p2pmsg.dht.service import Dht
+from p2pmsg.discovery.mdns import MdnsDiscovery
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadInvite
+from p2pmsg.home import Config
 from p2pmsg.keys import node_id_of
-from p2pmsg.store import Contact
+from p2pmsg.store import Contact, Store
+
+log = logging.getLogger(__name__)
 
 CACHE_KEY = "dht_peers"
 MAX_CACHED = 200
@@ -95,3 +105,64 @@ def unique(peers: Iterable[Peer], exclude: bytes) -> list[Peer]:
             seen.add(peer.node_id)
             out.append(peer)
     return out
+
+
+class Joiner:
+    """Keeps a node's DHT joined; ``joined`` is set on the first success."""
+
+    def __init__(self, dht: Dht, store: Store, joined: trio.Event, config: Config) -> None:
+        self.dht = dht
+        self.store = store
+        self.joined = joined
+        self.config = config
+
+    async def seeds(self) -> list[Peer]:
+        cached = seeds_from_cache(await self.store.get_meta(CACHE_KEY))
+        contacts = seeds_from_contacts(await self.store.list_contacts())
+        invites = seeds_from_invites(self.config.bootstrap)
+        return unique(invites + cached + contacts, exclude=self.dht.identity.node_id)
+
+    async def stay_joined(self, cache_every: float, retry_every: float = 30.0) -> None:
+        """Join from every seed source; then keep our record stored and the
+        routing table cached, retrying the join while the table is empty."""
+        while True:
+            if not len(self.dht.table):
+                seeds = await self.seeds()
+                if seeds and await self.dht.join(seeds):
+                    log.info("joined the DHT")
+                    self.joined.set()
+                    if self.dht.own_record is not None:
+                        await self.dht.put(self.dht.own_record)
+            if len(self.dht.table):
+                cache = encode_cache(self.dht.table.peers())
+                await self.store.set_meta(CACHE_KEY, cache)
+            await trio.sleep(cache_every if len(self.dht.table) else retry_every)
+
+    async def mdns(self, interface: str, *, task_status: trio.TaskStatus[None]) -> None:
+        """Advertise our peer record on the LAN and ping every node seen there.
+
+        The advertisement is renewed every half record lifetime with our
+        newest record, so it never carries an expired one.
+        """
+        send, receive = trio.open_memory_channel[bytes](64)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._on_sightings, receive)
+            started = False
+            while True:
+                record = self.dht.own_record
+                assert record is not None
+                with trio.move_on_after(self.dht.options.record_ttl / 2):
+                    async with trio.open_nursery() as advert:
+                        discovery = MdnsDiscovery(interface)
+                        await advert.start(discovery.run, records.encode(record), send)
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await trio.sleep_forever()
+
+    async def _on_sightings(self, sightings: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for data in sightings:
+            peer = self.dht.consider(data)
+            if peer is not None and await self.dht.ping(peer):
+                log.info("found a peer on the LAN")
+                self.joined.set()

@@ -31,11 +31,10 @@ from p2pmsg.abc import Link, Transport
 from p2pmsg.delivery import frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.sender import Sender
-from p2pmsg.dht import records, rpc
+from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
-from p2pmsg.discovery.mdns import MdnsDiscovery
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import (
     HandshakeError,
@@ -43,7 +42,7 @@ from p2pmsg.errors import (
     RemoteProtocolError,
     UnknownContact,
 )
-from p2pmsg.home import Config, Home
+from p2pmsg.home import Home
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import SecureLink, accept_secure
@@ -202,9 +201,10 @@ class Node:
                     await node._listen(nursery, endpoint)
                 node.dht.publish_local([str(e) for e in node.listening], node.options.capabilities)
                 await nursery.start(node.dht.run)
-                nursery.start_soon(node._stay_joined, config)
+                joiner = join.Joiner(node.dht, node.store, node.joined, config)
+                nursery.start_soon(joiner.stay_joined, node.options.cache_every)
                 if config.mdns is not None:
-                    await nursery.start(node._mdns, config.mdns)
+                    await nursery.start(joiner.mdns, config.mdns)
                 await nursery.start(node._sender.run)
                 yield node
                 nursery.cancel_scope.cancel()
@@ -377,57 +377,6 @@ class Node:
             self.stats.app_queue_overflow += 1
 
     # -- the DHT -------------------------------------------------------------
-
-    async def _seeds(self, config: Config) -> list[Peer]:
-        cached = join.seeds_from_cache(await self.store.get_meta(join.CACHE_KEY))
-        contacts = join.seeds_from_contacts(await self.store.list_contacts())
-        invites = join.seeds_from_invites(config.bootstrap)
-        return join.unique(invites + cached + contacts, exclude=self.identity.node_id)
-
-    async def _stay_joined(self, config: Config) -> None:
-        """Join from every seed source; then keep our record stored and the
-        routing table cached, retrying the join while the table is empty."""
-        while True:
-            if not len(self.dht.table):
-                seeds = await self._seeds(config)
-                if seeds and await self.dht.join(seeds):
-                    log.info("joined the DHT")
-                    self.joined.set()
-                    if self.dht.own_record is not None:
-                        await self.dht.put(self.dht.own_record)
-            if len(self.dht.table):
-                cache = join.encode_cache(self.dht.table.peers())
-                await self.store.set_meta(join.CACHE_KEY, cache)
-            await trio.sleep(self.options.cache_every if len(self.dht.table) else 30.0)
-
-    async def _mdns(self, interface: str, *, task_status: trio.TaskStatus[None]) -> None:
-        """Advertise our peer record on the LAN and ping every node seen there.
-
-        The advertisement is renewed with each new record, so it never
-        carries an expired one.
-        """
-        send, receive = trio.open_memory_channel[bytes](64)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._on_sightings, receive)
-            started = False
-            while True:
-                record = self.dht.own_record
-                assert record is not None
-                with trio.move_on_after(self.dht.options.record_ttl / 2):
-                    async with trio.open_nursery() as advert:
-                        discovery = MdnsDiscovery(interface)
-                        await advert.start(discovery.run, records.encode(record), send)
-                        if not started:
-                            task_status.started()
-                            started = True
-                        await trio.sleep_forever()
-
-    async def _on_sightings(self, sightings: trio.MemoryReceiveChannel[bytes]) -> None:
-        async for data in sightings:
-            peer = self.dht.consider(data)
-            if peer is not None and await self.dht.ping(peer):
-                log.info("found a peer on the LAN")
-                self.joined.set()
 
     async def find(self, node_id: bytes) -> Peer | None:
         """The current peer record of ``node_id`` in the DHT, as a Peer."""
