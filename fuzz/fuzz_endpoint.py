@@ -15,9 +15,6 @@ Run under atheris (see fuzz/README.md)::
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from p2pmsg.endpoint import MAX_ARGS, MAX_ENDPOINT_CHARS, Endpoint
 from p2pmsg.errors import BadEndpoint
 
@@ -67,22 +64,7 @@ def seeds() -> dict[str, bytes]:
     }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in seeds().items():
-        (directory / name).write_bytes(data)
-
-
-def main() -> None:
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-        return
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from _harness import run  # the script's own folder is first on sys.path
+
+    run(TestOneInput, seeds)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import random
 import struct
-import sys
-from pathlib import Path
 
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.keys import Identity
@@ -164,22 +162,7 @@ def seeds() -> dict[str, bytes]:
     }
 
 
-def write_seeds(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in seeds().items():
-        (directory / name).write_bytes(data)
-
-
-def main() -> None:
-    if sys.argv[1:2] == ["--write-seeds"]:
-        write_seeds(Path(sys.argv[2]))
-        return
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from _harness import run  # the script's own folder is first on sys.path
+
+    run(TestOneInput, seeds)
