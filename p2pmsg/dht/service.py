@@ -236,16 +236,20 @@ class Dht:
 
     def _consider(self, requester: PublicIdentity, sender: bytes) -> None:
         peer = self._peer_from_bytes(sender)
-        if peer is None or peer.node_id != requester.node_id or peer.node_id in self.table:
+        if peer is None or peer.node_id != requester.node_id:
             return
-        self._verify(peer)
+        listed = self.table.get(peer.node_id)
+        if listed is None or listed.endpoints != peer.endpoints:
+            # A newcomer, or a known peer that moved: verify the new endpoints.
+            self._verify(peer, moved=listed is not None)
 
-    def _verify(self, peer: Peer) -> bool:
-        """Queue a verifying ping, at most once per peer per refresh interval.
-        False when it was not queued (verified recently, or the queue is full)."""
+    def _verify(self, peer: Peer, *, moved: bool = False) -> bool:
+        """Queue a verifying ping, at most once per peer per refresh interval
+        unless it ``moved``. False when it was not queued (verified recently,
+        or the queue is full)."""
         now = trio.current_time()
         last = self._queued.get(peer.node_id)
-        if last is not None and now - last < self.options.refresh_every:
+        if not moved and last is not None and now - last < self.options.refresh_every:
             return False
         try:
             self._verify_send.send_nowait(peer)
