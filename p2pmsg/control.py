@@ -41,6 +41,7 @@ MAX_LINE = 256 * 1024
 MAX_LIMIT = 1000
 OPS = frozenset({"send", "inbox", "outbox", "status", "peers", "lookup"})
 TIMEOUT = 30.0
+LOOKUP_TIMEOUT = 110.0  # a DHT lookup may need many round trips; the CLI waits 120 s
 MAX_SOCKET_PATH = 108  # sun_path on Linux, NUL included
 
 
@@ -102,14 +103,19 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
 async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
     try:
         with trio.fail_after(TIMEOUT):
-            request = parse_request(await _read_line(stream))
+            line = await _read_line(stream)
+    except (trio.TooSlowError, trio.BrokenResourceError):
+        return  # a client that never finished its request gets nothing
+    try:
+        request = parse_request(line)
+        with trio.fail_after(LOOKUP_TIMEOUT if request.op == "lookup" else TIMEOUT):
             reply = {"ok": True, **(await handler(request))}
     except P2PMsgError as exc:
         reply = {"ok": False, "error": exc.user_message()}
     except ValueError as exc:
         reply = {"ok": False, "error": str(exc)}
-    except (trio.TooSlowError, trio.BrokenResourceError):
-        return
+    except trio.TooSlowError:
+        reply = {"ok": False, "error": f"the node did not finish {request.op!r} in time"}
     with contextlib.suppress(trio.BrokenResourceError):
         await stream.send_all(encode(reply))
 

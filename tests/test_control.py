@@ -26,6 +26,7 @@ from p2pmsg.control import (
     MAX_LIMIT,
     MAX_LINE,
     MAX_SOCKET_PATH,
+    TIMEOUT,
     Handler,
     Request,
     bind_control,
@@ -353,3 +354,18 @@ def test_errors_form_one_tree() -> None:
     assert issubclass(ControlError, P2PMsgError)
     assert issubclass(NodeNotRunning, P2PMsgError)
     assert NodeRefused("").user_message() == "The running node refused the request."
+
+
+async def test_a_handler_that_overruns_gets_an_error_reply(
+    sock_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def stuck(request: Request) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    path = sock_dir / "c.sock"
+    async with trio.open_nursery() as nursery:
+        await start(nursery, path, stuck)
+        with pytest.raises(NodeRefused, match="did not finish 'status' in time"):
+            await call(path, {"op": "status"}, timeout=TIMEOUT + 10)
+        nursery.cancel_scope.cancel()
