@@ -1,4 +1,4 @@
-"""The routing table: splitting, ping-before-evict, diversity caps, closest, snapshots."""
+"""The routing table: splitting, ping-before-evict, diversity caps, closest."""
 
 from __future__ import annotations
 
@@ -218,22 +218,6 @@ def test_closest_matches_brute_force(seed: int, target: bytes, count: int, k: in
     assert table.closest(target, count, exclude=excluded) == kept[:count]
 
 
-def test_snapshot_round_trip() -> None:
-    peers = random_peers(120, seed=9)
-    table = RoutingTable(peers[0].node_id, k=4, **NO_CAPS)
-    for index, peer in enumerate(peers[1:]):
-        result = table.offer(peer, float(index))
-        if isinstance(result, PingNeeded):
-            table.ping_result(result.oldest.node_id, True, float(index))
-    snapshot = table.to_snapshot(now=500.0)
-    assert all(isinstance(entry.age, float) and entry.age >= 0 for entry in snapshot)
-    restored = RoutingTable.from_snapshot(peers[0].node_id, snapshot, 1000.0, k=4, **NO_CAPS)
-    assert restored.peers() == table.peers()
-    ages = [(e.peer, e.age) for e in restored.to_snapshot(now=1000.0)]
-    assert ages == [(e.peer, e.age) for e in snapshot]
-    check_structure(restored)
-
-
 def test_stale_buckets_name_an_id_in_each_stale_range() -> None:
     rng = random.Random(10)
     table = RoutingTable(bytes(ID_BYTES), k=2, **NO_CAPS)
@@ -377,17 +361,6 @@ class TableMachine(RuleBasedStateMachine):
     def remove(self, index: int) -> None:
         node_id = self.peer(index, 0).node_id
         self.guarded("remove", node_id, lambda: self.table.remove(node_id))
-
-    @rule()
-    def snapshot(self) -> None:
-        table = self.table
-        caps = {"max_per_prefix_bucket": table.max_per_prefix_bucket}
-        caps["max_per_prefix_table"] = table.max_per_prefix_table
-        snapshot = table.to_snapshot(self.now)
-        restored = RoutingTable.from_snapshot(table.local_id, snapshot, self.now, k=table.k, **caps)
-        assert set(restored.peers()) <= set(table.peers())
-        if table.max_per_prefix_bucket is None:
-            assert set(restored.peers()) == set(table.peers())
 
     @invariant()
     def buckets_are_bounded_and_in_range(self) -> None:

@@ -29,9 +29,8 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
 from p2pmsg.dht.peer import ID_BITS, ID_BYTES, Peer, distance
 
@@ -86,13 +85,6 @@ class BucketView:
     depth: int
     entries: tuple[Contact, ...]
     replacements: tuple[Contact, ...]
-
-
-class SnapshotEntry(NamedTuple):
-    """A persisted entry: the peer and how many seconds before the snapshot it was last seen."""
-
-    peer: Peer
-    age: float
 
 
 @dataclass
@@ -275,7 +267,7 @@ class RoutingTable:
         self._promote(bucket)
         return True
 
-    # -- refresh and persistence ------------------------------------------------------
+    # -- refresh ---------------------------------------------------------------------
 
     def stale_buckets(
         self, now: float, refresh_interval: float, rng: Callable[[int], bytes]
@@ -294,34 +286,6 @@ class RoutingTable:
             noise = int.from_bytes(rng(ID_BYTES), "big") & (span - 1)
             targets.append((bucket.lo | noise).to_bytes(ID_BYTES, "big"))
         return targets
-
-    def to_snapshot(self, now: float) -> list[SnapshotEntry]:
-        """The entries as plain data, with ages relative to ``now`` (replacements are not kept)."""
-        return [
-            SnapshotEntry(s.peer, max(0.0, now - s.last_seen))
-            for b in self._buckets
-            for s in b.entries
-        ]
-
-    @classmethod
-    def from_snapshot(
-        cls,
-        local_id: bytes,
-        entries: Iterable[SnapshotEntry],
-        now: float,
-        **options: Any,
-    ) -> RoutingTable:
-        """A table refilled from :meth:`to_snapshot` output; ``options`` as for the constructor.
-
-        Entries are offered oldest first, so the least-recently-seen order is
-        kept; what the limits refuse is dropped, and overflow becomes replacements.
-        """
-        table = cls(local_id, **options)
-        for entry in sorted(entries, key=lambda e: -e.age):
-            table.offer(entry.peer, now - entry.age)
-        for bucket in table._buckets:
-            bucket.pending = None
-        return table
 
     # -- internals ----------------------------------------------------------------------
 
