@@ -40,6 +40,7 @@ import trio
 from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import StoreError
 from p2pmsg.keys import KEY_BYTES, node_id_of
+from p2pmsg.store_onion import OnionTables, SurbRecord
 from p2pmsg.store_schema import (
     SCHEMA_VERSION,
     SELECT_CONTACT,
@@ -70,6 +71,7 @@ __all__ = [
     "OutboxMessage",
     "OutboxState",
     "Store",
+    "SurbRecord",
     "run_inline",
 ]
 
@@ -88,7 +90,7 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
-class Database:
+class Database(OnionTables):
     """The store over one SQLite connection; see the module docstring.
 
     Not thread-safe by itself: one caller at a time (:class:`Store` ensures it).
@@ -235,8 +237,8 @@ class Database:
                 raise StoreError("a message with that id is already in the outbox")
             conn.execute(
                 "INSERT INTO outbox (id, peer, kind, body, created, expires, state, attempts,"
-                " next_attempt, delivered) VALUES (:id, :peer, :kind, :body, :created,"
-                " :expires, 'queued', :attempts, :next_attempt, NULL)",
+                " next_attempt, delivered, direct) VALUES (:id, :peer, :kind, :body, :created,"
+                " :expires, 'queued', :attempts, :next_attempt, NULL, :direct)",
                 vars(message),
             )
 
@@ -445,3 +447,17 @@ class Store:
     count_inbox = _offloaded(Database.count_inbox)
     get_meta = _offloaded(Database.get_meta)
     set_meta = _offloaded(Database.set_meta)
+    get_session = _offloaded(Database.get_session)
+    save_session = _offloaded(Database.save_session)
+    commit_received_sealed = _offloaded(Database.commit_received_sealed)
+    get_secret = _offloaded(Database.get_secret)
+    set_secret = _offloaded(Database.set_secret)
+    delete_secret = _offloaded(Database.delete_secret)
+    add_surb = _offloaded(Database.add_surb)
+    take_surb = _offloaded(Database.take_surb)
+    surb_routes = _offloaded(Database.surb_routes)
+    expire_surbs = _offloaded(Database.expire_surbs)
+    count_surbs = _offloaded(Database.count_surbs)
+    add_replay_tags = _offloaded(Database.add_replay_tags)
+    replay_tags = _offloaded(Database.replay_tags)
+    drop_replay_tags_before = _offloaded(Database.drop_replay_tags_before)

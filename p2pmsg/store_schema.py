@@ -104,12 +104,14 @@ class OutboxMessage:
     attempts: int = 0
     next_attempt: float
     delivered: float | None = None
+    direct: bool = False
 
     def __post_init__(self) -> None:
         _check_len("id", self.id, MESSAGE_ID_BYTES)
         _check_len("peer", self.peer, NODE_ID_BYTES)
         object.__setattr__(self, "kind", MessageKind(self.kind))
         object.__setattr__(self, "state", OutboxState(self.state))
+        object.__setattr__(self, "direct", bool(self.direct))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,8 +133,8 @@ class InboxMessage:
 
 # Field names equal column names, in the order of these SELECTs.
 SELECT_OUTBOX = (
-    "SELECT id, peer, kind, body, created, expires, state, attempts, next_attempt, delivered"
-    " FROM outbox "
+    "SELECT id, peer, kind, body, created, expires, state, attempts, next_attempt, delivered,"
+    " direct FROM outbox "
 )
 SELECT_INBOX = "SELECT peer, id, kind, body, sent, received FROM inbox "
 SELECT_CONTACT = "SELECT name, node_id, public_key, endpoints, added FROM contacts "
@@ -208,8 +210,36 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_V2 = (
+    "ALTER TABLE outbox ADD COLUMN direct INTEGER NOT NULL DEFAULT 0 CHECK (direct IN (0, 1))",
+    """CREATE TABLE sessions (
+        peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
+        state BLOB NOT NULL,
+        updated REAL NOT NULL)""",
+    "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    """CREATE TABLE surbs (
+        id BLOB PRIMARY KEY,
+        message BLOB NOT NULL,
+        relays BLOB NOT NULL,
+        secret BLOB NOT NULL,
+        expires REAL NOT NULL)""",
+    "CREATE INDEX surbs_message ON surbs (message)",
+    "CREATE INDEX surbs_expires ON surbs (expires)",
+    """CREATE TABLE replay_tags (
+        epoch INTEGER NOT NULL,
+        tag BLOB NOT NULL,
+        PRIMARY KEY (epoch, tag)) WITHOUT ROWID""",
+)
+
+
+def _create_v2(conn: sqlite3.Connection) -> None:
+    """Migration 1 -> 2: the onion tables and the outbox's ``direct`` flag."""
+    for statement in _V2:
+        conn.execute(statement)
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -137,7 +137,7 @@ def test_pragmas(db: Database) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def test_reopen_persists_everything(path: Path) -> None:
@@ -227,10 +227,11 @@ def test_migrations_run_in_order_from_the_stored_version(
         conn.execute("ALTER TABLE contacts ADD COLUMN note TEXT")
 
     monkeypatch.setattr(store_schema, "MIGRATIONS", (*store_schema.MIGRATIONS, add_column))
-    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", 2)
+    version = store_schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", version)
     Database.open(path).close()
     conn = raw(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == version
     assert "note" in {row[1] for row in conn.execute("PRAGMA table_info(contacts)")}
     conn.close()
 

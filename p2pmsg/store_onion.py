@@ -1,0 +1,173 @@
+"""The store's tables for onion delivery: e2e sessions, secrets, SURBs, replay tags.
+
+A mixin of :class:`p2pmsg.store.Database` (same connection, same rules:
+one committed ``BEGIN IMMEDIATE`` transaction per write, bounded reads, every
+SQLite failure a :class:`StoreError`). The values are opaque blobs that the
+pure cores (:mod:`p2pmsg.e2e`, :mod:`p2pmsg.onion`) serialise.
+
+* ``sessions``: one Double Ratchet state per peer. A received message and the
+  state that decrypted it commit in one transaction with the inbox row, so a
+  crash can never keep one without the other.
+* ``secrets``: named secret blobs (prekey secrets, onion keys per epoch).
+* ``surbs``: the keys to open each single-use reply block we handed out, the
+  message it acknowledges and the relays of its route (for scoring). Taking
+  a SURB deletes it: a second reply through the same SURB finds nothing.
+* ``replay_tags``: the Sphinx replay tags a relay has accepted, per key epoch,
+  written before the packet is forwarded so that a replay is refused after a
+  restart too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from p2pmsg.store_schema import InboxMessage
+
+
+@dataclass(frozen=True)
+class SurbRecord:
+    """What we keep for one reply block we handed out. ``repr`` hides the secret."""
+
+    id: bytes
+    message: bytes
+    relays: tuple[bytes, ...]
+    secret: bytes
+    expires: float
+
+    def __repr__(self) -> str:
+        return f"SurbRecord(id={self.id.hex()[:8]}…, message={self.message.hex()[:8]}…)"
+
+
+def _join(ids: Iterable[bytes]) -> bytes:
+    return b"".join(ids)
+
+
+def _split(blob: bytes) -> tuple[bytes, ...]:
+    return tuple(blob[i : i + 32] for i in range(0, len(blob), 32))
+
+
+class OnionTables:
+    """Methods over the onion tables; :class:`Database` provides the connection."""
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    # sessions
+
+    def get_session(self, peer: bytes) -> bytes | None:
+        rows = self._rows("SELECT state FROM sessions WHERE peer = ?", (peer,))
+        return bytes(rows[0][0]) if rows else None
+
+    def save_session(self, peer: bytes, state: bytes, now: float) -> None:
+        with self._write() as conn:
+            _upsert_session(conn, peer, state, now)
+
+    def commit_received_sealed(
+        self,
+        message: InboxMessage,
+        state: bytes,
+        secrets: tuple[str, bytes] | None,
+    ) -> bool:
+        """Commit an e2e message with the session state (and prekey secrets)
+        that opened it, in one transaction; True if the message is new."""
+        with self._write() as conn:
+            _upsert_session(conn, message.peer, state, message.received)
+            if secrets is not None:
+                _upsert_secret(conn, *secrets)
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO inbox (peer, id, kind, body, sent, received)"
+                " VALUES (:peer, :id, :kind, :body, :sent, :received)",
+                vars(message),
+            )
+            return cur.rowcount == 1
+
+    # named secrets
+
+    def get_secret(self, name: str) -> bytes | None:
+        rows = self._rows("SELECT value FROM secrets WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None
+
+    def set_secret(self, name: str, value: bytes) -> None:
+        with self._write() as conn:
+            _upsert_secret(conn, name, value)
+
+    def delete_secret(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+
+    # reply blocks
+
+    def add_surb(self, surb: SurbRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO surbs (id, message, relays, secret, expires) VALUES (?, ?, ?, ?, ?)",
+                (surb.id, surb.message, _join(surb.relays), surb.secret, surb.expires),
+            )
+
+    def take_surb(self, surb_id: bytes) -> SurbRecord | None:
+        """Remove and return the SURB ``surb_id``: each is used at most once."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "DELETE FROM surbs WHERE id = ? RETURNING message, relays, secret, expires",
+                (surb_id,),
+            ).fetchall()
+        if not rows:
+            return None
+        message, relays, secret, expires = rows[0]
+        return SurbRecord(surb_id, bytes(message), _split(bytes(relays)), bytes(secret), expires)
+
+    def surb_routes(self, message: bytes, limit: int = 64) -> list[tuple[bytes, ...]]:
+        """The relays of the routes of ``message``'s unanswered SURBs."""
+        rows = self._rows(
+            "SELECT relays FROM surbs WHERE message = ? ORDER BY rowid DESC LIMIT ?",
+            (message, limit),
+        )
+        return [_split(bytes(row[0])) for row in rows]
+
+    def expire_surbs(self, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM surbs WHERE expires <= ?", (now,)).rowcount
+
+    def count_surbs(self) -> int:
+        return int(self._rows("SELECT count(*) FROM surbs")[0][0])
+
+    # replay tags
+
+    def add_replay_tags(self, epoch: int, tags: Iterable[bytes]) -> None:
+        """Persist accepted tags (one transaction for a batch of packets)."""
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO replay_tags (epoch, tag) VALUES (?, ?)",
+                [(epoch, tag) for tag in tags],
+            )
+
+    def replay_tags(self, epoch: int, limit: int) -> list[bytes]:
+        rows = self._rows("SELECT tag FROM replay_tags WHERE epoch = ? LIMIT ?", (epoch, limit))
+        return [bytes(row[0]) for row in rows]
+
+    def drop_replay_tags_before(self, epoch: int) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM replay_tags WHERE epoch < ?", (epoch,)).rowcount
+
+
+def _upsert_session(conn: sqlite3.Connection, peer: bytes, state: bytes, now: float) -> None:
+    conn.execute(
+        "INSERT INTO sessions (peer, state, updated) VALUES (?, ?, ?)"
+        " ON CONFLICT (peer) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+        (peer, state, now),
+    )
+
+
+def _upsert_secret(conn: sqlite3.Connection, name: str, value: bytes) -> None:
+    conn.execute(
+        "INSERT INTO secrets (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
