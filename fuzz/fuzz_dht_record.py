@@ -8,8 +8,8 @@ parsed as a peer-record value, so the fuzzer reaches that parser without
 having to forge a signature; a parsed value must encode back to the input.
 Anything else is a bug.
 
-A valid peer record for the fixed key (``seeds()``) shows the fuzzer the
-layout.
+A valid peer record (with onion keys) and a valid prekey record for the
+fixed publisher (``seeds()``) show the fuzzer the layouts.
 
 Run under atheris (see fuzz/README.md)::
 
@@ -28,6 +28,7 @@ from p2pmsg.dht.records import (
     encode,
     encode_peer_info,
     make_peer_record,
+    make_prekey_record,
     validate,
 )
 from p2pmsg.errors import RemoteProtocolError
@@ -68,7 +69,11 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
 
 def seeds() -> dict[str, bytes]:
     """Seed inputs for the corpus: a valid peer record and its near misses."""
-    info = PeerInfo(("tcp:192.0.2.1:4001", "ws:198.51.100.7:443/chat"), frozenset({"relay"}))
+    info = PeerInfo(
+        ("tcp:192.0.2.1:4001", "ws:198.51.100.7:443/chat"),
+        frozenset({"relay"}),
+        ((20833, bytes(range(32))), (20834, bytes(range(32, 64)))),
+    )
     valid = encode(make_peer_record(PUBLISHER, info, 7, int(NOW) + 3600))
     value = encode_peer_info(info)
     flipped_value = bytearray(valid)
@@ -85,6 +90,9 @@ def seeds() -> dict[str, bytes]:
         "unknown_type": valid[:1] + b"\x7f" + valid[2:],
         "expired": encode(make_peer_record(PUBLISHER, info, 7, int(NOW) - 1)),
         "too_far_ahead": encode(make_peer_record(PUBLISHER, info, 7, int(NOW) + 9 * 86_400)),
+        "prekeys": encode(make_prekey_record(PUBLISHER, b"bundle", 3, int(NOW) + 3600)),
+        "peer_value_v1": b"\x01" + value[1:],
+        "peer_value_no_onion_keys": value[: value.index(b"relay") + 5] + b"\x00",
         "empty": b"",
     }
 

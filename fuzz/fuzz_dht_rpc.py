@@ -6,7 +6,8 @@ the input. A decoded message's body then goes to the decoders its method
 implies (a request's FIND_NODE target or FIND_VALUE key, a response's node
 or value reply), and the raw input goes to every body decoder as well, so the
 fuzzer reaches them without having to build a valid header first. Each body
-that decodes must encode back to the bytes it came from. Only
+that decodes must encode back to the bytes it came from (the mailbox bodies
+too: DEPOSIT, FETCH and its reply, CLEAR). Only
 :class:`RemoteProtocolError` may come out; anything else is a bug.
 
 Run under atheris (see fuzz/README.md)::
@@ -19,6 +20,7 @@ from __future__ import annotations
 import struct
 
 from p2pmsg.dht import rpc
+from p2pmsg.dht.mailbox import entry_id, mailbox_keys, sign_clear
 from p2pmsg.dht.records import PeerInfo, encode, make_peer_record
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.keys import Identity
@@ -41,11 +43,14 @@ def _message(data: bytes) -> None:
             _target(message.body)
         elif message.method is rpc.Method.FIND_VALUE:
             _find_value(message.body)
+        else:
+            _mailbox_request(message.body)
     else:
         assert isinstance(message, rpc.Response)
         assert isinstance(message.status, rpc.Status)
         assert rpc.encode_response(message) == data, "response does not round-trip"
         _replies(message.body)
+        _fetch_reply(message.body)
 
 
 def _target(body: bytes) -> None:
@@ -85,11 +90,41 @@ def _replies(body: bytes) -> None:
     assert rpc.encode_value_reply(values, closer) == body, "value reply does not round-trip"
 
 
+def _mailbox_request(body: bytes) -> None:
+    try:
+        key, expires, blob = rpc.decode_deposit(body)
+    except RemoteProtocolError:
+        pass
+    else:
+        assert rpc.encode_deposit(key, expires, blob) == body, "deposit does not round-trip"
+    try:
+        key, after, limit = rpc.decode_fetch(body)
+    except RemoteProtocolError:
+        pass
+    else:
+        assert rpc.encode_fetch(key, after, limit) == body, "fetch does not round-trip"
+    try:
+        key, request = rpc.decode_clear_body(body)
+    except RemoteProtocolError:
+        return
+    assert rpc.encode_clear_body(key, request) == body, "clear does not round-trip"
+
+
+def _fetch_reply(body: bytes) -> None:
+    try:
+        blobs, more = rpc.decode_fetch_reply(body)
+    except RemoteProtocolError:
+        return
+    assert rpc.encode_fetch_reply(blobs, more) == body, "fetch reply does not round-trip"
+
+
 def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libFuzzer use
     _message(data)
     _replies(data)
     _target(data)
     _find_value(data)
+    _mailbox_request(data)
+    _fetch_reply(data)
 
 
 def seeds() -> dict[str, bytes]:
@@ -111,7 +146,19 @@ def seeds() -> dict[str, bytes]:
     node_reply = response(rpc.encode_records([record, other]))
     value_reply = response(rpc.encode_value_reply([record], [other]))
     too_many = bytes([rpc.MAX_RECORDS + 1]) + b"\x00\x01r" * (rpc.MAX_RECORDS + 1)
+    box = mailbox_keys(OTHER.node_id, 20833)[1]
+    blob = bytes(range(256)) * 10
+    clear = rpc.encode_clear_body(box, sign_clear(OTHER, 20833, 1, [entry_id(blob)]))
+    fetch_reply = response(rpc.encode_fetch_reply([blob, b"x"], more=True))
     return {
+        "deposit": request(rpc.Method.DEPOSIT, rpc.encode_deposit(box, NOW + 86400, blob)),
+        "fetch": request(rpc.Method.FETCH, rpc.encode_fetch(box, None, 64)),
+        "fetch_after": request(rpc.Method.FETCH, rpc.encode_fetch(box, entry_id(blob), 15)),
+        "fetch_reply": fetch_reply,
+        "fetch_reply_cut": fetch_reply[:-1],
+        "fetch_reply_empty": response(rpc.encode_fetch_reply([], more=False)),
+        "clear": request(rpc.Method.CLEAR, clear),
+        "clear_cut": request(rpc.Method.CLEAR, clear[:-1]),
         "ping": ping,
         "ping_with_sender": request(rpc.Method.PING),
         "find_node": find_node,

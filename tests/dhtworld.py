@@ -8,18 +8,20 @@ so a thousand of them fit in one test.
 from __future__ import annotations
 
 import os
+import random
 from functools import partial
 
+import nacl.bindings as sodium
 import trio
 from simworld import sim_wall_clock
 
 from p2pmsg.abc import Link
 from p2pmsg.dht.host import serve_dht
-from p2pmsg.dht.peer import Peer
+from p2pmsg.dht.peer import ID_BITS, Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import Dialer
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.keys import Identity
+from p2pmsg.keys import Identity, node_id_of
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.sim.net import SimNetwork
 from transports.sim import SimTransport
@@ -32,9 +34,16 @@ class DhtWorld:
         self.nodes: list[Dht] = []
 
     async def add(
-        self, nursery: trio.Nursery, host: str, *, options: DhtOptions | None = None
+        self,
+        nursery: trio.Nursery,
+        host: str,
+        *,
+        options: DhtOptions | None = None,
+        identity: Identity | None = None,
+        cls: type[Dht] = Dht,
     ) -> Dht:
-        identity = Identity.generate()
+        """Start a node of class ``cls`` (a :class:`Dht` or a lying subclass) on ``host``."""
+        identity = identity or Identity.generate()
         transport = SimTransport(self.net, host)
         dialer = Dialer(
             identity,
@@ -43,7 +52,7 @@ class DhtWorld:
             dial_timeout=5.0,
             handshake_timeout=5.0,
         )
-        dht = Dht(
+        dht = cls(
             identity,
             dialer.connect,
             options=options or self.options,
@@ -58,6 +67,26 @@ class DhtWorld:
         await nursery.start(dht.run)
         self.nodes.append(dht)
         return dht
+
+    async def build(
+        self, nursery: trio.Nursery, count: int, *, options: DhtOptions | None = None
+    ) -> list[Dht]:
+        """``count`` nodes on hosts 10.<i>.0.1, each joining through the first."""
+        built = [await self.add(nursery, f"10.{i + 1}.0.1", options=options) for i in range(count)]
+        for dht in built[1:]:
+            assert await dht.join([as_seed(built[0])])
+        return built
+
+
+def grind(rng: random.Random, near: bytes, bits: int) -> Identity:
+    """An identity whose node id shares its first ``bits`` bits with ``near``
+    (brute force: ~2**bits key generations of ~25 us)."""
+    want = int.from_bytes(near, "big") >> (ID_BITS - bits)
+    while True:
+        seed = rng.randbytes(32)
+        public, _ = sodium.crypto_sign_seed_keypair(seed)
+        if int.from_bytes(node_id_of(public), "big") >> (ID_BITS - bits) == want:
+            return Identity(seed)
 
 
 def as_seed(dht: Dht) -> Peer:

@@ -27,6 +27,7 @@ from p2pmsg.dht.records import (
     DAY,
     HEADER_BYTES,
     MAX_CLOCK_SKEW,
+    MAX_ONION_KEYS,
     MAX_VALUE,
     PEER_MAX_TTL,
     RULES,
@@ -75,10 +76,10 @@ KNOWN_ANSWER = bytes.fromhex(
     "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"  # publisher
     "0000000000000001"  # seq
     "000000006553ff10"  # expires = 1_700_003_600
-    "001d"  # value length
-    "0101" "0012" "7463703a3139322e302e322e313a34303031" "01" "05" "72656c6179"  # value
-    "5daf732fee91a75bf2925a7c389b87b8b2c61a3566f7140e7d61d27fb1204016"  # signature
-    "ef0788dd0e407ac16ae63a43740bddf4f445a6d6633cd966464a34cbeb0bfe01"
+    "001e"  # value length
+    "0201" "0012" "7463703a3139322e302e322e313a34303031" "01" "05" "72656c6179" "00"  # value
+    "f9fb8c1605b2a6c4c493890f1bc0f7dd01242ad58fbbdbd4531d7337010ee1c9"  # signature
+    "e3b3ea4b375f78e4672d6dfa4dcd171f35a89adeaaee68368abc251e92c0580a"
 )  # fmt: skip
 
 
@@ -102,10 +103,16 @@ endpoint_texts = st.builds(
     printable,
     st.lists(st.tuples(printable, printable), max_size=2),
 )
+onion_key_lists = st.lists(st.integers(0, 2**32 - 1), max_size=MAX_ONION_KEYS, unique=True).flatmap(
+    lambda epochs: st.tuples(
+        *(st.tuples(st.just(e), st.binary(min_size=32, max_size=32)) for e in sorted(epochs))
+    )
+)
 peer_infos = st.builds(
     PeerInfo,
     st.lists(endpoint_texts, max_size=16, unique=True).map(tuple),
     st.frozensets(st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True), max_size=16),
+    onion_key_lists,
 )
 any_records = st.builds(
     Record,
@@ -239,18 +246,34 @@ def test_forged_records_are_refused() -> None:
             validate(forged, NOW)
 
 
+ONION_A = (1).to_bytes(4, "big") + bytes(range(32))
+ONION_B = (2).to_bytes(4, "big") + bytes(range(32, 64))
 BAD_PEER_VALUES = {
     "empty": b"",
-    "version": b"\x02\x00\x00",
-    "trailing": b"\x01\x00\x00\x00",
-    "truncated": b"\x01\x01\x00\x05tcp:h",
-    "not_utf8": b"\x01\x01\x00\x02\xff\xfe\x00",
-    "bad_endpoint": b"\x01\x01\x00\x03TCP\x00",
-    "unsorted_caps": b"\x01\x00\x02\x01b\x01a",
-    "duplicate_caps": b"\x01\x00\x02\x01a\x01a",
-    "bad_cap": b"\x01\x00\x01\x01A",
-    "cap_not_ascii": b"\x01\x00\x01\x01\xe9",
+    "version_1": b"\x01\x00\x00",
+    "version_3": b"\x03\x00\x00\x00",
+    "no_onion_count": b"\x02\x00\x00",
+    "trailing": b"\x02\x00\x00\x00\x00",
+    "truncated": b"\x02\x01\x00\x05tcp:h",
+    "not_utf8": b"\x02\x01\x00\x02\xff\xfe\x00\x00",
+    "bad_endpoint": b"\x02\x01\x00\x03TCP\x00\x00",
+    "unsorted_caps": b"\x02\x00\x02\x01b\x01a\x00",
+    "duplicate_caps": b"\x02\x00\x02\x01a\x01a\x00",
+    "bad_cap": b"\x02\x00\x01\x01A\x00",
+    "cap_not_ascii": b"\x02\x00\x01\x01\xe9\x00",
+    "onion_key_cut": b"\x02\x00\x00\x01" + ONION_A[:-1],
+    "onion_epochs_decreasing": b"\x02\x00\x00\x02" + ONION_B + ONION_A,
+    "onion_epoch_repeated": b"\x02\x00\x00\x02" + ONION_A + ONION_A,
+    "too_many_onion_keys": b"\x02\x00\x00\x05"
+    + b"".join(i.to_bytes(4, "big") + bytes(32) for i in range(5)),
 }
+
+
+def test_peer_value_with_onion_keys_known_answer() -> None:
+    info = PeerInfo((), frozenset(), ((1, bytes(range(32))), (2, bytes(range(32, 64)))))
+    value = b"\x02\x00\x00\x02" + ONION_A + ONION_B
+    assert encode_peer_info(info) == value
+    assert decode_peer_info(value) == info
 
 
 @pytest.mark.parametrize("value", BAD_PEER_VALUES.values(), ids=BAD_PEER_VALUES.keys())
@@ -279,6 +302,23 @@ def test_bad_peer_values_are_refused(value: bytes) -> None:
 def test_peer_info_bounds(endpoints: tuple[str, ...], caps: list[str]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - one of several messages
         PeerInfo(endpoints, frozenset(caps))
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        tuple((e, bytes(32)) for e in range(MAX_ONION_KEYS + 1)),
+        ((2, bytes(32)), (1, bytes(32))),
+        ((1, bytes(32)), (1, bytes(32))),
+        ((1, bytes(31)),),
+        ((1, bytes(33)),),
+        ((-1, bytes(32)),),
+        ((2**32, bytes(32)),),
+    ],
+)
+def test_onion_key_bounds(keys: tuple[tuple[int, bytes], ...]) -> None:
+    with pytest.raises(ValueError, match="onion key"):
+        PeerInfo((), frozenset(), keys)
 
 
 def test_peer_info_too_large_for_a_record() -> None:

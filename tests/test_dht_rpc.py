@@ -365,6 +365,9 @@ def test_the_methods_and_statuses_are_the_documented_ones() -> None:
         "FIND_NODE": 2,
         "FIND_VALUE": 3,
         "STORE": 4,
+        "DEPOSIT": 5,
+        "FETCH": 6,
+        "CLEAR": 7,
     }
     assert {s.name: s.value for s in Status} == {
         "OK": 0,

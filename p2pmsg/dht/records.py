@@ -2,14 +2,15 @@
 
 Theory of operation
 -------------------
-Everything a node publishes in the DHT (its peer record now; prekey bundles
-and mailbox entries later) is a :class:`Record`: a type, the 32-byte DHT key
+Everything a node publishes in the DHT under its own name (its peer record,
+its prekey bundle) is a :class:`Record`: a type, the 32-byte DHT key
 it is stored under, the publisher's Ed25519 key, a sequence number, an expiry
 time and a type-specific value, signed by the publisher. A storing node can
 withhold a record but cannot forge or alter one; the sequence number lets a
 newer record replace an older one (a store keeps the highest it has seen, so
 rolling back is impossible), and the expiry bounds how long an old record can
-be replayed.
+be replayed. (Mailbox entries are not records: a depositor must stay
+anonymous, so they are unsigned; see :mod:`p2pmsg.dht.mailbox`.)
 
 Wire format, version 1, big-endian, fixed sizes::
 
@@ -36,6 +37,7 @@ expiry (:data:`REPUBLISH_MARGIN`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -68,6 +70,7 @@ class RecordType(IntEnum):
     """What a record's value means; the byte on the wire."""
 
     PEER = 1
+    PREKEYS = 2
 
 
 class InvalidReason(StrEnum):
@@ -218,16 +221,21 @@ def validate(record: Record, now: float, *, skew: float = MAX_CLOCK_SKEW) -> Non
 
 # --- peer records ------------------------------------------------------------
 #
-# value, version 1:  version u8 | n u8 | n x (len u16 | endpoint, UTF-8)
+# value, version 2:  version u8 | n u8 | n x (len u16 | endpoint, UTF-8)
 #                                | m u8 | m x (len u8 | capability, ASCII)
+#                                | o u8 | o x (epoch u32 | X25519 public key 32)
 # Canonical only (endpoints as str(Endpoint.parse(e)), no duplicates, in the
-# publisher's order of preference; capabilities sorted), so a value has
-# exactly one encoding and decode/encode round-trip.
+# publisher's order of preference; capabilities sorted; onion keys by strictly
+# increasing epoch), so a value has exactly one encoding and decode/encode
+# round-trip. A relay publishes the onion keys of its current and next key
+# epochs, so senders can build packets across an epoch change.
 
-PEER_VALUE_VERSION: Final = 1
+PEER_VALUE_VERSION: Final = 2
 PEER_MAX_TTL: Final = 7 * DAY
 MAX_PEER_ENDPOINTS: Final = 16
 MAX_CAPABILITIES: Final = 16
+MAX_ONION_KEYS: Final = 4
+ONION_KEY_BYTES: Final = 32
 _CAPABILITY: Final = re.compile(r"[a-z0-9_-]{1,32}")
 
 
@@ -242,12 +250,26 @@ def _check_endpoint(text: str) -> None:
         raise ValueError("an endpoint is not in canonical form: use str(Endpoint.parse(text))")
 
 
+def _check_onion_keys(keys: tuple[tuple[int, bytes], ...]) -> None:
+    if len(keys) > MAX_ONION_KEYS:
+        raise ValueError(f"more than {MAX_ONION_KEYS} onion keys")
+    previous = -1
+    for epoch, key in keys:
+        if not 0 <= epoch < 2**32 or len(key) != ONION_KEY_BYTES:
+            raise ValueError("an onion key is (epoch u32, 32-byte X25519 public key)")
+        if epoch <= previous:
+            raise ValueError("onion key epochs are not strictly increasing")
+        previous = epoch
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """How to reach a node and what it offers. Raises ``ValueError`` if out of bounds."""
 
     endpoints: tuple[str, ...]
     capabilities: frozenset[str] = frozenset()
+    onion_keys: tuple[tuple[int, bytes], ...] = ()
+    """(key epoch, X25519 public key) pairs, epochs strictly increasing."""
 
     def __post_init__(self) -> None:
         if len(self.endpoints) > MAX_PEER_ENDPOINTS:
@@ -261,6 +283,7 @@ class PeerInfo:
         for cap in self.capabilities:
             if not _CAPABILITY.fullmatch(cap):
                 raise ValueError(f"bad capability {cap!r}: expected [a-z0-9_-]{{1,32}}")
+        _check_onion_keys(self.onion_keys)
 
 
 def encode_peer_info(info: PeerInfo) -> bytes:
@@ -272,6 +295,9 @@ def encode_peer_info(info: PeerInfo) -> bytes:
     out.append(len(info.capabilities))
     for cap in sorted(info.capabilities):
         out += bytes([len(cap)]) + cap.encode("ascii")
+    out.append(len(info.onion_keys))
+    for epoch, key in info.onion_keys:
+        out += epoch.to_bytes(4, "big") + key
     return bytes(out)
 
 
@@ -303,10 +329,11 @@ def decode_peer_info(value: bytes) -> PeerInfo:
     try:
         endpoints = tuple(reader.take(reader.uint(2)).decode() for _ in range(reader.uint(1)))
         caps = [reader.take(reader.uint(1)).decode("ascii") for _ in range(reader.uint(1))]
+        keys = tuple((reader.uint(4), reader.take(ONION_KEY_BYTES)) for _ in range(reader.uint(1)))
         reader.finish()
         if caps != sorted(set(caps)):
             raise ValueError("capabilities are not sorted and unique")
-        return PeerInfo(endpoints, frozenset(caps))
+        return PeerInfo(endpoints, frozenset(caps), keys)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRecord(InvalidReason.BAD_VALUE, str(exc)) from exc
 
@@ -339,9 +366,40 @@ def peer_from_record(record: Record, prefix: str) -> Peer:
     return Peer(record.key, record.publisher, info.endpoints, prefix)
 
 
+# --- prekey records -----------------------------------------------------------
+#
+# The value is the e2e layer's prekey bundle, opaque here (the e2e layer
+# validates it; the DHT never imports it). The key is derived from the
+# publisher's node id, so a publisher can only ever fill its own slot.
+
+PREKEY_MAX_TTL: Final = 7 * DAY
+_PREKEY_DOMAIN: Final = b"p2pmsg prekeys v1"
+
+
+def prekey_key(node_id: bytes) -> bytes:
+    """The DHT key of ``node_id``'s prekey bundle: BLAKE2b-256(domain || node id)."""
+    return hashlib.blake2b(_PREKEY_DOMAIN + node_id, digest_size=KEY_SIZE).digest()
+
+
+def _check_prekey_record(record: Record) -> None:
+    if record.key != prekey_key(node_id_of(record.publisher)):
+        raise InvalidRecord(InvalidReason.WRONG_KEY, "a prekey record lives at prekey_key(id)")
+    if not record.value:
+        raise InvalidRecord(InvalidReason.BAD_VALUE, "an empty prekey bundle")
+
+
+def make_prekey_record(identity: Identity, bundle: bytes, seq: int, expires: int) -> Record:
+    """``identity``'s signed prekey record. Raises ``ValueError`` on bad sizes."""
+    if not bundle:
+        raise ValueError("a prekey bundle is not empty")
+    key = prekey_key(identity.node_id)
+    return sign_record(identity, RecordType.PREKEYS, key, seq, expires, bundle)
+
+
 RULES: Final[Mapping[RecordType, TypeRules]] = MappingProxyType(
     {
         RecordType.PEER: TypeRules(max_ttl=PEER_MAX_TTL, check=_check_peer_record),
+        RecordType.PREKEYS: TypeRules(max_ttl=PREKEY_MAX_TTL, check=_check_prekey_record),
     }
 )
 """The per-type validator table: every :class:`RecordType` has one row."""

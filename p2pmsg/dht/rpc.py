@@ -1,4 +1,5 @@
-"""DHT RPCs inside secure links: PING, FIND_NODE, FIND_VALUE, STORE.
+"""DHT RPCs inside secure links: PING, FIND_NODE, FIND_VALUE, STORE, and the
+mailbox methods DEPOSIT, FETCH and CLEAR (:mod:`p2pmsg.dht.mailbox`).
 
 A request is ``version(1) type=3 rid(8) method(1) sender_len(2) sender body``
 and a response ``version(1) type=4 rid(8) status(1) body``. They share the
@@ -10,7 +11,11 @@ bytes; :mod:`p2pmsg.dht.records` decodes and validates them. The link already
 authenticates and encrypts, so nothing here is signed except the records.
 
 One encoder and one decoder per message, side by side, with hard caps; the
-decoders raise :class:`RemoteProtocolError` and nothing else.
+decoders raise :class:`RemoteProtocolError` and nothing else. Mailbox bodies::
+
+    DEPOSIT  key 32 | expires u64 | blob (1..MAX_BLOB)   -> empty
+    FETCH    key 32 | limit u8 | after (empty or id 16)  -> more u8 | count u8 | (len u16 | blob)*
+    CLEAR    key 32 | the owner's signed clear request    -> empty
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from p2pmsg.dht.mailbox import ENTRY_ID_BYTES, MAX_BLOB, ClearRequest, decode_clear, encode_clear
 from p2pmsg.dht.peer import ID_BYTES
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.link.wire import MAX_MESSAGE
@@ -29,6 +35,7 @@ RESPONSE_TYPE = 4
 RID_BYTES = 8
 MAX_RECORD = 8192
 MAX_RECORDS = 24
+MAX_FETCH_ENTRIES = 64
 _REQ = struct.Struct(">BB8sBH")
 _RESP = struct.Struct(">BB8sB")
 
@@ -38,6 +45,9 @@ class Method(IntEnum):
     FIND_NODE = 2
     FIND_VALUE = 3
     STORE = 4
+    DEPOSIT = 5
+    FETCH = 6
+    CLEAR = 7
 
 
 class Status(IntEnum):
@@ -168,3 +178,79 @@ def decode_node_reply(body: bytes) -> list[bytes]:
     if end != len(body):
         raise RemoteProtocolError("trailing bytes after the reply")
     return records
+
+
+# -- mailbox bodies -------------------------------------------------------
+
+_DEPOSIT = struct.Struct(">32sQ")
+_FETCH = struct.Struct(">32sB")
+
+
+def encode_deposit(key: bytes, expires: int, blob: bytes) -> bytes:
+    if len(key) != ID_BYTES or not 0 < len(blob) <= MAX_BLOB:
+        raise ValueError(f"a 32-byte key and a blob of 1..{MAX_BLOB} bytes")
+    return _DEPOSIT.pack(key, expires) + blob
+
+
+def decode_deposit(body: bytes) -> tuple[bytes, int, bytes]:
+    """DEPOSIT's body: (key, expires, blob)."""
+    if not _DEPOSIT.size < len(body) <= _DEPOSIT.size + MAX_BLOB:
+        raise RemoteProtocolError("DEPOSIT needs a key, an expiry and a blob")
+    key, expires = _DEPOSIT.unpack_from(body)
+    return key, expires, body[_DEPOSIT.size :]
+
+
+def encode_fetch(key: bytes, after: bytes | None, limit: int) -> bytes:
+    if len(key) != ID_BYTES or not 0 < limit <= MAX_FETCH_ENTRIES:
+        raise ValueError(f"a 32-byte key and a limit of 1..{MAX_FETCH_ENTRIES}")
+    if after is not None and len(after) != ENTRY_ID_BYTES:
+        raise ValueError(f"an entry id is {ENTRY_ID_BYTES} bytes")
+    return _FETCH.pack(key, limit) + (after or b"")
+
+
+def decode_fetch(body: bytes) -> tuple[bytes, bytes | None, int]:
+    """FETCH's body: (key, the id to continue after or None, limit)."""
+    if len(body) not in {_FETCH.size, _FETCH.size + ENTRY_ID_BYTES}:
+        raise RemoteProtocolError("FETCH needs a key, a limit and an optional entry id")
+    key, limit = _FETCH.unpack_from(body)
+    if not 0 < limit <= MAX_FETCH_ENTRIES:
+        raise RemoteProtocolError(f"FETCH limit {limit} out of range")
+    return key, body[_FETCH.size :] or None, limit
+
+
+def encode_fetch_reply(blobs: list[bytes], more: bool) -> bytes:
+    if len(blobs) > MAX_FETCH_ENTRIES or not all(0 < len(b) <= MAX_BLOB for b in blobs):
+        raise ValueError("too many, empty or too large blobs")
+    return bytes([more, len(blobs)]) + b"".join(struct.pack(">H", len(b)) + b for b in blobs)
+
+
+def decode_fetch_reply(body: bytes) -> tuple[list[bytes], bool]:
+    """FETCH's reply: (blobs, whether the holder has more after them)."""
+    if len(body) < 2 or body[0] > 1 or body[1] > MAX_FETCH_ENTRIES:
+        raise RemoteProtocolError("malformed FETCH reply")
+    blobs, pos = [], 2
+    for _ in range(body[1]):
+        if pos + 2 > len(body):
+            raise RemoteProtocolError("truncated FETCH reply")
+        (size,) = struct.unpack_from(">H", body, pos)
+        pos += 2
+        if not 0 < size <= MAX_BLOB or pos + size > len(body):
+            raise RemoteProtocolError("blob length out of range")
+        blobs.append(body[pos : pos + size])
+        pos += size
+    if pos != len(body):
+        raise RemoteProtocolError("trailing bytes after the FETCH reply")
+    return blobs, bool(body[0])
+
+
+def encode_clear_body(key: bytes, request: ClearRequest) -> bytes:
+    if len(key) != ID_BYTES:
+        raise ValueError("a 32-byte key")
+    return key + encode_clear(request)
+
+
+def decode_clear_body(body: bytes) -> tuple[bytes, ClearRequest]:
+    """CLEAR's body: (key, request). Checks the format only, not the signature."""
+    if len(body) < ID_BYTES:
+        raise RemoteProtocolError("CLEAR needs a key")
+    return body[:ID_BYTES], decode_clear(body[ID_BYTES:])

@@ -15,7 +15,10 @@ attach its signed peer record; when it is not in our table yet, it is queued
 (bounded, drop when full) for a verifying PING dialled back to it.
 
 Every node keeps its own signed peer record, republished by :meth:`Dht.run`
-before it expires, and stored at the k nodes closest to its id.
+before it expires, and stored at the k nodes closest to its id; a new one
+from :meth:`Dht.publish_local` (new endpoints, the next epoch's onion keys)
+is stored there at once. Mailboxes (:mod:`p2pmsg.dht.mailboxes`) ride on the
+same lookups and calls.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from p2pmsg.dht import rpc
 from p2pmsg.dht.known import KnownPeers
 from p2pmsg.dht.linkpool import Connect, LinkPool
 from p2pmsg.dht.lookup import Finished, Lookup, Query
-from p2pmsg.dht.peer import Peer, prefix_of_endpoint
+from p2pmsg.dht.mailbox import DEFAULT_TTL
+from p2pmsg.dht.mailboxes import Mailboxes
+from p2pmsg.dht.peer import Peer, distance, prefix_of_endpoint
 from p2pmsg.dht.ratelimit import RateLimiter
 from p2pmsg.dht.record_store import Ignored, RecordStore
 from p2pmsg.dht.table import PingNeeded, RoutingTable
@@ -100,6 +105,8 @@ class DhtOptions:
     disjoint_paths: int = 3
     max_links: int = 32
     link_idle: float = 60.0
+    mailbox_k: int | None = None
+    """Holders per mailbox replica key; None means ``k`` (at most ``k``)."""
 
 
 class Dht:
@@ -137,6 +144,10 @@ class Dht:
             options.verify_queue
         )
         self.dropped_verifications = 0
+        self.mailboxes = Mailboxes(
+            identity.node_id, self._mailbox_holders, self.call, wall_clock=wall_clock
+        )
+        self._publish_due = trio.Event()
 
     def __repr__(self) -> str:
         return f"Dht(node_id={self.identity.node_id.hex()[:16]}…, peers={len(self.table)})"
@@ -150,6 +161,7 @@ class Dht:
             "rate_limited": self.limiter.refused,
             "dropped_verifications": self.dropped_verifications,
             "pooled_links": len(self.links),
+            "mailbox": self.mailboxes.store.stats(),
         }
 
     # -- our own record --------------------------------------------------------
@@ -162,16 +174,43 @@ class Dht:
         prefix = prefix_of_endpoint(Endpoint.parse(info.endpoints[0]))
         return Peer(self.identity.node_id, self.identity.public.key, info.endpoints, prefix)
 
-    def publish_local(self, endpoints: Sequence[str], capabilities: frozenset[str]) -> rec.Record:
-        """Sign a fresh peer record for ourselves and keep it locally."""
+    def publish_local(
+        self,
+        endpoints: Sequence[str],
+        capabilities: frozenset[str],
+        onion_keys: Sequence[tuple[int, bytes]] = (),
+    ) -> rec.Record:
+        """Sign a fresh peer record for ourselves and keep it locally; a running
+        :meth:`run` stores it on the k closest nodes at once (once it has peers).
+
+        ``onion_keys`` are (key epoch, X25519 public key) pairs, epochs
+        increasing. Raises ``ValueError`` for out-of-bounds fields.
+        """
+        info = rec.PeerInfo(tuple(endpoints), capabilities, tuple(onion_keys))
+        record = self._sign_own(info)
+        self._publish_due.set()
+        return record
+
+    def _sign_own(self, info: rec.PeerInfo) -> rec.Record:
         now = self._wall_clock()
-        info = rec.PeerInfo(tuple(endpoints), capabilities)
+        # seq in milliseconds, never below the last: two publishes in one ms still order
+        seq = int(now * 1000)
+        if self.own_record is not None:
+            seq = max(seq, self.own_record.seq + 1)
         record = rec.make_peer_record(
-            self.identity, info, seq=int(now * 1000), expires=int(now) + self.options.record_ttl
+            self.identity, info, seq=seq, expires=int(now) + self.options.record_ttl
         )
         self.records.put(record, now, source=self.identity.node_id)
         self.own_record = record
         return record
+
+    def table_records(self) -> list[rec.Record]:
+        """The validated, unexpired peer records of the peers in our routing table
+        (validated when first seen; newest seen per peer), in table order."""
+        now = self._wall_clock()
+        found = (self.known.record_of(p.node_id) for p in self.table.peers())
+        records = (rec.decode(data) for data in found if data is not None)
+        return [r for r in records if r.expires > now]
 
     def _peer_from_bytes(self, data: bytes) -> Peer | None:
         return self.known.peer_from_bytes(data, self._wall_clock())
@@ -215,6 +254,8 @@ class Dht:
                 if isinstance(result, Ignored) and result.reason.value != "not_newer":
                     raise RemoteProtocolError(f"store refused: {result.reason.value}")
                 return b""
+            case rpc.Method.DEPOSIT | rpc.Method.FETCH | rpc.Method.CLEAR:
+                return self.mailboxes.answer(request.method, requester.node_id, request.body, now)
 
     def _values(self, rtype: int, key: bytes, now: float) -> list[bytes]:
         try:
@@ -391,6 +432,14 @@ class Dht:
                 nursery.start_soon(store, peer)
         return stored
 
+    async def find_records(self, rtype: rec.RecordType, key: bytes) -> list[rec.Record]:
+        """The valid records of type ``rtype`` stored under ``key``, newest first,
+        looked up on disjoint paths (see :meth:`find_peer`)."""
+        _, values = await self.lookup(
+            key, value_type=rtype, disjoint_paths=self.options.disjoint_paths
+        )
+        return values
+
     async def find_peer(self, node_id: bytes) -> Peer | None:
         """The newest valid peer record of ``node_id`` in the DHT, as a Peer.
 
@@ -404,6 +453,36 @@ class Dht:
             if peer is not None and peer.node_id == node_id:
                 return peer
         return None
+
+    # -- mailboxes -------------------------------------------------------------
+
+    @property
+    def mailbox_k(self) -> int:
+        """How many holders each mailbox replica key gets."""
+        return min(self.options.mailbox_k or self.options.k, self.options.k)
+
+    async def _mailbox_holders(self, key: bytes) -> list[Peer]:
+        """The mailbox_k nodes closest to ``key``, ourselves included when we
+        are one (and reachable), so every node names the same holders."""
+        peers, _ = await self.lookup(key, disjoint_paths=self.options.disjoint_paths)
+        if self.own_record is not None and rec.decode_peer_info(self.own_record.value).endpoints:
+            peers = sorted([*peers, self.as_peer()], key=lambda p: distance(p.node_id, key))
+        return peers[: self.mailbox_k]
+
+    async def deposit(self, owner_node_id: bytes, blob: bytes, *, ttl: int = DEFAULT_TTL) -> int:
+        """Deposit ``blob`` in ``owner_node_id``'s mailbox; how many holders took it.
+
+        See :meth:`Mailboxes.deposit` (raises ``ValueError`` for a bad blob or ttl).
+        """
+        return await self.mailboxes.deposit(owner_node_id, blob, ttl=ttl)
+
+    async def fetch_mailbox(self, owner_node_id: bytes, epoch: int) -> list[bytes]:
+        """The blobs in ``owner_node_id``'s mailbox of ``epoch``, deduplicated."""
+        return await self.mailboxes.fetch(owner_node_id, epoch)
+
+    async def clear_mailbox(self, identity: Identity, epoch: int, ids: Sequence[bytes]) -> int:
+        """Ask the holders to delete entries ``ids``; how many acknowledged (best effort)."""
+        return await self.mailboxes.clear(identity, epoch, list(ids))
 
     # -- joining and upkeep ----------------------------------------------------
 
@@ -433,6 +512,7 @@ class Dht:
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
                     nursery.start_soon(self._verifier)
+                nursery.start_soon(self._publisher)
                 task_status.started()
                 while True:
                     await self._upkeep()
@@ -445,12 +525,20 @@ class Dht:
             alive = await self.ping(peer)
             self.table.ping_result(peer.node_id, alive, trio.current_time())
 
+    async def _publisher(self) -> None:
+        """Store each record :meth:`publish_local` signs on the k closest nodes."""
+        while True:
+            await self._publish_due.wait()
+            self._publish_due = trio.Event()
+            if self.own_record is not None and len(self.table):
+                await self.put(self.own_record)
+
     async def _upkeep(self) -> None:
         now = self._wall_clock()
         self.records.expire(now)
+        self.mailboxes.store.expire(now)
         if self.own_record is not None and len(self.table):
-            info = rec.decode_peer_info(self.own_record.value)
-            self.publish_local(info.endpoints, info.capabilities)
+            self._sign_own(rec.decode_peer_info(self.own_record.value))
             await self.put(self.own_record)
         stale = self.table.stale_buckets(
             trio.current_time(), self.options.refresh_every, rng=self._rng
