@@ -187,6 +187,27 @@ async def test_aclose_gives_the_peer_end_of_channel(
     await server.aclose()
 
 
+async def test_a_send_waiting_while_another_task_closes_the_link_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two tasks share a pooled link; one closes it while the other waits to send."""
+    a, b = memory_link_pair()
+    client, server = await _connect(a, b)
+    refused = trio.Event()
+
+    async def late_send() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await client.send(b"too late")
+        refused.set()
+
+    async with trio.open_nursery() as nursery, client._send_lock:  # a send in progress
+        nursery.start_soon(late_send)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()
+    assert refused.is_set()
+    await server.aclose()
+
+
 async def test_transport_eof_without_a_close_cell_is_broken(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

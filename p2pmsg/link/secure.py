@@ -64,9 +64,10 @@ class SecureLink:
 
     async def send(self, data: bytes) -> None:
         """Send one message. Raises ``trio.ClosedResourceError`` after aclose."""
-        if self._closed:
-            raise trio.ClosedResourceError
         async with self._send_lock:
+            # checked under the lock: another task may close the link while we wait
+            if self._closed:
+                raise trio.ClosedResourceError
             self._conn.send_message(data)
             await self._flush()
 
