@@ -196,7 +196,8 @@ def _ask(
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    reply = _ask(home_of(args), {"op": "send", "to": args.name, "text": args.text})
+    request = {"op": "send", "to": args.name, "text": args.text, "direct": args.direct}
+    reply = _ask(home_of(args), request)
     _out(reply["id"])
     return 0
 
@@ -299,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("send", cmd_send, "queue a message with the running node")
     p.add_argument("name")
     p.add_argument("text")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="skip onion routing: dial the contact (who then learns your address)",
+    )
     for name, func in (("inbox", cmd_inbox), ("outbox", cmd_outbox)):
         p = add(name, func, f"list the {name}")
         p.add_argument("--json", action="store_true")

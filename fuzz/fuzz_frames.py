@@ -12,7 +12,14 @@ Run under atheris (see fuzz/README.md)::
 
 from __future__ import annotations
 
-from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame, decode, encode
+from p2pmsg.delivery.frames import (
+    HEADER_BYTES,
+    AckFrame,
+    MessageKind,
+    MsgFrame,
+    decode,
+    encode,
+)
 from p2pmsg.errors import RemoteProtocolError
 
 ID = bytes(range(16))
@@ -34,7 +41,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
 
 def seeds() -> dict[str, bytes]:
     """Seed inputs for the corpus: valid frames and their tampered neighbours."""
-    text = encode(MsgFrame(ID, SENT_MS, MessageKind.TEXT, "hé 😀".encode()))
+    text = encode(MsgFrame(ID, SENT_MS, MessageKind.TEXT, "hé 😀".encode(), seq=7, low=3))
     raw = encode(MsgFrame(ID, 0, MessageKind.BYTES, bytes(range(256))))
     ack = encode(AckFrame(ID))
     return {
@@ -44,9 +51,9 @@ def seeds() -> dict[str, bytes]:
         "ack": ack,
         "ack_long": ack + b"\x00",
         "ack_short": ack[:-1],
-        "msg_header_cut": text[:26],
+        "msg_header_cut": text[: HEADER_BYTES - 1],
         "text_cut_in_a_character": text[:-1],
-        "text_not_utf8": text[:27] + b"\xc3\x28",
+        "text_not_utf8": text[:HEADER_BYTES] + b"\xc3\x28",
         "bad_version": b"\x02" + text[1:],
         "bad_type": text[:1] + b"\x03" + text[2:],
         "bad_kind": text[:26] + b"\x09" + text[27:],

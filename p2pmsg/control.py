@@ -30,6 +30,7 @@ from p2pmsg.errors import (
     NotFound,
     P2PMsgError,
 )
+from p2pmsg.store_schema import OutboxMessage, OutboxState
 
 if TYPE_CHECKING:
     from p2pmsg.dht.peer import Peer
@@ -52,6 +53,7 @@ class Request:
     text: str = ""
     limit: int = 100
     node_id: bytes = b""
+    direct: bool = False
 
 
 def parse_request(line: bytes) -> Request:
@@ -66,10 +68,12 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(op, str) or op not in OPS:
         raise ControlError("unknown operation")
     if op == "send":
-        to, text = data.get("to"), data.get("text")
+        to, text, direct = data.get("to"), data.get("text"), data.get("direct", False)
         if not isinstance(to, str) or not isinstance(text, str):
             raise ControlError("send needs string 'to' and 'text'")
-        return Request(op, to=to, text=text)
+        if not isinstance(direct, bool):
+            raise ControlError("'direct' is true or false")
+        return Request(op, to=to, text=text, direct=direct)
     if op == "lookup":
         node_id = data.get("id")
         if not isinstance(node_id, str) or not re.fullmatch(r"[0-9a-f]{64}", node_id):
@@ -215,7 +219,7 @@ def node_handler(node: Node) -> Handler:
 
     async def handle(request: Request) -> dict[str, Any]:
         if request.op == "send":
-            message_id = await node.send(request.to, request.text)
+            message_id = await node.send(request.to, request.text, direct=request.direct)
             return {"id": message_id.hex()}
         if request.op == "status":
             return await node.status()
@@ -234,7 +238,7 @@ def node_handler(node: Node) -> Handler:
             for o in await node.store.list_outbox(request.limit):
                 text = o.body.decode("utf-8", errors="replace")
                 time_ = o.delivered if o.delivered is not None else o.created
-                items.append(_item(o.id, await peer_name(o.peer), text, o.state, time_))
+                items.append(_item(o.id, await peer_name(o.peer), text, _shown(o), time_))
         return {"items": items}
 
     return handle
@@ -249,6 +253,13 @@ async def _lookup(node: Node, node_id: bytes) -> dict[str, Any]:
 
 def _peer_item(peer: Peer) -> dict[str, Any]:
     return {"node_id": peer.node_id.hex(), "endpoints": list(peer.endpoints), "prefix": peer.prefix}
+
+
+def _shown(message: OutboxMessage) -> str:
+    """queued (never left the host), sent (awaiting its ack), delivered or expired."""
+    if message.state is OutboxState.QUEUED and message.attempts:
+        return "sent"
+    return message.state.value
 
 
 def _item(message_id: bytes, peer: str, text: str, state: str, time_: float) -> dict[str, Any]:

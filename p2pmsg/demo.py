@@ -35,7 +35,7 @@ async def _one_route(
 ) -> bool:
     await alice.store.update_contact_endpoints(bob.identity.node_id, (str(endpoint),))
     text = f"hello over {label}"
-    message_id = await alice.send("bob", text)
+    message_id = await alice.send("bob", text, direct=True)
     out(f"[{label}] alice -> bob    queued    {message_id.hex()[:8]}  {text!r}")
     received = await bob.messages().receive()
     out(f"[{label}] bob   <- alice  received  {received.id.hex()[:8]}  {received.text!r}")

@@ -134,6 +134,8 @@ class Joiner:
                     if self.dht.own_record is not None:
                         await self.dht.put(self.dht.own_record)
             if len(self.dht.table):
+                # A seed node nobody lists joins when the first peer reaches it.
+                self.joined.set()
                 cache = encode_cache(self.dht.table.peers())
                 await self.store.set_meta(CACHE_KEY, cache)
             await trio.sleep(cache_every if len(self.dht.table) else retry_every)

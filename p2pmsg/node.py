@@ -6,11 +6,13 @@ every seed source, see :mod:`p2pmsg.join`) and the outbox sender
 (:mod:`p2pmsg.delivery.sender`); leaving the block cancels them all. Nothing
 runs in the background that this nursery did not start.
 
-Inbound links carry both delivery frames and DHT requests. Direct delivery
-for now (onion routing comes later): a message is committed to the outbox
-before anything leaves the host, and the receiver commits to its inbox
-(deduplicated by sender and message id) before it acks, so the application
-sees every message once, across crashes on either side.
+Inbound links carry delivery frames, DHT requests and onion packets. A
+message goes over an onion route by default (:mod:`p2pmsg.onion_service`)
+or, when sent ``direct``, over a secure link to the contact. Either way it
+is committed to the outbox before anything leaves the host, and the
+receiver commits to its inbox (deduplicated by sender and message id)
+before it acks, so the application sees every message once, across crashes
+on either side.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import trio
 
 from p2pmsg import join
 from p2pmsg.abc import Link, Transport
-from p2pmsg.delivery import frames
+from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.delivery.onion_path import MAX_ONION_BODY
 from p2pmsg.delivery.sender import Sender
 from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
@@ -46,6 +49,7 @@ from p2pmsg.home import Home
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import SecureLink, accept_secure
+from p2pmsg.onion_service import OnionService, OnionServiceOptions
 from p2pmsg.store import InboxMessage, Offload, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class NodeOptions:
     cache_every: float = 600.0
     capabilities: frozenset[str] = frozenset()
     dht: DhtOptions = field(default_factory=DhtOptions)
+    onion: OnionServiceOptions = field(default_factory=OnionServiceOptions)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,10 @@ class Node:
             identity, self._dialer.connect, options=options.dht, wall_clock=wall_clock, rng=rng
         )
         self.joined = trio.Event()
+        self.onion = OnionService(
+            identity, store, self.dht, self._dialer.connect, self._received, self._acked,
+            options=options.onion, wall_clock=wall_clock, rng=rng,
+        )  # fmt: skip
         self._sender = Sender(
             store,
             self._dialer,
@@ -153,6 +162,7 @@ class Node:
             ack_timeout=options.ack_timeout,
             poll_interval=options.poll_interval,
             on_delivered=self._delivered,
+            onion=self.onion.path,
             wall_clock=wall_clock,
             rng=rng,
         )
@@ -199,8 +209,10 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for endpoint in config.listen:
                     await node._listen(nursery, endpoint)
-                node.dht.publish_local([str(e) for e in node.listening], node.options.capabilities)
+                listening = [str(e) for e in node.listening]
+                await node.onion.start(listening, node.options.capabilities)
                 await nursery.start(node.dht.run)
+                await nursery.start(node.onion.run, node.joined)
                 joiner = join.Joiner(node.dht, node.store, node.joined, config)
                 nursery.start_soon(joiner.stay_joined, node.options.cache_every)
                 if config.mdns is not None:
@@ -227,11 +239,13 @@ class Node:
         """Ids of sent messages as their acks arrive (bounded like :meth:`messages`)."""
         return self._delivered_receive
 
-    async def send(self, contact: str, data: bytes | str) -> bytes:
+    async def send(self, contact: str, data: bytes | str, *, direct: bool = False) -> bytes:
         """Queue ``data`` for the contact named ``contact``; return its id.
 
-        Returns once the message is durably in the outbox. Raises
-        :class:`UnknownContact` or ``ValueError`` (too large).
+        The message goes over an onion route unless ``direct`` (a secure link
+        straight to the contact, which then learns our address). Returns once
+        the message is durably in the outbox. Raises :class:`UnknownContact`
+        or ``ValueError`` (too large).
         """
         found = await self.store.get_contact(contact)
         if found is None:
@@ -241,8 +255,9 @@ class Node:
             if isinstance(data, str)
             else (MessageKind.BYTES, data)
         )
-        if len(body) > frames.MAX_BODY:
-            raise ValueError(f"message larger than {frames.MAX_BODY} bytes")
+        limit = frames.MAX_BODY if direct else MAX_ONION_BODY
+        if len(body) > limit:
+            raise ValueError(f"message larger than {limit} bytes")
         now = self._wall_clock()
         message = OutboxMessage(
             id=self._rng(frames.ID_BYTES),
@@ -254,6 +269,7 @@ class Node:
             attempts=0,
             next_attempt=now,
             delivered=None,
+            direct=direct,
         )
         await self.store.enqueue(message)
         self._sender.wake()
@@ -268,6 +284,9 @@ class Node:
             "contacts": len(await self.store.list_contacts()),
             "uptime": round(self._wall_clock() - self.started, 3),
             "stats": vars(self.stats).copy(),
+            "relayed": self.onion.relay.stats.relayed,
+            "mailbox_entries": len(self.dht.mailboxes.store),
+            "onion": self.onion.stats(),
             "dht": self.dht.stats(),
         }
 
@@ -322,6 +341,9 @@ class Node:
             if len(data) > 1 and data[1] in (rpc.REQUEST_TYPE, rpc.RESPONSE_TYPE):
                 await self._answer_rpc(link, data)
                 continue
+            if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
+                self._take_packet(data)
+                continue
             try:
                 frame = frames.decode(data)
             except RemoteProtocolError:
@@ -330,6 +352,14 @@ class Node:
             if isinstance(frame, MsgFrame):
                 await self._commit_received(link.peer, frame)
                 await link.send(frames.encode(AckFrame(frame.id)))
+
+    def _take_packet(self, data: bytes) -> None:
+        try:
+            packet = onion_frames.decode_packet_message(data)
+        except RemoteProtocolError:
+            self.stats.bad_frames += 1
+            raise
+        self.onion.relay.submit(packet)
 
     async def _answer_rpc(self, link: SecureLink, data: bytes) -> None:
         try:
@@ -349,22 +379,32 @@ class Node:
             body=frame.body,
             sent=frame.sent_ms / 1000,
             received=self._wall_clock(),
+            seq=frame.seq,
         )
-        if not await self.store.add_received(message):
+        new = await self.store.add_received(message)
+        await self._received(message, new, frame.low)
+
+    async def _received(self, message: InboxMessage, new: bool, low: int) -> None:
+        """A message is committed (``new``) or was seen before: count it, and
+        show the application whatever is now next in that conversation."""
+        if new:
+            self.stats.received += 1
+        else:
             self.stats.duplicates += 1
-            return
-        self.stats.received += 1
-        contact = await self.store.contact_by_node_id(peer.node_id)
-        seen = ReceivedMessage(
-            message.id,
-            message.peer,
-            contact.name if contact else None,
-            frame.kind,
-            message.body,
-            message.sent,
-            message.received,
-        )
-        self._report(self._app_send, seen)
+        if not message.seq:
+            shown = [message] if new else []
+        else:
+            shown = await self.store.release(message.peer, low, self._wall_clock())
+        contact = await self.store.contact_by_node_id(message.peer)
+        for m in shown:
+            seen = ReceivedMessage(
+                m.id, m.peer, contact.name if contact else None, m.kind, m.body, m.sent, m.received
+            )
+            self._report(self._app_send, seen)
+
+    async def _acked(self, message_id: bytes) -> None:
+        if await self.store.mark_delivered(message_id, self._wall_clock()):
+            self._delivered(message_id)
 
     def _delivered(self, message_id: bytes) -> None:
         self.stats.delivered += 1

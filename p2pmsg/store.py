@@ -40,7 +40,7 @@ import trio
 from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import StoreError
 from p2pmsg.keys import KEY_BYTES, node_id_of
-from p2pmsg.store_onion import OnionTables, SurbRecord
+from p2pmsg.store_onion import OnionTables, SurbRecord, insert_inbox
 from p2pmsg.store_schema import (
     SCHEMA_VERSION,
     SELECT_CONTACT,
@@ -229,17 +229,21 @@ class Database(OnionTables):
     # outbox
 
     def enqueue(self, message: OutboxMessage) -> None:
-        """Commit a new queued message. Raises :class:`StoreError` on a duplicate id."""
+        """Commit a new queued message, numbered next in its conversation
+        (``message.seq`` is ignored). Raises :class:`StoreError` on a duplicate id."""
         if message.state is not OutboxState.QUEUED or message.delivered is not None:
             raise ValueError("only a queued, undelivered message can be enqueued")
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (message.id,)).fetchall():
                 raise StoreError("a message with that id is already in the outbox")
+            seq = conn.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM outbox WHERE peer = ?", (message.peer,)
+            ).fetchall()[0][0]
             conn.execute(
                 "INSERT INTO outbox (id, peer, kind, body, created, expires, state, attempts,"
-                " next_attempt, delivered, direct) VALUES (:id, :peer, :kind, :body, :created,"
-                " :expires, 'queued', :attempts, :next_attempt, NULL, :direct)",
-                vars(message),
+                " next_attempt, delivered, direct, seq) VALUES (:id, :peer, :kind, :body,"
+                " :created, :expires, 'queued', :attempts, :next_attempt, NULL, :direct, :seq)",
+                {**vars(message), "seq": seq},
             )
 
     def due_messages(self, now: float, limit: int = DEFAULT_LIMIT) -> list[OutboxMessage]:
@@ -325,19 +329,18 @@ class Database(OnionTables):
         """Commit a received message; True if new, False if (peer, id) was seen.
 
         Returns only after the commit, so the caller may ack on either answer.
+        A message with a ``seq`` is held back until :meth:`release` shows it.
         """
         with self._write() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO inbox (peer, id, kind, body, sent, received)"
-                " VALUES (:peer, :id, :kind, :body, :sent, :received)",
-                vars(message),
-            )
-            return cur.rowcount == 1
+            return insert_inbox(conn, message)
 
     def list_inbox(self, limit: int = DEFAULT_LIMIT) -> list[InboxMessage]:
-        """The newest ``limit`` received messages, newest last."""
+        """The newest ``limit`` messages shown to the application, newest last,
+        each conversation in its sender's order (held-back ones are not listed)."""
         rows = self._rows(
-            SELECT_INBOX + "ORDER BY received DESC, rowid DESC LIMIT ?", (_check_limit(limit),)
+            SELECT_INBOX + "WHERE released IS NOT NULL ORDER BY released DESC, seq DESC,"
+            " rowid DESC LIMIT ?",
+            (_check_limit(limit),),
         )
         return [inbox_from_row(row) for row in reversed(rows)]
 
@@ -461,3 +464,5 @@ class Store:
     add_replay_tags = _offloaded(Database.add_replay_tags)
     replay_tags = _offloaded(Database.replay_tags)
     drop_replay_tags_before = _offloaded(Database.drop_replay_tags_before)
+    low_water = _offloaded(Database.low_water)
+    release = _offloaded(Database.release)

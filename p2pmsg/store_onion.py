@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmsg.store_schema import InboxMessage
+from p2pmsg.store_schema import SELECT_INBOX, InboxMessage, inbox_from_row
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class SurbRecord:
 
     def __repr__(self) -> str:
         return f"SurbRecord(id={self.id.hex()[:8]}…, message={self.message.hex()[:8]}…)"
+
+
+MAX_RELEASE = 1024
+"""Held-back messages looked at per release (each new message triggers one)."""
 
 
 def _join(ids: Iterable[bytes]) -> bytes:
@@ -81,12 +85,28 @@ class OnionTables:
             _upsert_session(conn, message.peer, state, message.received)
             if secrets is not None:
                 _upsert_secret(conn, *secrets)
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO inbox (peer, id, kind, body, sent, received)"
-                " VALUES (:peer, :id, :kind, :body, :sent, :received)",
-                vars(message),
-            )
-            return cur.rowcount == 1
+            return insert_inbox(conn, message)
+
+    # conversation order
+
+    def low_water(self, peer: bytes) -> int:
+        """The smallest ``seq`` still queued for ``peer`` (0 if none): every
+        earlier message of the conversation is delivered or expired."""
+        rows = self._rows(
+            "SELECT min(seq) FROM outbox WHERE peer = ? AND state = 'queued'", (peer,)
+        )
+        return int(rows[0][0] or 0)
+
+    def release(self, peer: bytes, low: int, now: float) -> list[InboxMessage]:
+        """Show held-back messages of ``peer`` that are next in order; return them.
+
+        ``low`` is the sender's low-water mark carried by its latest message:
+        below it, a missing number was delivered earlier or expired at the
+        sender, so waiting for it would be waiting forever. A message that
+        arrives after its number was skipped is shown at once (late, never lost).
+        """
+        with self._write() as conn:
+            return _release(conn, peer, low, now)
 
     # named secrets
 
@@ -155,6 +175,43 @@ class OnionTables:
     def drop_replay_tags_before(self, epoch: int) -> int:
         with self._write() as conn:
             return conn.execute("DELETE FROM replay_tags WHERE epoch < ?", (epoch,)).rowcount
+
+
+def insert_inbox(conn: sqlite3.Connection, message: InboxMessage) -> bool:
+    """Insert a received message (held back if it has a ``seq``); True if new."""
+    released = None if message.seq else message.received
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO inbox (peer, id, kind, body, sent, received, seq, released)"
+        " VALUES (:peer, :id, :kind, :body, :sent, :received, :seq, :released)",
+        {**vars(message), "released": released},
+    )
+    return cur.rowcount == 1
+
+
+def _release(conn: sqlite3.Connection, peer: bytes, low: int, now: float) -> list[InboxMessage]:
+    rows = conn.execute("SELECT next_seq FROM conversations WHERE peer = ?", (peer,)).fetchall()
+    next_seq = max(rows[0][0] if rows else 1, low)
+    held = conn.execute(
+        SELECT_INBOX + "WHERE peer = ? AND released IS NULL ORDER BY seq LIMIT ?",
+        (peer, MAX_RELEASE),
+    ).fetchall()
+    shown: list[InboxMessage] = []
+    for row in held:
+        message = inbox_from_row(row)
+        if message.seq > next_seq:
+            break  # a gap: wait for the missing one (or the sender's low-water mark)
+        shown.append(message)
+        next_seq = max(next_seq, message.seq + 1)
+    conn.executemany(
+        "UPDATE inbox SET released = ? WHERE peer = ? AND id = ?",
+        [(now, peer, m.id) for m in shown],
+    )
+    conn.execute(
+        "INSERT INTO conversations (peer, next_seq) VALUES (?, ?)"
+        " ON CONFLICT (peer) DO UPDATE SET next_seq = excluded.next_seq",
+        (peer, next_seq),
+    )
+    return shown
 
 
 def _upsert_session(conn: sqlite3.Connection, peer: bytes, state: bytes, now: float) -> None:

@@ -105,6 +105,8 @@ class OutboxMessage:
     next_attempt: float
     delivered: float | None = None
     direct: bool = False
+    seq: int = 0
+    """Position in the conversation with ``peer`` (from 1), assigned by ``enqueue``."""
 
     def __post_init__(self) -> None:
         _check_len("id", self.id, MESSAGE_ID_BYTES)
@@ -124,6 +126,8 @@ class InboxMessage:
     body: bytes = field(repr=False)
     sent: float
     received: float
+    seq: int = 0
+    """The sender's position of the message in the conversation; 0: unordered."""
 
     def __post_init__(self) -> None:
         _check_len("peer", self.peer, NODE_ID_BYTES)
@@ -134,9 +138,9 @@ class InboxMessage:
 # Field names equal column names, in the order of these SELECTs.
 SELECT_OUTBOX = (
     "SELECT id, peer, kind, body, created, expires, state, attempts, next_attempt, delivered,"
-    " direct FROM outbox "
+    " direct, seq FROM outbox "
 )
-SELECT_INBOX = "SELECT peer, id, kind, body, sent, received FROM inbox "
+SELECT_INBOX = "SELECT peer, id, kind, body, sent, received, seq FROM inbox "
 SELECT_CONTACT = "SELECT name, node_id, public_key, endpoints, added FROM contacts "
 _OUTBOX_FIELDS = tuple(f.name for f in fields(OutboxMessage))
 _INBOX_FIELDS = tuple(f.name for f in fields(InboxMessage))
@@ -212,6 +216,18 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 
 _V2 = (
     "ALTER TABLE outbox ADD COLUMN direct INTEGER NOT NULL DEFAULT 0 CHECK (direct IN (0, 1))",
+    "ALTER TABLE outbox ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX outbox_peer_seq ON outbox (peer, seq)",
+    "ALTER TABLE inbox ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+    # when the message was shown to the application; NULL while held back for
+    # an earlier one of the same conversation (rows before v2 were all shown)
+    "ALTER TABLE inbox ADD COLUMN released REAL NULL",
+    "UPDATE inbox SET released = received",
+    "CREATE INDEX inbox_released ON inbox (released)",
+    "CREATE INDEX inbox_peer_seq ON inbox (peer, seq)",
+    """CREATE TABLE conversations (
+        peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
+        next_seq INTEGER NOT NULL)""",
     """CREATE TABLE sessions (
         peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
         state BLOB NOT NULL,

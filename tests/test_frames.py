@@ -22,14 +22,21 @@ from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.link.wire import MAX_MESSAGE
 
 ID = bytes(range(16))
-HEAD = 27  # version, type, id, sent_ms, kind
+HEAD = 43  # version, type, id, sent_ms, kind, seq, low
+KIND_AT = 26
 
 ids = st.binary(min_size=ID_BYTES, max_size=ID_BYTES)
 sent = st.integers(min_value=0, max_value=2**64 - 1)
 msg_frames = st.one_of(
-    st.builds(MsgFrame, ids, sent, st.just(MessageKind.BYTES), st.binary(max_size=512)),
+    st.builds(MsgFrame, ids, sent, st.just(MessageKind.BYTES), st.binary(max_size=512), sent, sent),
     st.builds(
-        MsgFrame, ids, sent, st.just(MessageKind.TEXT), st.text(max_size=200).map(str.encode)
+        MsgFrame,
+        ids,
+        sent,
+        st.just(MessageKind.TEXT),
+        st.text(max_size=200).map(str.encode),
+        sent,
+        sent,
     ),
 )
 ack_frames = st.builds(AckFrame, ids)
@@ -48,8 +55,11 @@ def test_round_trip(frame: MsgFrame | AckFrame) -> None:
 
 
 def test_msg_known_answer() -> None:
-    frame = MsgFrame(ID, 1_700_000_000_123, MessageKind.TEXT, "hé".encode())
-    data = bytes.fromhex("0101000102030405060708090a0b0c0d0e0f0000018bcfe5687b0168c3a9")
+    frame = MsgFrame(ID, 1_700_000_000_123, MessageKind.TEXT, "hé".encode(), seq=5, low=2)
+    data = bytes.fromhex(
+        "0101000102030405060708090a0b0c0d0e0f0000018bcfe5687b01"
+        "0000000000000005000000000000000268c3a9"
+    )
     assert encode(frame) == data
     assert decode(data) == frame
 
@@ -119,7 +129,7 @@ def test_unknown_frame_type_is_refused(data: bytes, frame_type: int) -> None:
 @pytest.mark.parametrize("kind", [2, 3, 0x80, 0xFF])
 def test_unknown_body_kind_is_refused(kind: int) -> None:
     with pytest.raises(RemoteProtocolError, match="kind"):
-        decode(MSG[: HEAD - 1] + bytes([kind]) + MSG[HEAD:])
+        decode(MSG[:KIND_AT] + bytes([kind]) + MSG[KIND_AT + 1 :])
 
 
 def test_an_ack_header_with_msg_type_is_a_short_msg() -> None:
@@ -135,7 +145,8 @@ def test_invalid_utf8_text_body_is_refused(body: bytes) -> None:
     with pytest.raises(RemoteProtocolError, match="UTF-8"):
         decode(data)
     # the same bytes as an opaque body are fine
-    assert decode(MSG[: HEAD - 1] + bytes([MessageKind.BYTES]) + body).body == body
+    opaque = MSG[:KIND_AT] + bytes([MessageKind.BYTES]) + MSG[KIND_AT + 1 : HEAD] + body
+    assert decode(opaque).body == body
 
 
 # --- encoder refusals --------------------------------------------------------------------

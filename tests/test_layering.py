@@ -30,7 +30,17 @@ PURE_CORES = [
     "p2pmsg/dht/rpc.py",
     "p2pmsg/dht/ratelimit.py",
     "p2pmsg/dht/known.py",
+    "p2pmsg/dht/mailbox.py",
     "p2pmsg/discovery/txt.py",
+    "p2pmsg/e2e/primitives.py",
+    "p2pmsg/e2e/prekeys.py",
+    "p2pmsg/e2e/ratchet.py",
+    "p2pmsg/e2e/session.py",
+    "p2pmsg/e2e/sealed.py",
+    "p2pmsg/onion/sphinx.py",
+    "p2pmsg/onion/header.py",
+    "p2pmsg/onion/lioness.py",
+    "p2pmsg/onion/replay.py",
 ]
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "zeroconf", "random", "asyncio", "select"}
 

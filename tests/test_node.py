@@ -23,11 +23,11 @@ async def test_two_nodes_exchange_messages_both_ways(
     async with world.node("alice") as alice, world.node("bob") as bob:
         await alice.store.add_contact(world.contact_of("bob"))
         await bob.store.add_contact(world.contact_of("alice"))
-        sent = await alice.send("bob", "hello bob")
+        sent = await alice.send("bob", "hello bob", direct=True)
         got = await bob.messages().receive()
         assert (got.id, got.text, got.contact) == (sent, "hello bob", "alice")
         assert await alice.deliveries().receive() == sent
-        reply = await bob.send("alice", b"\x00binary")
+        reply = await bob.send("alice", b"\x00binary", direct=True)
         back = await alice.messages().receive()
         assert (back.id, back.body, back.contact) == (reply, b"\x00binary", "bob")
         outbox = await alice.store.list_outbox()
@@ -37,7 +37,7 @@ async def test_two_nodes_exchange_messages_both_ways(
 async def test_unknown_contact_is_refused(world: SimWorld, autojump_clock: MockClock) -> None:
     async with world.node("alice") as alice:
         with pytest.raises(UnknownContact):
-            await alice.send("nobody", "hi")
+            await alice.send("nobody", "hi", direct=True)
 
 
 async def test_message_waits_for_an_offline_peer_then_arrives(
@@ -46,7 +46,7 @@ async def test_message_waits_for_an_offline_peer_then_arrives(
     world.home("bob")
     async with world.node("alice") as alice:
         await alice.store.add_contact(world.contact_of("bob"))
-        sent = await alice.send("bob", "are you there?")
+        sent = await alice.send("bob", "are you there?", direct=True)
         await trio.sleep(120)  # simulated: several failed attempts while bob is away
         (queued,) = await alice.store.list_outbox()
         assert queued.state == "queued" and queued.attempts >= 3
@@ -72,7 +72,7 @@ async def test_lost_acks_cause_a_retry_but_one_delivery(
     world.net.policy = lose_first_replies
     async with world.node("alice") as alice, world.node("bob") as bob:
         await alice.store.add_contact(world.contact_of("bob"))
-        sent = await alice.send("bob", "once only")
+        sent = await alice.send("bob", "once only", direct=True)
         got = await bob.messages().receive()
         assert got.id == sent
         assert await alice.deliveries().receive() == sent
@@ -88,7 +88,7 @@ async def test_queued_messages_survive_a_restart_of_the_sender(
     world.home("bob")
     async with world.node("alice") as alice:
         await alice.store.add_contact(world.contact_of("bob"))
-        ids = [await alice.send("bob", f"m{i}") for i in range(5)]
+        ids = [await alice.send("bob", f"m{i}", direct=True) for i in range(5)]
     async with world.node("bob") as bob, world.node("alice") as alice:
         got = [await bob.messages().receive() for _ in ids]
         assert sorted(m.id for m in got) == sorted(ids)
@@ -102,7 +102,7 @@ async def test_undeliverable_message_expires_and_says_so(
     options = NodeOptions(message_ttl=600.0)
     async with world.node("alice", options=options) as alice:
         await alice.store.add_contact(world.contact_of("ghost", ["sim:ghost"]))
-        await alice.send("ghost", "into the void")
+        await alice.send("ghost", "into the void", direct=True)
         await trio.sleep(1200)
         (message,) = await alice.store.list_outbox()
         assert message.state == "expired"
@@ -114,7 +114,7 @@ async def test_endpoints_of_unknown_transports_are_skipped(
     async with world.node("alice") as alice, world.node("bob") as bob:
         eps = ["nosuch:somewhere;k=v", "tcp:192.0.2.1:1", "sim:bob"]
         await alice.store.add_contact(world.contact_of("bob", eps))
-        sent = await alice.send("bob", "via sim")
+        sent = await alice.send("bob", "via sim", direct=True)
         assert (await bob.messages().receive()).id == sent
 
 
@@ -128,14 +128,14 @@ async def test_garbage_to_the_listener_gets_silence_and_the_node_lives_on(
             await probe.receive()
         assert bob.stats.refused_handshakes == 1
         await alice.store.add_contact(world.contact_of("bob"))
-        sent = await alice.send("bob", "still alive?")
+        sent = await alice.send("bob", "still alive?", direct=True)
         assert (await bob.messages().receive()).id == sent
 
 
 async def test_many_messages_in_batches(world: SimWorld, autojump_clock: MockClock) -> None:
     async with world.node("alice") as alice, world.node("bob") as bob:
         await alice.store.add_contact(world.contact_of("bob"))
-        ids = [await alice.send("bob", f"n{i}") for i in range(200)]
+        ids = [await alice.send("bob", f"n{i}", direct=True) for i in range(200)]
         got = [await bob.messages().receive() for _ in ids]
         assert sorted(m.id for m in got) == sorted(ids)
         assert bob.stats.duplicates == 0
@@ -151,7 +151,7 @@ async def test_a_bad_frame_ends_that_link_only(world: SimWorld, autojump_clock: 
             await link.receive()
         assert bob.stats.bad_frames == 1
         await alice.store.add_contact(world.contact_of("bob"))
-        sent = await alice.send("bob", "after the bad frame")
+        sent = await alice.send("bob", "after the bad frame", direct=True)
         assert (await bob.messages().receive()).id == sent
 
 

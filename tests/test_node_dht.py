@@ -23,7 +23,7 @@ async def test_a_contact_added_by_bare_id_is_found_through_the_dht(
         await alice.joined.wait()
         await bob.joined.wait()
         await alice.store.add_contact(Contact("bob", bob.identity.node_id, None, (), EPOCH))
-        sent = await alice.send("bob", "found you")
+        sent = await alice.send("bob", "found you", direct=True)
         got = await bob.messages().receive()
         assert got.id == sent
         contact = await alice.store.get_contact("bob")

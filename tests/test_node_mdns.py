@@ -36,7 +36,7 @@ async def test_lan_only_nodes_find_each_other_and_deliver(tmp_path: Path) -> Non
             await bob.joined.wait()
             bare = Contact("bob", bob.identity.node_id, None, (), 0.0)
             await alice.store.add_contact(bare)
-            sent = await alice.send("bob", "over the LAN")
+            sent = await alice.send("bob", "over the LAN", direct=True)
             got = await bob.messages().receive()
             assert got.id == sent
             assert await alice.deliveries().receive() == sent

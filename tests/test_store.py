@@ -150,7 +150,7 @@ def test_reopen_persists_everything(path: Path) -> None:
     with Database.open(path) as database:
         assert database.get_identity() == public(9)
         assert database.get_contact("bob") == contact("bob", 2)
-        assert database.list_outbox() == [out(1)]
+        assert database.list_outbox() == [replace(out(1), seq=1)]
         assert database.list_inbox() == [inb(1)]
         assert database.get_meta("routing") == "{}"
 
@@ -372,7 +372,7 @@ def test_enqueue_refuses_duplicates_and_non_queued(db: Database) -> None:
         db.enqueue(out(1, body=b"other"))
     with pytest.raises(ValueError, match="queued"):
         db.enqueue(replace(out(2), state=OutboxState.DELIVERED))
-    assert db.list_outbox() == [out(1)]
+    assert db.list_outbox() == [replace(out(1), seq=1)]
 
 
 def test_pending_for_peer(db: Database) -> None:
@@ -458,7 +458,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     done = subprocess.run([sys.executable, "-c", script, str(path)], check=False, cwd=ROOT)
     assert done.returncode == -signal.SIGKILL
     with Database.open(path) as database:
-        assert database.list_outbox() == [out(1)]
+        assert database.list_outbox() == [replace(out(1), seq=1)]
         assert database.list_inbox() == [inb(1)]
 
 

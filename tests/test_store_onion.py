@@ -106,3 +106,69 @@ def test_version_1_database_migrates_keeping_its_outbox(tmp_path: Path) -> None:
             )
         )
         assert [m.direct for m in db.list_outbox()] == [False, True]
+
+
+def queued(n: int, peer: bytes = PEER) -> OutboxMessage:
+    return OutboxMessage(
+        id=bytes([n]) * 16,
+        peer=peer,
+        kind=MessageKind.TEXT,
+        body=b"x",
+        created=float(n),
+        expires=99.0,
+        next_attempt=0.0,
+    )
+
+
+def test_enqueue_numbers_each_conversation_and_tracks_its_low_water(db: Database) -> None:
+    other = bytes(32)
+    for n, peer in ((1, PEER), (2, other), (3, PEER), (4, PEER)):
+        db.enqueue(queued(n, peer))
+    assert [(m.peer, m.seq) for m in db.list_outbox()] == [
+        (PEER, 1), (other, 1), (PEER, 2), (PEER, 3)
+    ]  # fmt: skip
+    assert db.low_water(PEER) == 1
+    db.mark_delivered(bytes([1]) * 16, 5.0)
+    assert db.low_water(PEER) == 2
+    assert db.expire_due(100.0) and db.low_water(PEER) == 0  # nothing queued
+
+
+def arrived(seq: int, n: int | None = None) -> InboxMessage:
+    return InboxMessage(
+        peer=PEER,
+        id=bytes([n if n is not None else seq]) * 16,
+        kind=MessageKind.TEXT,
+        body=b"b",
+        sent=1.0,
+        received=2.0 + seq,
+        seq=seq,
+    )
+
+
+def deliver(db: Database, message: InboxMessage, low: int = 1) -> list[int]:
+    db.add_received(message)
+    return [m.seq for m in db.release(PEER, low, 10.0)]
+
+
+def test_a_conversation_is_shown_in_its_senders_order(db: Database) -> None:
+    assert deliver(db, arrived(2)) == []  # held: 1 is missing
+    assert deliver(db, arrived(3)) == []
+    assert [m.seq for m in db.list_inbox()] == []
+    assert deliver(db, arrived(1)) == [1, 2, 3]
+    assert deliver(db, arrived(2)) == []  # a duplicate shows nothing
+    assert [m.seq for m in db.list_inbox()] == [1, 2, 3]
+
+
+def test_the_low_water_mark_skips_what_will_never_come(db: Database) -> None:
+    assert deliver(db, arrived(3)) == []
+    # message 1 expired and 2 was delivered at the sender: its next message says so
+    assert deliver(db, arrived(4), low=4) == [3, 4]
+    # a message that arrives after its number was skipped is shown late, never lost
+    assert deliver(db, arrived(2)) == [2]
+    assert sorted(m.seq for m in db.list_inbox()) == [2, 3, 4]
+
+
+def test_unordered_messages_are_shown_at_once(db: Database) -> None:
+    assert db.add_received(arrived(0, n=9))
+    assert [m.id for m in db.list_inbox()] == [bytes([9]) * 16]
+    assert db.release(PEER, 0, 1.0) == []

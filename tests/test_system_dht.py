@@ -239,7 +239,7 @@ async def check_lookup(cluster: Cluster, asker: Member, target: Member, *, upper
 
 
 async def send(cluster: Cluster, sender: Member, to: str, text: str) -> str:
-    done = await cluster.ok(sender, "send", to, text)
+    done = await cluster.ok(sender, "send", "--direct", to, text)
     assert len(done.lines) == 1 and len(done.lines[0]) == 32, str(done)
     return done.lines[0]
 

@@ -1,7 +1,10 @@
 """The node's own frames inside a secure link: a message and its ack.
 
-``MSG = version(1) type(1) id(16) sent_ms(8) kind(1) body`` and
-``ACK = version(1) type(1) id(16)``. One encoder and one decoder side by
+``MSG = version(1) type(1) id(16) sent_ms(8) kind(1) seq(8) low(8) body`` and
+``ACK = version(1) type(1) id(16)``. ``seq`` numbers the message in its
+conversation (from 1; 0: unordered) and ``low`` is the sender's low-water
+mark: every earlier number is delivered or expired, so the receiver, which
+shows a conversation in order, never waits for one below it. One encoder and one decoder side by
 side; the decoder takes one whole link message (the link preserves
 boundaries) and returns a frame or raises :class:`RemoteProtocolError`.
 Direct link delivery is the first step; onion routing (a later layer)
@@ -19,9 +22,10 @@ from p2pmsg.link.wire import MAX_MESSAGE
 
 VERSION = 1
 ID_BYTES = 16
-_MSG = struct.Struct(">BB16sQB")
+_MSG = struct.Struct(">BB16sQBQQ")
 _ACK = struct.Struct(">BB16s")
-MAX_BODY = MAX_MESSAGE - _MSG.size
+HEADER_BYTES = _MSG.size
+MAX_BODY = MAX_MESSAGE - HEADER_BYTES
 
 
 class FrameType(IntEnum):
@@ -42,6 +46,8 @@ class MsgFrame:
     sent_ms: int
     kind: MessageKind
     body: bytes = field(repr=False)
+    seq: int = 0
+    low: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,13 @@ def encode(frame: Frame) -> bytes:
         raise ValueError(f"message body larger than {MAX_BODY} bytes")
     if frame.kind not in iter(MessageKind):
         raise ValueError(f"unknown body kind {frame.kind}")
-    if not 0 <= frame.sent_ms < 2**64:
-        raise ValueError("sent_ms out of range")
+    if not all(0 <= v < 2**64 for v in (frame.sent_ms, frame.seq, frame.low)):
+        raise ValueError("sent_ms, seq or low out of range")
     if frame.kind == MessageKind.TEXT:
         _check_utf8(frame.body, ValueError)
-    head = _MSG.pack(VERSION, FrameType.MSG, frame.id, frame.sent_ms, frame.kind)
+    head = _MSG.pack(
+        VERSION, FrameType.MSG, frame.id, frame.sent_ms, frame.kind, frame.seq, frame.low
+    )
     return head + frame.body
 
 
@@ -90,7 +98,7 @@ def decode(data: bytes) -> Frame:
         return AckFrame(data[2:18])
     if kind != FrameType.MSG or len(data) < _MSG.size:
         raise RemoteProtocolError("unknown or short frame")
-    _, _, msg_id, sent_ms, body_kind = _MSG.unpack_from(data)
+    _, _, msg_id, sent_ms, body_kind, seq, low = _MSG.unpack_from(data)
     try:
         body_kind = MessageKind(body_kind)
     except ValueError as exc:
@@ -98,11 +106,20 @@ def decode(data: bytes) -> Frame:
     body = data[_MSG.size :]
     if body_kind is MessageKind.TEXT:
         _check_utf8(body, RemoteProtocolError)
-    return MsgFrame(msg_id, sent_ms, body_kind, body)
+    return MsgFrame(msg_id, sent_ms, body_kind, body, seq, low)
 
 
 def retry_delay(attempts: int, jitter: float) -> float:
     """Seconds before attempt ``attempts + 1``: exponential from 2 s, capped at
     10 minutes, with ``jitter`` in [0, 1) spreading it by up to +-25%."""
     base = min(600.0, 2.0 * 2.0 ** min(attempts, 20))
+    return base * (0.75 + 0.5 * jitter)
+
+
+def onion_retry_delay(attempts: int, jitter: float) -> float:
+    """Seconds before onion attempt ``attempts + 1``: from 15 s (three relays
+    there and three back), doubling to at most an hour, +-25% jitter. The cap
+    is longer than for direct links: an unreachable recipient's retries land
+    in its mailbox, and each costs the mailbox holders storage."""
+    base = min(3600.0, 15.0 * 2.0 ** min(attempts, 20))
     return base * (0.75 + 0.5 * jitter)

@@ -1,9 +1,11 @@
-"""Sending: the outbox drained over secure links, with retries.
+"""Sending: the outbox drained over onion routes or direct links, with retries.
 
 Each attempt first pushes its messages' next retry time into the store, then
-dials the contact, sends every queued message for it and marks each
-delivered when its ack arrives; a crash at any point leaves messages that
-will be retried. Contacts known only by node id, or whose known endpoints
+sends. A message sent ``direct`` goes over a secure link to the contact,
+marked delivered when its ack arrives on that link; any other goes over an
+onion route (:mod:`p2pmsg.delivery.onion_path`) and is marked delivered
+when its ack returns through a reply block. A crash at any point leaves
+messages that will be retried. Contacts known only by node id, or whose known endpoints
 fail, are resolved through the DHT's peer records. At most
 ``max_parallel_peers`` peers are worked on at once, one attempt per peer.
 """
@@ -17,10 +19,13 @@ import trio
 
 from p2pmsg.delivery import frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.delivery.onion_path import NoPrekeys, OnionPath
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.e2e.primitives import NoSession
 from p2pmsg.errors import UnsupportedEndpoint
 from p2pmsg.keys import PublicIdentity
+from p2pmsg.onion.route import NoRoute
 from p2pmsg.store import Contact, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class Sender:
         ack_timeout: float,
         poll_interval: float,
         on_delivered: Callable[[bytes], None],
+        onion: OnionPath | None = None,
         wall_clock: Callable[[], float],
         rng: Callable[[int], bytes],
     ) -> None:
@@ -51,6 +57,7 @@ class Sender:
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
         self._on_delivered = on_delivered
+        self.onion = onion
         self._wall_clock = wall_clock
         self._rng = rng
         self._wake = trio.Event()
@@ -85,20 +92,57 @@ class Sender:
 
     async def _deliver_to(self, peer: bytes) -> None:
         try:
-            batch = await self.store.pending_for_peer(peer, limit=self.batch)
             now = self._wall_clock()
+            # A direct link carries every queued message for the peer at once;
+            # an onion attempt is one packet per message, sent only when due.
+            batch = [
+                m
+                for m in await self.store.pending_for_peer(peer, limit=self.batch)
+                if m.direct or m.next_attempt <= now
+            ]
             for message in batch:
                 jitter = int.from_bytes(self._rng(2), "big") / 65536
-                delay = frames.retry_delay(message.attempts, jitter)
+                delay = (frames.retry_delay if message.direct else frames.onion_retry_delay)(
+                    message.attempts, jitter
+                )
                 await self.store.mark_attempt(message.id, now + delay)
             contact = await self.store.contact_by_node_id(peer)
-            if batch and contact is not None:
-                await self._push_or_resolve(contact, batch)
-        except DIAL_ERRORS as exc:
-            log.info("delivery to %s failed: %s", peer.hex()[:8], type(exc).__name__)
+            if contact is not None:
+                await self._send_batch(contact, batch)
         finally:
             self._busy.discard(peer)
             self._wake.set()
+
+    async def _send_batch(self, contact: Contact, batch: list[OutboxMessage]) -> None:
+        direct = [m for m in batch if m.direct]
+        routed = [m for m in batch if not m.direct]
+        if direct:
+            try:
+                await self._push_or_resolve(contact, direct)
+            except DIAL_ERRORS as exc:
+                log.info("direct delivery failed: %s", type(exc).__name__)
+        if routed:
+            try:
+                await self._send_routed(contact, routed)
+            except (*DIAL_ERRORS, NoRoute, NoPrekeys, NoSession) as exc:
+                log.info("onion delivery failed: %r", exc)
+
+    async def _send_routed(self, contact: Contact, batch: list[OutboxMessage]) -> None:
+        """One onion attempt per message, each on fresh routes."""
+        if self.onion is None:
+            raise NoRoute("onion routing is off in this node")
+        key = contact.public_key
+        if key is None:
+            found = await self.dht.find_peer(contact.node_id)
+            if found is None:
+                raise UnsupportedEndpoint("the contact's key is not in the DHT")
+            key = found.public_key
+            await self.store.set_contact_key(contact.node_id, key)
+        recipient = PublicIdentity(key)
+        for message in batch:
+            if message.attempts:
+                await self.onion.attempt_failed(message.id)
+            await self.onion.send(recipient, message)
 
     async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
         """Push over the contact's known endpoints; when that is impossible or
@@ -124,10 +168,11 @@ class Sender:
     ) -> None:
         link, _ = await self.dialer.connect(endpoints, PublicIdentity(public_key))
         try:
+            low = await self.store.low_water(batch[0].peer)
             for message in batch:
-                frame = MsgFrame(
-                    message.id, int(message.created * 1000), MessageKind(message.kind), message.body
-                )
+                sent_ms = int(message.created * 1000)
+                kind = MessageKind(message.kind)
+                frame = MsgFrame(message.id, sent_ms, kind, message.body, message.seq, low)
                 await link.send(frames.encode(frame))
             pending = {message.id for message in batch}
             with trio.move_on_after(self.ack_timeout):

@@ -1,0 +1,219 @@
+"""Sending a message over an onion route, and reading the acks that come back.
+
+Theory of operation
+-------------------
+One attempt at one outbox message (:meth:`OnionPath.send`):
+
+1. e2e: the message frame is encrypted with the recipient's Double Ratchet
+   session (started from its signed prekey bundle in the DHT when there is
+   none) and sealed, so only the recipient learns who sent it. The new
+   session state is committed before anything leaves the host.
+2. a reply block (SURB) for the ack is built over a fresh route back to us;
+   its secret is committed with the message id and the route's relays.
+3. a fresh forward route of ``hops`` relays (:mod:`p2pmsg.onion.route`) ends
+   at the recipient; the packet goes to the first relay over a reused link.
+
+Every attempt is a new ratchet message, a new SURB and a new route: a retry
+after a lost packet or a bad relay takes other relays, and the recipient
+deduplicates by message id. When an ack arrives through a SURB
+(:meth:`OnionPath.on_reply`), the SURB is taken (single use), the message
+marked delivered and the route's relays credited; when an attempt times out
+the relays of its unanswered SURBs take a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from p2pmsg.delivery import frames, onion_frames
+from p2pmsg.delivery.frames import MessageKind, MsgFrame
+from p2pmsg.dht import records as rec
+from p2pmsg.dht.service import Dht
+from p2pmsg.e2e import prekeys, sealed, session
+from p2pmsg.e2e.ratchet import RatchetState
+from p2pmsg.errors import P2PMsgError, RemoteProtocolError
+from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.onion import sphinx
+from p2pmsg.onion.route import RELAY_CAPABILITY, Candidate, NoRoute, RelayScores, select_route
+from p2pmsg.relay import PacketLinks, epoch_of
+from p2pmsg.store import OutboxMessage, Store, SurbRecord
+
+log = logging.getLogger(__name__)
+
+MAX_ONION_BODY = (
+    onion_frames.MAX_ENVELOPE
+    - sealed.SEAL_OVERHEAD
+    - session.INITIAL_OVERHEAD
+    - frames.HEADER_BYTES
+)
+"""The largest message body one onion packet carries (larger ones go ``direct``)."""
+
+
+RESTART_EVERY = 4
+"""Unanswered attempts after which a message goes out on a fresh session."""
+
+
+class NoPrekeys(P2PMsgError):
+    """The recipient's prekeys were not found in the DHT; the message stays queued."""
+
+
+@dataclass(frozen=True)
+class OnionOptions:
+    hops: int = 3
+    surb_ttl: float = 2 * 86_400.0
+
+
+class OnionPath:
+    """Builds and sends onion packets for outbox messages; reads acks."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        dht: Dht,
+        links: PacketLinks,
+        scores: RelayScores,
+        *,
+        options: OnionOptions,
+        wall_clock: Callable[[], float],
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.dht = dht
+        self.links = links
+        self.scores = scores
+        self.options = options
+        self._wall_clock = wall_clock
+        self._rng = rng
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send(self, recipient: PublicIdentity, message: OutboxMessage) -> None:
+        """One attempt. Raises :class:`NoRoute`, :class:`NoPrekeys` or a dial error."""
+        now = self._wall_clock()
+        candidates = self.candidates(now)
+        ends = (self.identity.node_id, recipient.node_id)
+        forward = self._route(candidates, ends, now)
+        back = self._route(candidates, ends, now)
+        envelope = await self._encrypt(recipient, message)
+        surb_id = self._rng(sphinx.SURB_ID_BYTES)
+        me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
+        surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
+        relays = tuple(c.node_id for c in back + forward)
+        await self.store.add_surb(
+            SurbRecord(surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl)
+        )
+        payload = onion_frames.encode_forward(
+            onion_frames.ForwardMessage(sphinx.encode_surb(surb), envelope)
+        )
+        dest = sphinx.Hop(recipient.node_id, recipient.x25519)
+        first, packet = sphinx.create_packet([*_hops(forward), dest], payload, self._rng)
+        await self.send_packet(first, packet)
+
+    async def send_packet(self, first_hop: bytes, packet: bytes) -> None:
+        """Hand a packet to a relay we hold a verified record of. Raises dial errors."""
+        peer = self.dht.table.get(first_hop)
+        if peer is None:
+            peer = await self.dht.find_peer(first_hop)
+        if peer is None:
+            raise NoRoute("the first relay is gone")
+        await self.links.send(peer, onion_frames.encode_packet_message(packet))
+
+    def candidates(self, now: float) -> list[Candidate]:
+        """Relays in our routing table with a relay capability and a key for now."""
+        epoch = epoch_of(now)
+        found: list[Candidate] = []
+        for record in self.dht.table_records():
+            peer = self.dht.table.get(record.key)
+            if peer is None:
+                continue
+            try:
+                info = rec.decode_peer_info(record.value)
+            except RemoteProtocolError:
+                continue
+            key = dict(info.onion_keys).get(epoch)
+            if RELAY_CAPABILITY in info.capabilities and key is not None:
+                found.append(Candidate(peer.node_id, key, peer.prefix))
+        return found
+
+    def _route(
+        self, candidates: Sequence[Candidate], ends: tuple[bytes, bytes], now: float
+    ) -> list[Candidate]:
+        return select_route(
+            candidates,
+            hops=self.options.hops,
+            exclude=ends,
+            scores=self.scores,
+            now=now,
+            rng=self._rng,
+        )
+
+    async def _encrypt(self, recipient: PublicIdentity, message: OutboxMessage) -> bytes:
+        stored = await self.store.get_session(recipient.node_id)
+        state = RatchetState.from_bytes(stored) if stored is not None else None
+        if message.attempts % RESTART_EVERY == RESTART_EVERY - 1:
+            # Every few unanswered attempts start over from the peer's current
+            # bundle: a session whose prekey the peer has since retired would
+            # otherwise never open there. The peer keeps the previous session.
+            state = None
+        bundle = None if state is not None else await self._bundle(recipient)
+        frame = MsgFrame(
+            message.id,
+            int(message.created * 1000),
+            MessageKind(message.kind),
+            message.body,
+            message.seq,
+            await self.store.low_water(message.peer),
+        )
+        state, inner = session.encrypt(
+            self.identity, recipient, state, bundle, frames.encode(frame), self._rng
+        )
+        await self.store.save_session(recipient.node_id, state.to_bytes(), self._wall_clock())
+        return sealed.seal(self.identity, recipient, inner, self._rng)
+
+    async def _bundle(self, recipient: PublicIdentity) -> prekeys.PrekeyBundle:
+        found = await self.dht.find_records(
+            rec.RecordType.PREKEYS, rec.prekey_key(recipient.node_id)
+        )
+        for record in found:
+            if record.publisher != recipient.key:
+                continue
+            try:
+                bundle = prekeys.decode_bundle(record.value)
+                prekeys.verify_bundle(bundle, recipient.key)
+            except RemoteProtocolError as exc:
+                log.info("refused a prekey bundle: %s", exc)
+                continue
+            return bundle
+        raise NoPrekeys(recipient.node_id.hex()[:16])
+
+    # -- acks ------------------------------------------------------------------
+
+    async def on_reply(self, surb_id: bytes, payload: bytes) -> list[bytes]:
+        """The message ids a reply through our SURB ``surb_id`` acknowledges.
+
+        Raises :class:`RemoteProtocolError` for a tampered or malformed reply;
+        an unknown (used or expired) SURB gives ``[]``.
+        """
+        record = await self.store.take_surb(surb_id)
+        if record is None:
+            return []
+        secret = sphinx.SurbSecret.from_bytes(record.secret)
+        reply = onion_frames.decode(sphinx.open_reply(secret, payload))
+        if not isinstance(reply, onion_frames.ReplyMessage) or record.message not in reply.acks:
+            raise RemoteProtocolError("a reply that does not ack its message")
+        self.scores.route_succeeded(record.relays, self._wall_clock())
+        return [record.message]
+
+    async def attempt_failed(self, message_id: bytes) -> None:
+        """The ack of ``message_id`` is overdue: its unanswered routes take a failure."""
+        now = self._wall_clock()
+        for relays in await self.store.surb_routes(message_id, limit=1):
+            self.scores.route_failed(relays, now)
+
+
+def _hops(route: Sequence[Candidate]) -> list[sphinx.Hop]:
+    return [sphinx.Hop(c.node_id, c.onion_key) for c in route]

@@ -1,0 +1,180 @@
+"""Receiving onion packets addressed to us: messages and the acks of ours.
+
+Theory of operation
+-------------------
+The relay (:mod:`p2pmsg.relay`) hands over every packet whose last layer our
+identity key opened. A reply through one of our SURBs carries acks
+(:meth:`p2pmsg.delivery.onion_path.OnionPath.on_reply`). Anything else is a
+forward message: a SURB and a sealed envelope. The envelope is unsealed
+(revealing the sender to us alone), the e2e message decrypted with the
+sender's session, and the message committed to the inbox *together with*
+the new session state and prekey secrets in one transaction; only then is
+the ack sent back through the SURB, so a crash at any point ends in a retry
+by the sender, and the inbox's primary key (sender, message id) shows the
+application each message once. Duplicates are acked again.
+
+One lock serialises decryption and commit: two packets from one sender
+must never race on the same session state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from p2pmsg.delivery import frames, onion_frames
+from p2pmsg.delivery.frames import MsgFrame
+from p2pmsg.delivery.onion_path import OnionPath
+from p2pmsg.dialer import DIAL_ERRORS
+from p2pmsg.e2e import sealed, session
+from p2pmsg.e2e.prekeys import PrekeySecrets
+from p2pmsg.e2e.primitives import CorruptState
+from p2pmsg.e2e.ratchet import RatchetState
+from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.onion import sphinx
+from p2pmsg.onion.route import NoRoute
+from p2pmsg.store import InboxMessage, Store
+
+log = logging.getLogger(__name__)
+
+PREKEYS_SLOT = "prekeys"
+
+
+@dataclass
+class ReceiverStats:
+    opened: int = 0
+    refused: int = 0
+    acks_sent: int = 0
+    acks_failed: int = 0
+    acks_received: int = 0
+
+
+class Receiver:
+    """Opens packets for us; ``on_message(message, new)`` and ``on_acked(id)`` report."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        onion: OnionPath,
+        on_message: Callable[[InboxMessage, bool, int], Awaitable[None]],
+        on_acked: Callable[[bytes], Awaitable[None]],
+        *,
+        wall_clock: Callable[[], float],
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.onion = onion
+        self._prekeys: PrekeySecrets | None = None
+        self.stats = ReceiverStats()
+        self.prekeys_changed = trio.Event()
+        self._on_message = on_message
+        self._on_acked = on_acked
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self._lock = trio.Lock()
+
+    async def load_prekeys(self, one_time: int) -> None:
+        """Load our prekey secrets, or make and commit them on first start."""
+        stored = await self.store.get_secret(PREKEYS_SLOT)
+        if stored is not None:
+            self._prekeys = PrekeySecrets.from_bytes(stored)
+            return
+        fresh = PrekeySecrets.generate(self.identity, self._rng, one_time=one_time)
+        await self.store.set_secret(PREKEYS_SLOT, fresh.to_bytes())
+        self._prekeys = fresh
+
+    def secrets(self) -> PrekeySecrets:
+        """Our current prekey secrets. Raises ``RuntimeError`` before :meth:`load_prekeys`."""
+        if self._prekeys is None:
+            raise RuntimeError("prekeys are not loaded yet")
+        return self._prekeys
+
+    async def update_prekeys(self, change: Callable[[PrekeySecrets], None]) -> None:
+        """Apply ``change`` to a copy of our prekey secrets and commit it, under
+        the lock that decryption holds, so a one-time key used meanwhile is
+        never brought back."""
+        async with self._lock:
+            current = self.secrets()
+            secrets = current.copy()
+            change(secrets)
+            if secrets.to_bytes() != current.to_bytes():
+                await self.store.set_secret(PREKEYS_SLOT, secrets.to_bytes())
+                self._prekeys = secrets
+
+    async def deliver(self, packet: sphinx.Deliver) -> None:
+        """Handle one packet for us; bad ones are counted and dropped."""
+        try:
+            if packet.surb_id is not None:
+                await self._reply(packet.surb_id, packet.message)
+            else:
+                await self._forward(packet.message)
+        except RemoteProtocolError as exc:
+            log.debug("refused an onion message: %s", exc)
+            self.stats.refused += 1
+        except CorruptState as exc:
+            # Our own stored session is damaged: this peer's messages cannot be
+            # read until its next session; everyone else's still can.
+            log.warning("a stored e2e session is damaged: %s", exc)
+            self.stats.refused += 1
+
+    async def _reply(self, surb_id: bytes, payload: bytes) -> None:
+        for message_id in await self.onion.on_reply(surb_id, payload):
+            self.stats.acks_received += 1
+            await self._on_acked(message_id)
+
+    async def _forward(self, data: bytes) -> None:
+        message = onion_frames.decode(data)
+        if not isinstance(message, onion_frames.ForwardMessage):
+            raise RemoteProtocolError("a reply outside a SURB")
+        surb = sphinx.decode_surb(message.surb)
+        sender, inner = sealed.unseal(self.identity, message.envelope)
+        async with self._lock:
+            frame = await self._open_and_commit(sender, inner)
+        self.stats.opened += 1
+        await self._ack(surb, frame.id)
+
+    async def _open_and_commit(self, sender: PublicIdentity, inner: bytes) -> MsgFrame:
+        stored = await self.store.get_session(sender.node_id)
+        state = RatchetState.from_bytes(stored) if stored is not None else None
+        current = self.secrets()
+        new_state, secrets, plaintext = session.decrypt(
+            self.identity, current, sender, state, inner
+        )
+        frame = frames.decode(plaintext)
+        if not isinstance(frame, MsgFrame):
+            raise RemoteProtocolError("an e2e message that is not a message frame")
+        changed = secrets.to_bytes() != current.to_bytes()
+        inbox = InboxMessage(
+            peer=sender.node_id,
+            id=frame.id,
+            kind=frame.kind,
+            body=frame.body,
+            sent=frame.sent_ms / 1000,
+            received=self._wall_clock(),
+            seq=frame.seq,
+        )
+        new = await self.store.commit_received_sealed(
+            inbox, new_state.to_bytes(), (PREKEYS_SLOT, secrets.to_bytes()) if changed else None
+        )
+        if changed:
+            self._prekeys = secrets
+            self.prekeys_changed.set()
+        await self._on_message(inbox, new, frame.low)
+        return frame
+
+    async def _ack(self, surb: sphinx.Surb, message_id: bytes) -> None:
+        reply = onion_frames.encode_reply(onion_frames.ReplyMessage((message_id,)))
+        first, packet = sphinx.use_surb(surb, reply)
+        try:
+            await self.onion.send_packet(first, packet)
+        except (*DIAL_ERRORS, NoRoute) as exc:  # the sender retries
+            log.debug("could not send an ack: %r", exc)
+            self.stats.acks_failed += 1
+        else:
+            self.stats.acks_sent += 1

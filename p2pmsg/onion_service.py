@@ -1,0 +1,229 @@
+"""The node's onion side, wired: relay, sender path, receiver, keys, mailbox.
+
+Theory of operation
+-------------------
+:class:`OnionService` owns the parts of onion delivery and the tasks that
+keep them current, all started by :meth:`OnionService.run` in the node's
+nursery:
+
+* the relay worker (:class:`p2pmsg.relay.Relay`), fed by the node's inbound
+  links and by our mailbox;
+* key upkeep: at each onion-key epoch the new keys are made, the peer record
+  re-signed with them, old keys and their replay tags dropped;
+* prekeys: our signed prekey bundle is published in the DHT once joined,
+  again when a one-time key was used, and before the record expires; the
+  signed prekey rotates weekly;
+* the mailbox: on start and every ``mailbox_poll`` seconds we fetch our DHT
+  mailbox for every epoch a message could still wait in and feed the packets
+  to the relay, which opens them like any other packet for us. Entries are
+  cleared at the holders one poll later, once they have surely been
+  processed; the inbox deduplicates what comes twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pmsg.delivery.onion_path import OnionOptions, OnionPath
+from p2pmsg.delivery.receiver import Receiver
+from p2pmsg.dht import mailbox
+from p2pmsg.dht import records as rec
+from p2pmsg.dht.linkpool import Connect
+from p2pmsg.dht.service import Dht
+from p2pmsg.e2e import prekeys
+from p2pmsg.keys import Identity
+from p2pmsg.onion.route import RELAY_CAPABILITY, RelayScores
+from p2pmsg.relay import OnionKeys, PacketLinks, Relay, RelayOptions, epoch_of
+from p2pmsg.store import InboxMessage, Store
+
+log = logging.getLogger(__name__)
+
+PREKEY_TTL = 7 * 86_400
+SIGNED_PREKEY_LIFETIME = 7 * 86_400.0
+ONE_TIME_PREKEYS = 32
+MAILBOX_EPOCHS = 31
+"""Epochs fetched back: a message waits at most 30 days in a mailbox."""
+
+
+@dataclass(frozen=True)
+class OnionServiceOptions:
+    relay: bool = True
+    """Offer to relay others' packets (the ``relay`` capability)."""
+    mailbox_poll: float = 300.0
+    key_check: float = 600.0
+    route: OnionOptions = field(default_factory=OnionOptions)
+    relay_options: RelayOptions = field(default_factory=RelayOptions)
+
+
+class OnionService:
+    def __init__(  # noqa: PLR0917 - the node's parts
+        self,
+        identity: Identity,
+        store: Store,
+        dht: Dht,
+        connect: Connect,
+        on_message: Callable[[InboxMessage, bool, int], Awaitable[None]],
+        on_acked: Callable[[bytes], Awaitable[None]],
+        *,
+        options: OnionServiceOptions,
+        wall_clock: Callable[[], float],
+        rng: Callable[[int], bytes],
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.dht = dht
+        self.options = options
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self.keys = OnionKeys(store, rng)
+        self.links = PacketLinks(connect)
+        self.scores = RelayScores()
+        self.path = OnionPath(
+            identity, store, dht, self.links, self.scores,
+            options=options.route, wall_clock=wall_clock, rng=rng,
+        )  # fmt: skip
+        self.receiver = Receiver(
+            identity, store, self.path, on_message, on_acked, wall_clock=wall_clock, rng=rng
+        )
+        self.relay = Relay(
+            identity, store, self.keys, self.links, dht, self.receiver.deliver,
+            options=options.relay_options, wall_clock=wall_clock,
+        )  # fmt: skip
+        self._endpoints: list[str] = []
+        self._capabilities: frozenset[str] = frozenset()
+        self._fetched: OrderedDict[bytes, int] = OrderedDict()
+        self._signed_prekey_at = 0.0
+        self.prekeys_published = trio.Event()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "relay": vars(self.relay.stats).copy(),
+            "receiver": vars(self.receiver.stats).copy(),
+            "replay_tags": len(self.relay.replay),
+            "packet_links": len(self.links),
+        }
+
+    async def start(self, endpoints: list[str], capabilities: frozenset[str]) -> None:
+        """Load keys, replay tags and prekeys; sign our peer record. Before the DHT runs."""
+        now = self._wall_clock()
+        self._endpoints = endpoints
+        caps = set(capabilities)
+        if self.options.relay and endpoints:
+            caps.add(RELAY_CAPABILITY)
+        self._capabilities = frozenset(caps)
+        await self.keys.refresh(now)
+        await self.relay.load_replay_tags(now)
+        await self.receiver.load_prekeys(ONE_TIME_PREKEYS)
+        signed_at = await self.store.get_meta("signed_prekey_at")
+        if signed_at is None:
+            await self.store.set_meta("signed_prekey_at", str(now))
+        self._signed_prekey_at = float(signed_at or now)
+        self._publish_peer_record()
+
+    def _publish_peer_record(self) -> None:
+        onion_keys = self.keys.published() if RELAY_CAPABILITY in self._capabilities else ()
+        self.dht.publish_local(self._endpoints, self._capabilities, onion_keys)
+
+    async def run(
+        self, joined: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.relay.run)
+                nursery.start_soon(self._key_upkeep)
+                nursery.start_soon(self._prekey_upkeep, joined)
+                nursery.start_soon(self._mailbox_poll, joined)
+                task_status.started()
+        finally:
+            await self.links.close_all()
+
+    async def _key_upkeep(self) -> None:
+        while True:
+            await trio.sleep(self.options.key_check)
+            now = self._wall_clock()
+            await self.store.expire_surbs(now)
+            if await self.keys.refresh(now):
+                self._publish_peer_record()
+                self.relay.replay.drop_epochs_before(epoch_of(now) - 1)
+                await self.store.drop_replay_tags_before(epoch_of(now) - 1)
+
+    # -- prekeys -----------------------------------------------------------------
+
+    async def _prekey_upkeep(self, joined: trio.Event) -> None:
+        await joined.wait()
+        while True:
+            await self._refresh_prekeys()
+            await self._publish_prekeys()
+            self.receiver.prekeys_changed = trio.Event()
+            with trio.move_on_after(PREKEY_TTL / 4):
+                await self.receiver.prekeys_changed.wait()
+
+    async def _refresh_prekeys(self) -> None:
+        now = self._wall_clock()
+        rotate = now - self._signed_prekey_at > SIGNED_PREKEY_LIFETIME
+
+        def change(secrets: prekeys.PrekeySecrets) -> None:
+            secrets.replenish(self._rng, ONE_TIME_PREKEYS)
+            if rotate:
+                secrets.rotate_signed(self.identity, self._rng)
+
+        await self.receiver.update_prekeys(change)
+        if rotate:
+            self._signed_prekey_at = now
+            await self.store.set_meta("signed_prekey_at", str(now))
+
+    async def _publish_prekeys(self) -> None:
+        bundle = self.receiver.secrets().bundle(self.identity)
+        now = self._wall_clock()
+        record = rec.sign_record(
+            self.identity,
+            rec.RecordType.PREKEYS,
+            rec.prekey_key(self.identity.node_id),
+            int(now * 1000),
+            int(now) + PREKEY_TTL,
+            prekeys.encode_bundle(bundle),
+        )
+        stored = await self.dht.put(record)
+        log.info("published our prekeys on %d nodes", stored)
+        if stored:
+            self.prekeys_published.set()
+
+    # -- mailbox -----------------------------------------------------------------
+
+    async def _mailbox_poll(self, joined: trio.Event) -> None:
+        await joined.wait()
+        pending: dict[int, list[bytes]] = {}
+        while True:
+            for epoch, ids in pending.items():
+                await self.dht.clear_mailbox(self.identity, epoch, ids)
+            pending = await self._fetch_mailbox()
+            await trio.sleep(self.options.mailbox_poll)
+
+    async def _fetch_mailbox(self) -> dict[int, list[bytes]]:
+        now = self._wall_clock()
+        current = mailbox.epoch_of(now)
+        start = await self._first_epoch(current)
+        fetched: dict[int, list[bytes]] = {}
+        for epoch in range(start, current + 1):
+            for blob in await self.dht.fetch_mailbox(self.identity.node_id, epoch):
+                entry = mailbox.entry_id(blob)
+                fetched.setdefault(epoch, []).append(entry)
+                if entry not in self._fetched:
+                    self._fetched[entry] = epoch
+                    self.relay.submit(blob)
+        while len(self._fetched) > 4 * mailbox.DEFAULT_MAX_PER_KEY:
+            self._fetched.popitem(last=False)
+        await self.store.set_meta("mailbox_epoch", str(current))
+        return fetched
+
+    async def _first_epoch(self, current: int) -> int:
+        stored = await self.store.get_meta("mailbox_epoch")
+        if stored is None or not stored.isdigit():
+            return current - 1  # a new node: nothing can wait for it from before
+        return max(current - MAILBOX_EPOCHS + 1, min(current, int(stored)))

@@ -1,0 +1,346 @@
+"""Relaying onion packets: epoch keys, peeling, replay refusal, forwarding, mailboxes.
+
+Theory of operation
+-------------------
+Every node peels the Sphinx packets that reach it (:mod:`p2pmsg.onion.sphinx`).
+A relay's layer is keyed with its onion key of the packet's key epoch (one
+X25519 key per :data:`ONION_EPOCH`; the current and next epoch's public keys
+are in its peer record, the previous epoch's secret is kept for packets in
+flight across the boundary, older ones are deleted: forward secrecy per
+epoch). A destination's layer is keyed with its identity's X25519 key, which
+does not rotate, so a packet waiting days in a mailbox still opens.
+
+Packets are handled in batches by one worker (:meth:`Relay.run`): peel each,
+refuse the replay tags already seen in that epoch, *commit* the new tags to
+SQLite in one transaction (group commit: one fsync per batch, not per
+packet), and only then forward; so a packet replayed after a crash and
+restart is refused too (SCENARIOS S8, S17). The inbound queue is bounded:
+when it is full the packet is dropped and counted.
+
+Forwarding reuses secure links per next hop (:class:`PacketLinks`). When the
+last relay (command ``EXIT``) cannot reach the destination, it deposits the
+still-wrapped packet in the destination's DHT mailbox instead; the mailbox
+holders see a packet for a node id, never the sender, never plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from p2pmsg.delivery import onion_frames
+from p2pmsg.dht.linkpool import Connect
+from p2pmsg.dht.peer import Peer
+from p2pmsg.dht.service import Dht
+from p2pmsg.dialer import DIAL_ERRORS
+from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link.secure import SecureLink
+from p2pmsg.onion import sphinx
+from p2pmsg.onion.replay import ReplayTags
+from p2pmsg.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ONION_EPOCH = 86_400.0
+_KEY_SLOT = "onion:{}"
+
+
+def epoch_of(now: float) -> int:
+    return int(now // ONION_EPOCH)
+
+
+class OnionKeys:
+    """The relay's onion secret keys by epoch, kept in the store's secrets."""
+
+    def __init__(self, store: Store, rng: Callable[[int], bytes]) -> None:
+        self._store = store
+        self._rng = rng
+        self._keys: dict[int, bytes] = {}
+
+    async def refresh(self, now: float) -> bool:
+        """Hold keys for epochs e-1 (if we had it), e and e+1; delete older ones.
+
+        True when the published set changed (the peer record must be re-signed).
+        """
+        current = epoch_of(now)
+        changed = False
+        for epoch in (current, current + 1):
+            if epoch not in self._keys:
+                stored = await self._store.get_secret(_KEY_SLOT.format(epoch))
+                if stored is None:
+                    stored = self._rng(32)
+                    await self._store.set_secret(_KEY_SLOT.format(epoch), stored)
+                self._keys[epoch] = stored
+                changed = True
+        if current - 1 not in self._keys:
+            previous = await self._store.get_secret(_KEY_SLOT.format(current - 1))
+            if previous is not None:
+                self._keys[current - 1] = previous
+        for epoch in [e for e in self._keys if e < current - 1]:
+            del self._keys[epoch]
+            await self._store.delete_secret(_KEY_SLOT.format(epoch))
+        for stale in range(current - 8, current - 1):
+            await self._store.delete_secret(_KEY_SLOT.format(stale))
+        return changed
+
+    def published(self) -> tuple[tuple[int, bytes], ...]:
+        """(epoch, public key) for the current and next epochs, for the peer record."""
+        newest = sorted(self._keys)[-2:]
+        return tuple((e, sphinx.public_key(self._keys[e])) for e in newest)
+
+    def likeliest_first(self, now: float) -> list[tuple[int, bytes]]:
+        """The current epoch's key first, then the previous, then the next:
+        most packets carry the current epoch, so most peels cost one X25519."""
+        current = epoch_of(now)
+        return sorted(self._keys.items(), key=lambda item: (item[0] != current, item[0] > current))
+
+
+class PacketLinks:
+    """Secure links reused for packets, per next hop: bounded, idle ones closed."""
+
+    def __init__(self, connect: Connect, *, max_links: int = 64, idle: float = 60.0) -> None:
+        self._connect = connect
+        self.max_links = max_links
+        self.idle = idle
+        self._links: OrderedDict[bytes, tuple[SecureLink, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    async def send(self, peer: Peer, data: bytes) -> None:
+        """Send one link message to ``peer``. Raises what dialling raises."""
+        now = trio.current_time()
+        cached = self._links.get(peer.node_id)
+        if cached is not None and now - cached[1] < self.idle:
+            try:
+                await cached[0].send(data)
+            except DIAL_ERRORS:
+                await self._drop(peer.node_id, cached[0])
+            else:
+                self._links[peer.node_id] = (cached[0], now)
+                self._links.move_to_end(peer.node_id)
+                return
+        elif cached is not None:
+            await self._drop(peer.node_id, cached[0])
+        link, _ = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
+        try:
+            await link.send(data)
+        except BaseException:
+            await link.aclose()
+            raise
+        old = self._links.pop(peer.node_id, None)
+        self._links[peer.node_id] = (link, now)
+        if old is not None:
+            await old[0].aclose()
+        while len(self._links) > self.max_links:
+            _, (evicted, _) = self._links.popitem(last=False)
+            await evicted.aclose()
+
+    async def _drop(self, node_id: bytes, link: SecureLink) -> None:
+        if self._links.get(node_id, (None, 0.0))[0] is link:
+            del self._links[node_id]
+        await link.aclose()
+
+    async def close_all(self) -> None:
+        with trio.CancelScope(shield=True):
+            while self._links:
+                _, (link, _) = self._links.popitem()
+                await link.aclose()
+
+
+@dataclass
+class RelayStats:
+    relayed: int = 0
+    exited: int = 0
+    deposited: int = 0
+    forward_failed: int = 0
+    replays: int = 0
+    bad_packets: int = 0
+    tagged: int = 0
+    queue_full: int = 0
+    delivered_here: int = 0
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    queue: int = 1024
+    batch: int = 64
+    parallel_work: int = 64
+    replay_capacity: int = 200_000
+    deposit_ttl: int = 14 * 86_400
+    resolve_cache: int = 1024
+    resolve_ttl: float = 600.0
+
+
+Deliverer = Callable[[sphinx.Deliver], Awaitable[None]]
+
+
+class Relay:
+    """Peels, dedups and forwards packets; hands ours to ``on_deliver``."""
+
+    def __init__(  # noqa: PLR0917 - the node's parts, in the order it builds them
+        self,
+        identity: Identity,
+        store: Store,
+        keys: OnionKeys,
+        links: PacketLinks,
+        dht: Dht,
+        on_deliver: Deliverer,
+        *,
+        options: RelayOptions,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.keys = keys
+        self.links = links
+        self.dht = dht
+        self.options = options
+        self.stats = RelayStats()
+        self.replay = ReplayTags(options.replay_capacity, max_epochs=3)
+        self._on_deliver = on_deliver
+        self._wall_clock = wall_clock
+        self._send, self._receive = trio.open_memory_channel[bytes](options.queue)
+        self._resolved: OrderedDict[bytes, tuple[Peer, float]] = OrderedDict()
+        self._work = trio.CapacityLimiter(options.parallel_work)
+
+    def submit(self, packet: bytes) -> bool:
+        """Queue a packet from the wire or a mailbox; False (counted) when full."""
+        try:
+            self._send.send_nowait(packet)
+        except trio.WouldBlock:
+            self.stats.queue_full += 1
+            return False
+        return True
+
+    async def load_replay_tags(self, now: float) -> None:
+        """Restore the persisted tags of the epochs whose keys we still hold."""
+        current = epoch_of(now)
+        await self.store.drop_replay_tags_before(current - 1)
+        for epoch in (current - 1, current, current + 1):
+            for tag in await self.store.replay_tags(epoch, self.options.replay_capacity):
+                self.replay.seen_or_add(epoch, tag)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                batch = [await self._receive.receive()]
+                while len(batch) < self.options.batch:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._process(batch, nursery)
+
+    async def _process(self, batch: list[bytes], nursery: trio.Nursery) -> None:
+        fresh: dict[int, list[bytes]] = {}
+        forwards: list[sphinx.Forward] = []
+        mine: list[sphinx.Deliver] = []
+        for packet in batch:
+            peeled = self._peel(packet)
+            if peeled is None:
+                continue
+            epoch, result = peeled
+            if isinstance(result.result, sphinx.Deliver):
+                mine.append(result.result)
+            elif self.replay.seen_or_add(epoch, result.replay_tag):
+                self.stats.replays += 1
+            else:
+                fresh.setdefault(epoch, []).append(result.replay_tag)
+                forwards.append(result.result)
+        for epoch, tags in fresh.items():
+            await self.store.add_replay_tags(epoch, tags)
+        for forward in forwards:
+            await self._spawn(nursery, self._forward, forward)
+        for deliver in mine:
+            self.stats.delivered_here += 1
+            await self._spawn(nursery, self._on_deliver, deliver)
+
+    async def _spawn(
+        self, nursery: trio.Nursery, fn: Callable[[T], Awaitable[None]], item: T
+    ) -> None:
+        """Run ``work`` in the background once a slot is free (back-pressure:
+        the worker waits, the bounded queue fills, new packets are dropped)."""
+        token = object()
+        await self._work.acquire_on_behalf_of(token)
+
+        async def run() -> None:
+            try:
+                await fn(item)
+            finally:
+                self._work.release_on_behalf_of(token)
+
+        nursery.start_soon(run)
+
+    def _peel(self, packet: bytes) -> tuple[int, sphinx.Peeled] | None:
+        """Try our epoch keys, then our identity key (destination layer)."""
+        for epoch, key in self.keys.likeliest_first(self._wall_clock()):
+            try:
+                peeled = sphinx.peel(key, packet)
+            except RemoteProtocolError:
+                continue
+            if isinstance(peeled.result, sphinx.Forward):
+                return epoch, peeled
+        try:
+            peeled = sphinx.peel(self.identity.x25519_private, packet)
+        except sphinx.InvalidPacket as exc:
+            log.debug("refused an onion packet: %s", exc)
+            if exc.reason is sphinx.InvalidReason.TAGGED_PAYLOAD:
+                self.stats.tagged += 1  # a relay on the way altered the payload
+            else:
+                self.stats.bad_packets += 1
+            return None
+        if not isinstance(peeled.result, sphinx.Deliver):
+            self.stats.bad_packets += 1  # relay layers use onion keys, never the identity
+            return None
+        return -1, peeled
+
+    async def _forward(self, forward: sphinx.Forward) -> None:
+        try:
+            peer = await self._resolve(forward.next_hop)
+            if peer is None:
+                raise LookupError("next hop not found")
+            await self.links.send(peer, onion_frames.encode_packet_message(forward.packet))
+        except (*DIAL_ERRORS, LookupError) as exc:
+            log.debug("could not forward an onion packet: %r", exc)
+            if forward.command is sphinx.Command.EXIT:
+                await self._deposit(forward)
+            else:
+                self.stats.forward_failed += 1
+        else:
+            self.stats.relayed += 1
+            if forward.command is sphinx.Command.EXIT:
+                self.stats.exited += 1
+
+    async def _deposit(self, forward: sphinx.Forward) -> None:
+        held = await self.dht.deposit(
+            forward.next_hop, forward.packet, ttl=self.options.deposit_ttl
+        )
+        if held:
+            self.stats.deposited += 1
+        else:
+            self.stats.forward_failed += 1
+
+    async def _resolve(self, node_id: bytes) -> Peer | None:
+        """The next hop's endpoints: our routing table, a recent lookup, or a new one."""
+        known = self.dht.table.get(node_id)
+        if known is not None:
+            return known
+        now = trio.current_time()
+        cached = self._resolved.get(node_id)
+        if cached is not None and now - cached[1] < self.options.resolve_ttl:
+            return cached[0]
+        found = await self.dht.find_peer(node_id)
+        if found is not None:
+            self._resolved[node_id] = (found, now)
+            while len(self._resolved) > self.options.resolve_cache:
+                self._resolved.popitem(last=False)
+        return found

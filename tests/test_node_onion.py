@@ -1,0 +1,205 @@
+"""Onion delivery between full nodes on the simulated network (autojump clock)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+from simworld import SimWorld, sim_wall_clock
+from trio.testing import MockClock
+
+from p2pmsg.node import Node
+from p2pmsg.onion import sphinx
+from p2pmsg.store import Database, OutboxState
+
+RELAYS = [f"relay{i}" for i in range(6)]
+
+
+async def until(condition: Callable[[], bool], *, timeout: float = 600.0) -> None:
+    """Wait, in simulated time, until ``condition()`` holds: for counters that
+    live on other nodes and signal nothing. The autojump clock makes each
+    simulated second free and the outcome deterministic."""
+    with trio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 - see the docstring
+            await trio.sleep(1.0)
+
+
+@asynccontextmanager
+async def running(world: SimWorld, names: Sequence[str], boot: list[str]) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        for i, name in enumerate(names):
+            node = await stack.enter_async_context(world.node(name, bootstrap=boot))
+            if i:  # the first is the seed: nobody to join yet
+                with trio.fail_after(120):
+                    await node.joined.wait()
+        yield
+
+
+def befriend(world: SimWorld, a: str, b: str, boot: list[str]) -> None:
+    world.home(a, bootstrap=boot)
+    world.home(b, bootstrap=boot)
+    for me, other in ((a, b), (b, a)):
+        with Database.open(world.home(me).db_file) as db:
+            db.add_contact(world.contact_of(other))
+
+
+async def test_a_message_crosses_three_relays_and_its_ack_comes_back(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    boot = [world.invite(RELAYS[0])]
+    async with (
+        running(world, RELAYS, boot),
+        world.node("bob", bootstrap=boot) as bob,
+        world.node("alice", bootstrap=boot) as alice,
+    ):
+        await bob.joined.wait()
+        await alice.joined.wait()
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = await alice.send("bob", "through the onion")
+        with trio.fail_after(600):
+            got = await bob.messages().receive()
+            acked = await alice.deliveries().receive()
+        assert (got.id, got.text, got.peer) == (sent, "through the onion", alice.identity.node_id)
+        assert acked == sent
+        (row,) = await alice.store.list_outbox()
+        assert row.state is OutboxState.DELIVERED
+        assert not row.direct
+        assert bob.onion.receiver.stats.opened >= 1
+        assert alice.onion.receiver.stats.acks_received >= 1
+
+
+async def test_sender_and_recipient_never_online_together(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    boot = [world.invite(RELAYS[0])]
+    befriend(world, "alice", "bob", boot)
+    relays: list[Node] = []
+    async with AsyncExitStack() as stack:
+        for name in RELAYS:
+            relays.append(await stack.enter_async_context(world.node(name, bootstrap=boot)))
+            if len(relays) > 1:
+                await relays[-1].joined.wait()
+
+        def deposited() -> int:
+            return sum(r.onion.relay.stats.deposited for r in relays)
+
+        async with world.node("bob", bootstrap=boot) as bob:  # publishes its prekeys
+            await bob.joined.wait()
+            await until(bob.onion.prekeys_published.is_set)
+        async with world.node("alice", bootstrap=boot) as alice:
+            await alice.joined.wait()
+            sent = await alice.send("bob", "while you were away")
+            await until(lambda: deposited() >= 1)
+        async with world.node("bob", bootstrap=boot) as bob:
+            with trio.fail_after(900):
+                got = await bob.messages().receive()
+            assert (got.id, got.text) == (sent, "while you were away")
+            acks_before = deposited()
+            await until(lambda: deposited() > acks_before)  # the ack waits for alice
+        async with world.node("alice", bootstrap=boot) as alice:
+            with trio.fail_after(900):
+                assert await alice.deliveries().receive() == sent
+            (row,) = await alice.store.list_outbox()
+            assert row.state is OutboxState.DELIVERED
+
+
+def _packet_through(relay: Node, bob: Node, now: float) -> bytes:
+    """A packet for ``relay`` to forward to ``bob``, built with the relay's published key."""
+    epoch, key = relay.onion.keys.published()[0]
+    assert epoch == int(now // 86_400)
+    route = [
+        sphinx.Hop(relay.identity.node_id, key),
+        sphinx.Hop(bob.identity.node_id, bob.identity.public.x25519),
+    ]
+    return sphinx.create_packet(route, b"replay me", os.urandom)[1]
+
+
+async def test_a_replayed_packet_is_refused_also_after_the_relay_restarts(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    boot = [world.invite(RELAYS[0])]
+    async with running(world, RELAYS[:3], boot), world.node("bob", bootstrap=boot) as bob:
+        await bob.joined.wait()
+        async with world.node("relay9", bootstrap=boot) as relay:
+            await relay.joined.wait()
+            packet = _packet_through(relay, bob, sim_wall_clock())
+            for _ in range(3):
+                assert relay.onion.relay.submit(packet)
+            await until(lambda: bob.onion.relay.stats.delivered_here >= 1)
+            await until(lambda: relay.onion.relay.stats.replays == 2)
+            assert relay.onion.relay.stats.relayed == 1
+        async with world.node("relay9", bootstrap=boot) as relay:
+            assert relay.onion.relay.submit(packet)
+            await until(lambda: relay.onion.relay.stats.replays == 1)
+            assert relay.onion.relay.stats.relayed == 0
+        assert bob.onion.relay.stats.delivered_here == 1
+
+
+async def test_a_tagging_relay_is_detected_and_routed_around(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    names = [f"relay{i}" for i in range(8)]
+    boot = [world.invite(names[0])]
+    nodes: dict[str, Node] = {}
+    async with AsyncExitStack() as stack:
+        for name in [*names, "bob", "alice"]:
+            nodes[name] = await stack.enter_async_context(world.node(name, bootstrap=boot))
+            if name != names[0]:
+                await nodes[name].joined.wait()
+        tagger = nodes["relay3"].onion.relay
+        honest_forward = tagger._forward
+
+        async def tag(forward: sphinx.Forward) -> None:
+            flipped = bytearray(forward.packet)
+            flipped[-1] ^= 1  # a payload byte: the MAC cannot see it, the destination can
+            await honest_forward(sphinx.Forward(forward.command, forward.next_hop, bytes(flipped)))
+
+        tagger._forward = tag  # type: ignore[method-assign]
+        alice, bob = nodes["alice"], nodes["bob"]
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = {await alice.send("bob", f"m{i}") for i in range(20)}
+        got: set[bytes] = set()
+        with trio.fail_after(3 * 3600):
+            while got != sent:
+                got.add((await bob.messages().receive()).id)
+            await until(lambda: alice.stats.delivered == len(sent), timeout=3 * 3600)
+        detected = bob.onion.relay.stats.tagged + sum(
+            n.onion.relay.stats.tagged for n in nodes.values()
+        )
+        assert detected >= 1
+        now = sim_wall_clock()
+        bad = alice.onion.scores.weight(nodes["relay3"].identity.node_id, now)
+        others = [
+            alice.onion.scores.weight(nodes[n].identity.node_id, now)
+            for n in names
+            if n != "relay3"
+        ]
+        # the tagger sits on every failed route; an honest relay only on some, and
+        # its acknowledged routes pay its failures back
+        assert bad <= 0.25  # at least one failure's worth
+        assert bad < statistics.median(others)
+
+
+async def test_an_onion_message_is_retried_only_when_due(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """A new message to a peer must not drag its pending ones out again before
+    their retry time (each onion attempt costs a packet and blames relays)."""
+    world.home("bob")
+    async with world.node("alice") as alice:
+        await alice.store.add_contact(world.contact_of("bob"))
+
+        async def attempts() -> list[int]:
+            return [m.attempts for m in await alice.store.list_outbox()]
+
+        await alice.send("bob", "first")
+        with trio.fail_after(5):
+            while await attempts() != [1]:  # noqa: ASYNC110 - store counters signal nothing
+                await trio.sleep(0.1)
+        await alice.send("bob", "second")
+        with trio.fail_after(5):
+            while await attempts() != [1, 1]:  # noqa: ASYNC110 - store counters signal nothing
+                await trio.sleep(0.1)
