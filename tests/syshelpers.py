@@ -149,10 +149,16 @@ async def befriend(homes: dict[str, Path]) -> None:
         nursery.start_soon(ok, b_home, "contacts", "add", a, links[a])
 
 
-async def poll(check: Callable[[], Awaitable[T | None]], what: str, *, node_logs: Any = ()) -> T:
+async def poll(
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    *,
+    node_logs: Any = (),
+    within: float = DEADLINE,
+) -> T:
     """Call ``check`` until it returns something other than ``None``; fail after
-    :data:`DEADLINE` seconds with ``what`` and the nodes' logs."""
-    deadline = trio.current_time() + DEADLINE
+    ``within`` seconds (default :data:`DEADLINE`) with ``what`` and the nodes' logs."""
+    deadline = trio.current_time() + within
     while True:
         result = await check()
         if result is not None:

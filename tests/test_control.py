@@ -55,6 +55,10 @@ from p2pmsg.errors import (
         (b'{"op": "send", "to": "", "text": ""}', Request("send", to="", text="")),
         ('{"op":"send","to":"zoë","text":"😀"}'.encode(), Request("send", "zoë", "😀")),
         (b'{"op":"send","to":"b","text":"\\ud83d\\ude00"}', Request("send", "b", "😀")),
+        (
+            b'{"op":"send","to":"b","text":"t","direct":true}',
+            Request("send", "b", "t", direct=True),
+        ),
         (b'{"op":"inbox"}', Request("inbox", limit=100)),
         (b'{"op":"inbox","limit":1}', Request("inbox", limit=1)),
         (b'{"op":"outbox","limit":1000}', Request("outbox", limit=MAX_LIMIT)),
@@ -104,6 +108,7 @@ def test_limits_round_trip_through_the_wire_encoding(op: str, limit: int) -> Non
         pytest.param(b'{"op":"send","to":1,"text":"hi"}', id="numeric-to"),
         pytest.param(b'{"op":"send","to":"bob","text":null}', id="null-text"),
         pytest.param(b'{"op":"send","to":"bob","text":["hi"]}', id="list-text"),
+        pytest.param(b'{"op":"send","to":"b","text":"t","direct":"yes"}', id="direct-not-bool"),
         pytest.param(b'{"op":"inbox","limit":true}', id="limit-true"),
         pytest.param(b'{"op":"inbox","limit":false}', id="limit-false"),
         pytest.param(b'{"op":"inbox","limit":0}', id="limit-0"),

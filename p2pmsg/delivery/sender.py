@@ -125,7 +125,7 @@ class Sender:
             try:
                 await self._send_routed(contact, routed)
             except (*DIAL_ERRORS, NoRoute, NoPrekeys, NoSession) as exc:
-                log.info("onion delivery failed: %r", exc)
+                log.info("onion delivery failed: %s", type(exc).__name__)
 
     async def _send_routed(self, contact: Contact, batch: list[OutboxMessage]) -> None:
         """One onion attempt per message, each on fresh routes."""
