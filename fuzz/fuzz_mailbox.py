@@ -49,7 +49,7 @@ def _holder() -> Mailboxes:
     store = MailboxStore(max_per_key=MAX_ENTRIES, max_source_per_key=3, max_bytes=8192)
     for i, blob in enumerate(BLOBS):
         store.put(KEYS[i % 3], blob, int(NOW) + 3600, NOW, source=bytes([i]))
-    return Mailboxes(_offline, _offline, wall_clock=lambda: NOW, store=store)  # type: ignore[arg-type]
+    return Mailboxes(bytes(32), _offline, _offline, wall_clock=lambda: NOW, store=store)  # type: ignore[arg-type]
 
 
 def _clear(data: bytes) -> None:

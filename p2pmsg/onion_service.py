@@ -22,6 +22,7 @@ nursery:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 PREKEY_TTL = 7 * 86_400
 SIGNED_PREKEY_LIFETIME = 7 * 86_400.0
 ONE_TIME_PREKEYS = 32
+PENDING_CLEAR = "mailbox_pending_clear"
+MAX_PENDING = 4 * mailbox.DEFAULT_MAX_PER_KEY
 MAILBOX_EPOCHS = 31
 """Epochs fetched back: a message waits at most 30 days in a mailbox."""
 
@@ -158,9 +161,9 @@ class OnionService:
     async def _prekey_upkeep(self, joined: trio.Event) -> None:
         await joined.wait()
         while True:
+            self.receiver.prekeys_changed = trio.Event()  # before: a use meanwhile counts
             await self._refresh_prekeys()
             await self._publish_prekeys()
-            self.receiver.prekeys_changed = trio.Event()
             with trio.move_on_after(PREKEY_TTL / 4):
                 await self.receiver.prekeys_changed.wait()
 
@@ -198,11 +201,14 @@ class OnionService:
 
     async def _mailbox_poll(self, joined: trio.Event) -> None:
         await joined.wait()
-        pending: dict[int, list[bytes]] = {}
+        pending = _decode_pending(await self.store.get_meta(PENDING_CLEAR))
+        for epoch, ids in pending.items():  # fetched before a restart: seen
+            self._fetched.update(dict.fromkeys(ids, epoch))
         while True:
             for epoch, ids in pending.items():
                 await self.dht.clear_mailbox(self.identity, epoch, ids)
             pending = await self._fetch_mailbox()
+            await self.store.set_meta(PENDING_CLEAR, _encode_pending(pending))
             await trio.sleep(self.options.mailbox_poll)
 
     async def _fetch_mailbox(self) -> dict[int, list[bytes]]:
@@ -227,3 +233,16 @@ class OnionService:
         if stored is None or not stored.isdigit():
             return current - 1  # a new node: nothing can wait for it from before
         return max(current - MAILBOX_EPOCHS + 1, min(current, int(stored)))
+
+
+def _encode_pending(pending: dict[int, list[bytes]]) -> str:
+    return json.dumps({str(epoch): [i.hex() for i in ids] for epoch, ids in pending.items()})
+
+
+def _decode_pending(text: str | None) -> dict[int, list[bytes]]:
+    """The entries fetched at the last poll; ``{}`` for anything unreadable."""
+    try:
+        raw = json.loads(text or "{}")
+        return {int(e): [bytes.fromhex(i) for i in ids][:MAX_PENDING] for e, ids in raw.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
