@@ -41,6 +41,9 @@ PURE_CORES = [
     "p2pmsg/onion/header.py",
     "p2pmsg/onion/lioness.py",
     "p2pmsg/onion/replay.py",
+    "p2pmsg/onion/route.py",
+    "p2pmsg/delivery/onion_frames.py",
+    "transports/pt_proto.py",
 ]
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "zeroconf", "random", "asyncio", "select"}
 

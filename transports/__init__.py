@@ -4,7 +4,8 @@ Only the edges (``cli.py``, tests, the scenario runner's caller) import this
 package and pick which transports a node uses.
 """
 
+from transports.pt import PtTransport
 from transports.sim import SimTransport
 from transports.tcp import TcpLink, TcpTransport
 
-__all__ = ["SimTransport", "TcpLink", "TcpTransport"]
+__all__ = ["PtTransport", "SimTransport", "TcpLink", "TcpTransport"]
