@@ -14,7 +14,7 @@ Run under atheris (see fuzz/README.md)::
 
 from __future__ import annotations
 
-from transports.pt_proto import PtProtocolError, Socks5Client, SocksReplyError
+from transports.socks5 import PtProtocolError, Socks5Client, SocksReplyError
 
 ARGS = (("cert", "a" * 70), ("iat-mode", "0"))
 

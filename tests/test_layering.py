@@ -44,6 +44,8 @@ PURE_CORES = [
     "p2pmsg/onion/route.py",
     "p2pmsg/delivery/onion_frames.py",
     "transports/pt_proto.py",
+    "transports/socks5.py",
+    "transports/ws_core.py",
 ]
 FORBIDDEN_IN_CORES = {"trio", "socket", "time", "zeroconf", "random", "asyncio", "select"}
 

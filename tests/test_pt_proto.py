@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from p2pmsg.errors import LocalProtocolError, RemoteProtocolError
 from transports.pt_proto import (
     MAX_LINE,
-    REPLY_MESSAGES,
     CMethod,
     FatalError,
     Log,
@@ -22,17 +21,20 @@ from transports.pt_proto import (
     PtProtocolError,
     Role,
     SMethod,
-    Socks5Client,
-    SocksReplyError,
-    SocksState,
     Version,
     child_environment,
     client_environment,
-    decode_socks_args,
-    encode_socks_args,
     parse_address,
     parse_smethod_args,
     server_environment,
+)
+from transports.socks5 import (
+    REPLY_MESSAGES,
+    Socks5Client,
+    SocksReplyError,
+    SocksState,
+    decode_socks_args,
+    encode_socks_args,
 )
 
 CERT = "HszPy3vWfjsESCEOo9ZBkRv6zQ/1mGHzc8arF0y2SpwFr3WhsMu8rK0zyaoyERfbz3ddFw"

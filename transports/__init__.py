@@ -7,5 +7,6 @@ package and pick which transports a node uses.
 from transports.pt import PtTransport
 from transports.sim import SimTransport
 from transports.tcp import TcpLink, TcpTransport
+from transports.ws import WsLink, WsTransport
 
-__all__ = ["PtTransport", "SimTransport", "TcpLink", "TcpTransport"]
+__all__ = ["PtTransport", "SimTransport", "TcpLink", "TcpTransport", "WsLink", "WsTransport"]

@@ -9,7 +9,7 @@ method of one binary; the arguments are the method's (``cert``, ``iat-mode``).
 Client. :meth:`PtTransport.run` must be running (``nursery.start``): the
 client proxy is started lazily, once, by the first ``dial``, inside run's
 nursery, and stopped when run is cancelled. Each dial opens TCP to the
-proxy's SOCKS5 port and asks it (pt_proto's :class:`Socks5Client`, reading
+proxy's SOCKS5 port and asks it (socks5's :class:`Socks5Client`, reading
 exactly what the handshake needs so no peer byte is swallowed) to CONNECT to
 ``HOST:PORT`` with the endpoint's arguments. obfs4proxy meets a wrong cert
 with 30-80 s of silence, so every dial has its own ``dial_timeout``. If the
@@ -66,13 +66,12 @@ from transports.pt_proto import (
     PtProtocolError,
     Role,
     SMethod,
-    Socks5Client,
-    SocksReplyError,
     child_environment,
     client_environment,
     format_address,
     server_environment,
 )
+from transports.socks5 import Socks5Client, SocksReplyError
 from transports.tcp import TcpLink
 
 log = logging.getLogger(__name__)
