@@ -40,6 +40,7 @@ from p2pmsg.sim.net import SimNetwork
 from p2pmsg.store import Database
 from transports.sim import SimTransport
 from transports.tcp import TcpTransport
+from transports.ws import WsTransport
 
 log = logging.getLogger("p2pmsg")
 T = TypeVar("T")
@@ -47,7 +48,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def production_transports() -> list[Transport]:
-    return [TcpTransport()]
+    return [TcpTransport(), WsTransport()]
 
 
 def run_trio(fn: Callable[..., Awaitable[T]], *args: object) -> T:
@@ -74,10 +75,12 @@ def _out(line: str) -> None:
 
 
 def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
-    """Pick a free port now for ``tcp:HOST:0`` so that invites stay valid across restarts."""
-    if endpoint.transport != "tcp":
+    """Pick a free port now for ``tcp:HOST:0`` or ``ws:HOST:0/PATH`` so that
+    invites stay valid across restarts."""
+    if endpoint.transport not in {"tcp", "ws"}:
         return endpoint
-    host, port = endpoint.host_port()
+    address, slash, path = endpoint.address.partition("/")
+    host, port = Endpoint(endpoint.transport, address).host_port()
     if port:
         return endpoint
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -88,7 +91,7 @@ def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
             raise BadEndpoint(f"cannot bind {host}: {exc.strerror}") from exc
         port = probe.getsockname()[1]
     address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-    return Endpoint("tcp", address, endpoint.args)
+    return Endpoint(endpoint.transport, address + slash + path, endpoint.args)
 
 
 def home_of(args: argparse.Namespace) -> Home:

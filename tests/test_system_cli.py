@@ -11,6 +11,7 @@ nothing asserts on timing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -160,6 +161,27 @@ async def test_receiver_killed_mid_flight_loses_and_duplicates_nothing(base: Pat
     assert sorted(m["text"] for m in inbox) == texts
     assert len(outbox) == MESSAGES
     assert {m["state"] for m in outbox} == {"delivered"}
+
+
+async def test_two_nodes_that_share_only_ws_endpoints_exchange_messages(base: Path) -> None:
+    """Issue 5: nothing but WebSocket (HTTP/1.1 upgrade) between the two."""
+    alice, bob = pair(base)
+    links = {
+        "alice": await init(alice, "ws:127.0.0.1:0/chat"),
+        "bob": await init(bob, "ws:127.0.0.1:0/live"),
+    }
+    assert all("@ws:127.0.0.1:" in link and ",tcp:" not in link for link in links.values())
+    await ok(alice, "contacts", "add", "bob", links["bob"])
+    await ok(bob, "contacts", "add", "alice", links["alice"])
+    async with running(alice, bob) as nodes:
+        to_bob = {await send(alice, "bob", "over websocket"): "over websocket"}
+        to_alice = {await send(bob, "alice", "and back"): "and back"}
+        inbox_bob, _ = await until_delivered(alice, bob, to_bob, nodes)
+        inbox_alice, _ = await until_delivered(bob, alice, to_alice, nodes)
+        status = json.loads((await ok(alice, "status", "--json")).lines[0])
+    assert_received_once(inbox_bob, "alice", to_bob)
+    assert_received_once(inbox_alice, "bob", to_alice)
+    assert [e.split(":")[0] for e in status["listening"]] == ["ws"]
 
 
 @pytest.mark.parametrize("receiver_up", [True, False], ids=["receiver-up", "receiver-down"])
