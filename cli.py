@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -32,12 +33,13 @@ from p2pmsg.abc import Transport
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.demo import run_demo
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.errors import BadEndpoint, NotFound, P2PMsgError
+from p2pmsg.errors import BadEndpoint, HomeError, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity
 from p2pmsg.node import Node
 from p2pmsg.sim.net import SimNetwork
 from p2pmsg.store import Database
+from transports.pt import PtTransport
 from transports.sim import SimTransport
 from transports.tcp import TcpTransport
 from transports.ws import WsTransport
@@ -47,8 +49,39 @@ T = TypeVar("T")
 Command = Callable[[argparse.Namespace], int]
 
 
-def production_transports() -> list[Transport]:
-    return [TcpTransport(), WsTransport()]
+def production_transports(home: Home) -> list[Transport]:
+    """tcp and ws always; obfs4 through Debian's obfs4proxy when it is installed."""
+    found: list[Transport] = [TcpTransport(), WsTransport()]
+    if shutil.which("obfs4proxy"):
+        found.append(PtTransport(state_dir=home.path / "pt"))
+    return found
+
+
+def _listen_endpoint(text: str) -> Endpoint:
+    """``--listen`` text: ``obfs4:HOST:PORT`` is our ``pt`` transport driving obfs4proxy."""
+    if text.startswith("obfs4:"):
+        text = "pt:" + text
+    return _resolve_port_zero(Endpoint.parse(text))
+
+
+async def _with_obfs4_certs(home: Home, listen: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """Start obfs4proxy once on each obfs4 endpoint to learn the bridge cert
+    (made and kept in HOME/pt) that invites must carry."""
+    out = []
+    for endpoint in listen:
+        if endpoint.transport != PtTransport.name:
+            out.append(endpoint)
+            continue
+        transport = PtTransport(state_dir=home.path / "pt")
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(transport.serve, endpoint, _refuse)
+            nursery.cancel_scope.cancel()
+        out.append(Endpoint(endpoint.transport, endpoint.address, bound.args))
+    return tuple(out)
+
+
+async def _refuse(link: Any) -> None:
+    await link.aclose()
 
 
 def run_trio(fn: Callable[..., Awaitable[T]], *args: object) -> T:
@@ -77,9 +110,13 @@ def _out(line: str) -> None:
 def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
     """Pick a free port now for ``tcp:HOST:0`` or ``ws:HOST:0/PATH`` so that
     invites stay valid across restarts."""
-    if endpoint.transport not in {"tcp", "ws"}:
-        return endpoint
     address, slash, path = endpoint.address.partition("/")
+    method = ""
+    if endpoint.transport == PtTransport.name:
+        method, _, address = address.partition(":")
+        method += ":"
+    elif endpoint.transport not in {"tcp", "ws"}:
+        return endpoint
     host, port = Endpoint(endpoint.transport, address).host_port()
     if port:
         return endpoint
@@ -91,7 +128,7 @@ def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
             raise BadEndpoint(f"cannot bind {host}: {exc.strerror}") from exc
         port = probe.getsockname()[1]
     address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-    return Endpoint(endpoint.transport, address + slash + path, endpoint.args)
+    return Endpoint(endpoint.transport, method + address + slash + path, endpoint.args)
 
 
 def home_of(args: argparse.Namespace) -> Home:
@@ -103,12 +140,17 @@ def home_of(args: argparse.Namespace) -> Home:
 
 def cmd_init(args: argparse.Namespace) -> int:
     home = home_of(args)
-    listen = tuple(_resolve_port_zero(Endpoint.parse(text)) for text in args.listen)
+    listen = tuple(_listen_endpoint(text) for text in args.listen)
     if args.mdns is not None:
         try:
             ipaddress.ip_address(args.mdns)
         except ValueError as exc:
             raise BadEndpoint(f"--mdns takes an interface's IP address, not {args.mdns!r}") from exc
+    if home.exists():
+        raise HomeError(f"{home.path} already holds a node")
+    if any(e.transport == PtTransport.name for e in listen):
+        home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        listen = run_trio(_with_obfs4_certs, home, listen)
     config = Config(listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns)
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
@@ -162,22 +204,34 @@ def cmd_contacts_list(args: argparse.Namespace) -> int:
 
 async def _run_node(home: Home) -> None:
     listener = await control.bind_control(home.control_socket)
+    transports = production_transports(home)
     try:
-        async with (
-            Node.open(home.path, production_transports()) as node,
-            trio.open_nursery() as nursery,
-        ):
-            handler = control.node_handler(node)
-            await nursery.start(control.serve_control, listener, home.control_socket, handler)
-            log.info("node %s running; stop with Ctrl-C", node.identity.node_id.hex()[:16])
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("stopping on %s", signal.Signals(signum).name)
-                    break
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as proxies:  # pt client proxies live here
+            for transport in transports:
+                if isinstance(transport, PtTransport):
+                    await proxies.start(transport.run)
+            await _serve_node(home, transports, listener)
+            proxies.cancel_scope.cancel()
     finally:
         await listener.aclose()
         home.control_socket.unlink(missing_ok=True)
+
+
+async def _serve_node(
+    home: Home, transports: list[Transport], listener: trio.SocketListener
+) -> None:
+    async with (
+        Node.open(home.path, transports) as node,
+        trio.open_nursery() as nursery,
+    ):
+        handler = control.node_handler(node)
+        await nursery.start(control.serve_control, listener, home.control_socket, handler)
+        log.info("node %s running; stop with Ctrl-C", node.identity.node_id.hex()[:16])
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("stopping on %s", signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.cancel()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -182,6 +183,34 @@ async def test_two_nodes_that_share_only_ws_endpoints_exchange_messages(base: Pa
     assert_received_once(inbox_bob, "alice", to_bob)
     assert_received_once(inbox_alice, "bob", to_alice)
     assert [e.split(":")[0] for e in status["listening"]] == ["ws"]
+
+
+@pytest.mark.skipif(
+    shutil.which("obfs4proxy") is None,
+    reason="obfs4proxy is not installed (apt-get install -y obfs4proxy)",
+)
+async def test_two_nodes_that_share_only_obfs4_endpoints_exchange_messages(base: Path) -> None:
+    """Issue 5: real obfs4proxy processes on both sides; the invites carry the certs."""
+    alice, bob = pair(base)
+    links = {
+        "alice": await init(alice, "obfs4:127.0.0.1:0"),
+        "bob": await init(bob, "obfs4:127.0.0.1:0"),
+    }
+    for link in links.values():
+        assert "@pt%3Aobfs4%3A127.0.0.1%3A" in link or "@pt:obfs4:127.0.0.1:" in link, link
+        assert "cert" in link and ",tcp" not in link, link
+    await ok(alice, "contacts", "add", "bob", links["bob"])
+    await ok(bob, "contacts", "add", "alice", links["alice"])
+    async with running(alice, bob) as nodes:
+        to_bob = {await send(alice, "bob", "through obfs4"): "through obfs4"}
+        to_alice = {await send(bob, "alice", "and back"): "and back"}
+        inbox_bob, _ = await until_delivered(alice, bob, to_bob, nodes)
+        inbox_alice, _ = await until_delivered(bob, alice, to_alice, nodes)
+        status = json.loads((await ok(alice, "status", "--json")).lines[0])
+    assert_received_once(inbox_bob, "alice", to_bob)
+    assert_received_once(inbox_alice, "bob", to_alice)
+    assert [e.split(":")[:2] for e in status["listening"]] == [["pt", "obfs4"]]
+    assert (alice / "pt").stat().st_mode & 0o077 == 0  # the bridge's keys are private
 
 
 @pytest.mark.parametrize("receiver_up", [True, False], ids=["receiver-up", "receiver-down"])
