@@ -33,9 +33,10 @@ import trio
 
 from p2pmsg.dht import records as rec
 from p2pmsg.dht import rpc
+from p2pmsg.dht.driver import LookupRun
 from p2pmsg.dht.known import KnownPeers
 from p2pmsg.dht.linkpool import Connect, LinkPool
-from p2pmsg.dht.lookup import Finished, Lookup, Query
+from p2pmsg.dht.lookup import Lookup
 from p2pmsg.dht.mailbox import DEFAULT_TTL
 from p2pmsg.dht.mailboxes import Mailboxes
 from p2pmsg.dht.peer import Peer, distance, prefix_of_endpoint
@@ -68,16 +69,6 @@ def _fit(records: list[bytes], budget: int) -> list[bytes]:
             break
         out.append(record)
     return out
-
-
-class _LookupRun:
-    """The mutable state one running lookup shares with its query tasks."""
-
-    def __init__(self, lookup: Lookup, value_type: int | None) -> None:
-        self.lookup = lookup
-        self.value_type = value_type
-        self.found: dict[tuple[bytes, int], rec.Record] = {}
-        self.wake = trio.Event()
 
 
 #: Bytes of records one reply may carry: a response must fit one link message.
@@ -359,58 +350,14 @@ class Dht:
             rpc_timeout=self.options.rpc_timeout,
             exclude={self.identity.node_id},
         )
-        run = _LookupRun(lookup, value_type)
-        async with trio.open_nursery() as nursery:
-            while True:
-                step = lookup.next(trio.current_time())
-                if isinstance(step, Finished):
-                    break
-                if isinstance(step, Query):
-                    nursery.start_soon(self._query, run, step.peer)
-                    continue
-                run.wake = trio.Event()
-                with trio.move_on_at(step.until):
-                    await run.wake.wait()
-            nursery.cancel_scope.cancel()
-        values = sorted(run.found.values(), key=lambda r: r.seq, reverse=True)
-        return lookup.result(), values
-
-    async def _query(self, run: _LookupRun, peer: Peer) -> None:
-        lookup, value_type, found = run.lookup, run.value_type, run.found
-        try:
-            if value_type is None:
-                body = await self.call(peer, rpc.Method.FIND_NODE, lookup.target)
-                closer = rpc.decode_node_reply(body)
-            else:
-                request = rpc.encode_find_value(value_type, lookup.target)
-                body = await self.call(peer, rpc.Method.FIND_VALUE, request)
-                values, closer = rpc.decode_value_reply(body)
-                self._collect(values, value_type, lookup.target, found)
-        except (RpcFailed, RemoteProtocolError):
-            lookup.on_failure(peer.node_id, trio.current_time())
-        else:
-            peers = [p for p in map(self._peer_from_bytes, closer) if p is not None]
-            lookup.on_success(peer.node_id, peers, trio.current_time())
-        run.wake.set()
-
-    def _collect(
-        self,
-        values: list[bytes],
-        value_type: int,
-        key: bytes,
-        found: dict[tuple[bytes, int], rec.Record],
-    ) -> None:
-        now = self._wall_clock()
-        for data in values:
-            try:
-                record = rec.decode(data)
-                rec.validate(record, now)
-            except RemoteProtocolError:
-                continue
-            if record.type == value_type and record.key == key:
-                slot = (record.publisher, record.type)
-                if slot not in found or found[slot].seq < record.seq:
-                    found[slot] = record
+        run = LookupRun(
+            lookup,
+            value_type,
+            call=self.call,
+            peer_from_bytes=self._peer_from_bytes,
+            wall_clock=self._wall_clock,
+        )
+        return await run.run()
 
     # -- storing and finding ---------------------------------------------------
 
