@@ -40,7 +40,7 @@ from p2pmsg.dht.service import Dht
 from p2pmsg.e2e import prekeys
 from p2pmsg.keys import Identity
 from p2pmsg.onion.route import RELAY_CAPABILITY, RelayScores
-from p2pmsg.relay import OnionKeys, PacketLinks, Relay, RelayOptions, epoch_of
+from p2pmsg.relay import OnionKeys, PacketLinks, Relay, RelayOptions, Resolver, epoch_of
 from p2pmsg.store import InboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,17 @@ class OnionService:
         self._rng = rng
         self.keys = OnionKeys(store, rng)
         self.links = PacketLinks(connect)
+        self.resolver = Resolver(dht)
         self.scores = RelayScores()
         self.path = OnionPath(
-            identity, store, dht, self.links, self.scores,
+            identity, store, dht, self.links, self.resolver, self.scores,
             options=options.route, wall_clock=wall_clock, rng=rng,
         )  # fmt: skip
         self.receiver = Receiver(
             identity, store, self.path, on_message, on_acked, wall_clock=wall_clock, rng=rng
         )
         self.relay = Relay(
-            identity, store, self.keys, self.links, dht, self.receiver.deliver,
+            identity, store, self.keys, self.links, dht, self.resolver, self.receiver.deliver,
             options=options.relay_options, wall_clock=wall_clock,
         )  # fmt: skip
         self._endpoints: list[str] = []

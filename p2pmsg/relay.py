@@ -102,6 +102,35 @@ class OnionKeys:
         return sorted(self._keys.items(), key=lambda item: (item[0] != current, item[0] > current))
 
 
+class Resolver:
+    """Where a node is: our routing table, a recent lookup, or a new one.
+
+    Relays resolve next hops and recipients resolve the first relay of a
+    reply block; both are rarely in our own table, so lookups are cached
+    (bounded, ``ttl`` seconds)."""
+
+    def __init__(self, dht: Dht, *, capacity: int = 1024, ttl: float = 600.0) -> None:
+        self.dht = dht
+        self.capacity = capacity
+        self.ttl = ttl
+        self._found: OrderedDict[bytes, tuple[Peer, float]] = OrderedDict()
+
+    async def resolve(self, node_id: bytes) -> Peer | None:
+        known = self.dht.table.get(node_id)
+        if known is not None:
+            return known
+        now = trio.current_time()
+        cached = self._found.get(node_id)
+        if cached is not None and now - cached[1] < self.ttl:
+            return cached[0]
+        found = await self.dht.find_peer(node_id)
+        if found is not None:
+            self._found[node_id] = (found, now)
+            while len(self._found) > self.capacity:
+                self._found.popitem(last=False)
+        return found
+
+
 class PacketLinks:
     """Secure links reused for packets, per next hop: bounded, idle ones closed."""
 
@@ -175,8 +204,6 @@ class RelayOptions:
     parallel_work: int = 64
     replay_capacity: int = 200_000
     deposit_ttl: int = 14 * 86_400
-    resolve_cache: int = 1024
-    resolve_ttl: float = 600.0
 
 
 Deliverer = Callable[[sphinx.Deliver], Awaitable[None]]
@@ -192,6 +219,7 @@ class Relay:
         keys: OnionKeys,
         links: PacketLinks,
         dht: Dht,
+        resolver: Resolver,
         on_deliver: Deliverer,
         *,
         options: RelayOptions,
@@ -202,13 +230,13 @@ class Relay:
         self.keys = keys
         self.links = links
         self.dht = dht
+        self.resolver = resolver
         self.options = options
         self.stats = RelayStats()
         self.replay = ReplayTags(options.replay_capacity, max_epochs=3)
         self._on_deliver = on_deliver
         self._wall_clock = wall_clock
         self._send, self._receive = trio.open_memory_channel[bytes](options.queue)
-        self._resolved: OrderedDict[bytes, tuple[Peer, float]] = OrderedDict()
         self._work = trio.CapacityLimiter(options.parallel_work)
 
     def submit(self, packet: bytes) -> bool:
@@ -305,7 +333,7 @@ class Relay:
 
     async def _forward(self, forward: sphinx.Forward) -> None:
         try:
-            peer = await self._resolve(forward.next_hop)
+            peer = await self.resolver.resolve(forward.next_hop)
             if peer is None:
                 raise LookupError("next hop not found")
             await self.links.send(peer, onion_frames.encode_packet_message(forward.packet))
@@ -328,19 +356,3 @@ class Relay:
             self.stats.deposited += 1
         else:
             self.stats.forward_failed += 1
-
-    async def _resolve(self, node_id: bytes) -> Peer | None:
-        """The next hop's endpoints: our routing table, a recent lookup, or a new one."""
-        known = self.dht.table.get(node_id)
-        if known is not None:
-            return known
-        now = trio.current_time()
-        cached = self._resolved.get(node_id)
-        if cached is not None and now - cached[1] < self.options.resolve_ttl:
-            return cached[0]
-        found = await self.dht.find_peer(node_id)
-        if found is not None:
-            self._resolved[node_id] = (found, now)
-            while len(self._resolved) > self.options.resolve_cache:
-                self._resolved.popitem(last=False)
-        return found

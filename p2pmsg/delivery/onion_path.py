@@ -37,7 +37,7 @@ from p2pmsg.errors import P2PMsgError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.route import RELAY_CAPABILITY, Candidate, NoRoute, RelayScores, select_route
-from p2pmsg.relay import PacketLinks, epoch_of
+from p2pmsg.relay import PacketLinks, Resolver, epoch_of
 from p2pmsg.store import OutboxMessage, Store, SurbRecord
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,13 @@ class OnionOptions:
 class OnionPath:
     """Builds and sends onion packets for outbox messages; reads acks."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the node's parts, in the order it builds them
         self,
         identity: Identity,
         store: Store,
         dht: Dht,
         links: PacketLinks,
+        resolver: Resolver,
         scores: RelayScores,
         *,
         options: OnionOptions,
@@ -84,6 +85,7 @@ class OnionPath:
         self.store = store
         self.dht = dht
         self.links = links
+        self.resolver = resolver
         self.scores = scores
         self.options = options
         self._wall_clock = wall_clock
@@ -115,9 +117,7 @@ class OnionPath:
 
     async def send_packet(self, first_hop: bytes, packet: bytes) -> None:
         """Hand a packet to a relay we hold a verified record of. Raises dial errors."""
-        peer = self.dht.table.get(first_hop)
-        if peer is None:
-            peer = await self.dht.find_peer(first_hop)
+        peer = await self.resolver.resolve(first_hop)
         if peer is None:
             raise NoRoute("the first relay is gone")
         await self.links.send(peer, onion_frames.encode_packet_message(packet))
