@@ -1,6 +1,6 @@
 """Fuzz target: a Sphinx message, as its destination reads it, into the onion-frame decoder.
 
-Only a :class:`ForwardMessage` / :class:`ReplyMessage` or
+Only a decoded message (forward, reply, mailbox fetch, clear or entry part) or
 :class:`RemoteProtocolError` may come out, and a decoded message must encode
 back to exactly the input bytes. The same bytes are also tried as a link
 message carrying a packet. Anything else is a bug.
@@ -13,12 +13,18 @@ Run under atheris (see fuzz/README.md)::
 from __future__ import annotations
 
 from p2pmsg.delivery.onion_frames import (
+    ClearRequests,
+    EntryPart,
+    FetchRequest,
     ForwardMessage,
     ReplyMessage,
     decode,
     decode_packet_message,
+    encode_clears,
+    encode_fetch,
     encode_forward,
     encode_packet_message,
+    encode_part,
     encode_reply,
 )
 from p2pmsg.errors import RemoteProtocolError
@@ -38,11 +44,17 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
         message = decode(data)
     except RemoteProtocolError:
         return
-    if isinstance(message, ForwardMessage):
-        assert encode_forward(message) == data
-    else:
-        assert isinstance(message, ReplyMessage)
-        assert encode_reply(message) == data
+    match message:
+        case ForwardMessage():
+            assert encode_forward(message) == data
+        case ReplyMessage():
+            assert encode_reply(message) == data
+        case FetchRequest():
+            assert encode_fetch(message) == data
+        case ClearRequests():
+            assert encode_clears(message) == data
+        case EntryPart():
+            assert encode_part(message) == data
 
 
 def seeds() -> dict[str, bytes]:
@@ -60,6 +72,15 @@ def seeds() -> dict[str, bytes]:
         "reply_zero_acks": reply[:2] + b"\x00",
         "bad_version": b"\x02" + reply[1:],
         "bad_kind": reply[:1] + b"\x09" + reply[2:],
+        "fetch": encode_fetch(FetchRequest(bytes(32), 7, b"session!", (surb, surb), (b"p" * 8,))),
+        "fetch_cut": encode_fetch(FetchRequest(bytes(32), 7, b"session!", (surb,)))[:-1],
+        "clears": encode_clears(ClearRequests((b"signed", b"requests"))),
+        "clears_trailing": encode_clears(ClearRequests((b"x",))) + b"\x00",
+        "part": encode_part(EntryPart(ID, 1, 2, 3, b"data")),
+        "part_index_past_count": encode_part(EntryPart(ID, 0, 1, 0, b"d"))[:18]
+        + b"\x05\x01"
+        + encode_part(EntryPart(ID, 0, 1, 0, b"d"))[20:],
+        "part_none_left": encode_part(EntryPart(bytes(16), 0, 0, 0, b"")),
         "packet": encode_packet_message(bytes(sphinx.PACKET_BYTES)),
         "packet_short": encode_packet_message(bytes(sphinx.PACKET_BYTES))[:-1],
         "empty": b"",

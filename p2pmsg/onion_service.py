@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from p2pmsg.delivery.mailbox_onion import OnionMailbox
 from p2pmsg.delivery.onion_path import OnionOptions, OnionPath
 from p2pmsg.delivery.receiver import Receiver
 from p2pmsg.dht import mailbox
@@ -95,6 +96,8 @@ class OnionService:
         self.receiver = Receiver(
             identity, store, self.path, on_message, on_acked, wall_clock=wall_clock, rng=rng
         )
+        self.mailbox = OnionMailbox(identity, dht, self.path, wall_clock=wall_clock, rng=rng)
+        self.receiver.mailbox = self.mailbox
         self.relay = Relay(
             identity, store, self.keys, self.links, dht, self.resolver, self.receiver.deliver,
             options=options.relay_options, wall_clock=wall_clock,
@@ -109,6 +112,7 @@ class OnionService:
         return {
             "relay": vars(self.relay.stats).copy(),
             "receiver": vars(self.receiver.stats).copy(),
+            "mailbox": vars(self.mailbox.stats).copy(),
             "replay_tags": len(self.relay.replay),
             "packet_links": len(self.links),
         }
@@ -139,6 +143,7 @@ class OnionService:
     ) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.links.run)
                 await nursery.start(self.relay.run)
                 nursery.start_soon(self._key_upkeep)
                 nursery.start_soon(self._prekey_upkeep, joined)
@@ -207,7 +212,7 @@ class OnionService:
             self._fetched.update(dict.fromkeys(ids, epoch))
         while True:
             for epoch, ids in pending.items():
-                await self.dht.clear_mailbox(self.identity, epoch, ids)
+                await self.mailbox.clear(epoch, ids)
             pending = await self._fetch_mailbox()
             await self.store.set_meta(PENDING_CLEAR, _encode_pending(pending))
             await trio.sleep(self.options.mailbox_poll)
@@ -218,12 +223,16 @@ class OnionService:
         start = await self._first_epoch(current)
         fetched: dict[int, list[bytes]] = {}
         for epoch in range(start, current + 1):
-            for blob in await self.dht.fetch_mailbox(self.identity.node_id, epoch):
+            seen = {entry for entry, e in self._fetched.items() if e == epoch}
+            for blob in await self.mailbox.fetch(epoch, seen):
                 entry = mailbox.entry_id(blob)
                 fetched.setdefault(epoch, []).append(entry)
                 if entry not in self._fetched:
                     self._fetched[entry] = epoch
                     self.relay.submit(blob)
+        count = sum(len(ids) for ids in fetched.values())
+        if count:
+            log.info("fetched %d entries from our mailbox", count)
         while len(self._fetched) > 4 * mailbox.DEFAULT_MAX_PER_KEY:
             self._fetched.popitem(last=False)
         await self.store.set_meta("mailbox_epoch", str(current))

@@ -132,16 +132,42 @@ class Resolver:
 
 
 class PacketLinks:
-    """Secure links reused for packets, per next hop: bounded, idle ones closed."""
+    """Secure links reused for packets, per next hop: bounded, idle ones closed.
+
+    A link only carries packets one way, but a task reads each one (from
+    :meth:`run`'s nursery) so that a link the peer closed, or a peer that
+    died, is dropped at once: a send on a dead TCP connection succeeds into
+    the kernel's buffer and the packet is lost without a word.
+    """
 
     def __init__(self, connect: Connect, *, max_links: int = 64, idle: float = 60.0) -> None:
         self._connect = connect
         self.max_links = max_links
         self.idle = idle
         self._links: OrderedDict[bytes, tuple[SecureLink, float]] = OrderedDict()
+        self._watchers: trio.Nursery | None = None
 
     def __len__(self) -> int:
         return len(self._links)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the links while this runs; closes them all when cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._watchers = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._watchers = None
+            await self.close_all()
+
+    async def _watch(self, node_id: bytes, link: SecureLink) -> None:
+        try:
+            while True:
+                await link.receive()  # nothing is expected; an end or an error is news
+        except (*DIAL_ERRORS, trio.ClosedResourceError):
+            pass
+        await self._drop(node_id, link)
 
     async def send(self, peer: Peer, data: bytes) -> None:
         """Send one link message to ``peer``. Raises what dialling raises."""
@@ -166,6 +192,8 @@ class PacketLinks:
             raise
         old = self._links.pop(peer.node_id, None)
         self._links[peer.node_id] = (link, now)
+        if self._watchers is not None:
+            self._watchers.start_soon(self._watch, peer.node_id, link)
         if old is not None:
             await old[0].aclose()
         while len(self._links) > self.max_links:

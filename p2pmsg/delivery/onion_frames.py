@@ -14,6 +14,17 @@ where ``envelope`` is the sealed-sender e2e message (:mod:`p2pmsg.e2e`) and
 
     version(1) kind=2 count(1) count x message id(16)
 
+A mailbox owner's requests to a node that fetches or clears for it (so the
+holders never see the owner's address), and that node's answers through the
+owner's SURBs, one entry in ``count`` parts (a stored entry is a whole
+packet, larger than one reply)::
+
+    FETCH  version(1) kind=3 owner(32) epoch(4) session(8) n(1) n x surb
+           m(1) m x seen entry id prefix(8)
+    CLEAR  version(1) kind=4 n(1) n x (len(2) signed clear request)
+    PART   version(1) kind=5 entry(16) index(1) count(1) remaining(2)
+           len(2) data            (count 0: nothing unseen is left)
+
 One encoder and one decoder per format, side by side; decoders raise
 :class:`RemoteProtocolError` and nothing else.
 """
@@ -41,6 +52,9 @@ MAX_ENVELOPE: Final = sphinx.MAX_MESSAGE - _FORWARD_HEAD
 class Kind(IntEnum):
     FORWARD = 1
     REPLY = 2
+    FETCH = 3
+    CLEAR = 4
+    PART = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,134 @@ class ForwardMessage:
 @dataclass(frozen=True)
 class ReplyMessage:
     acks: tuple[bytes, ...]
+
+
+MAX_FETCH_SURBS: Final = 3
+PREFIX_BYTES: Final = 8
+SESSION_BYTES: Final = 8
+_FETCH_HEAD: Final = struct.Struct(">BB32sI8sB")
+MAX_SEEN: Final = (
+    sphinx.MAX_MESSAGE - _FETCH_HEAD.size - MAX_FETCH_SURBS * sphinx.SURB_BYTES - 1
+) // PREFIX_BYTES
+_PART_HEAD: Final = struct.Struct(">BB16sBBHH")
+MAX_PART: Final = sphinx.MAX_MESSAGE - _PART_HEAD.size
+MAX_CLEARS: Final = 3
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    owner: bytes
+    epoch: int
+    session: bytes
+    """Random per poll: the relay may reuse one DHT fetch within a session only."""
+    surbs: tuple[bytes, ...] = field(repr=False)
+    seen: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClearRequests:
+    requests: tuple[bytes, ...] = field(repr=False)
+    """Signed clear requests (:func:`p2pmsg.dht.mailbox.encode_clear`), opaque here."""
+
+
+@dataclass(frozen=True)
+class EntryPart:
+    entry: bytes
+    index: int
+    count: int
+    remaining: int
+    data: bytes = field(repr=False)
+
+
+OnionMessage = ForwardMessage | ReplyMessage | FetchRequest | ClearRequests | EntryPart
+
+
+def encode_fetch(message: FetchRequest) -> bytes:
+    """Raises ``ValueError`` for a request that does not fit one packet."""
+    if not 1 <= len(message.surbs) <= MAX_FETCH_SURBS or len(message.seen) > MAX_SEEN:
+        raise ValueError(f"1 to {MAX_FETCH_SURBS} SURBs and at most {MAX_SEEN} seen entries")
+    if any(len(s) != sphinx.SURB_BYTES for s in message.surbs):
+        raise ValueError(f"a SURB is {sphinx.SURB_BYTES} bytes")
+    if any(len(p) != PREFIX_BYTES for p in message.seen) or len(message.owner) != 32:
+        raise ValueError("an owner is 32 bytes and a seen prefix 8")
+    if len(message.session) != SESSION_BYTES:
+        raise ValueError(f"a session is {SESSION_BYTES} bytes")
+    head = _FETCH_HEAD.pack(
+        VERSION, Kind.FETCH, message.owner, message.epoch, message.session, len(message.surbs)
+    )
+    return head + b"".join(message.surbs) + bytes([len(message.seen)]) + b"".join(message.seen)
+
+
+def _decode_fetch(data: bytes) -> FetchRequest:
+    if len(data) < _FETCH_HEAD.size:
+        raise RemoteProtocolError("short fetch request")
+    _, _, owner, epoch, session, n = _FETCH_HEAD.unpack_from(data)
+    end = _FETCH_HEAD.size + n * sphinx.SURB_BYTES
+    if not 1 <= n <= MAX_FETCH_SURBS or len(data) < end + 1:
+        raise RemoteProtocolError("malformed fetch request")
+    surbs = tuple(
+        bytes(data[i : i + sphinx.SURB_BYTES])
+        for i in range(_FETCH_HEAD.size, end, sphinx.SURB_BYTES)
+    )
+    m = data[end]
+    if m > MAX_SEEN or len(data) != end + 1 + m * PREFIX_BYTES:
+        raise RemoteProtocolError("malformed fetch request")
+    seen = tuple(bytes(data[i : i + PREFIX_BYTES]) for i in range(end + 1, len(data), PREFIX_BYTES))
+    return FetchRequest(bytes(owner), epoch, bytes(session), surbs, seen)
+
+
+def encode_clears(message: ClearRequests) -> bytes:
+    if not 1 <= len(message.requests) <= MAX_CLEARS:
+        raise ValueError(f"1 to {MAX_CLEARS} clear requests")
+    out = bytearray([VERSION, Kind.CLEAR, len(message.requests)])
+    for request in message.requests:
+        out += len(request).to_bytes(2, "big") + request
+    if len(out) > sphinx.MAX_MESSAGE:
+        raise ValueError("the clear requests do not fit one packet")
+    return bytes(out)
+
+
+def _decode_clears(data: bytes) -> ClearRequests:
+    if len(data) < 3 or not 1 <= data[2] <= MAX_CLEARS:
+        raise RemoteProtocolError("malformed clear requests")
+    requests, pos = [], 3
+    for _ in range(data[2]):
+        if pos + 2 > len(data):
+            raise RemoteProtocolError("truncated clear requests")
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if pos + 2 + length > len(data):
+            raise RemoteProtocolError("truncated clear requests")
+        requests.append(bytes(data[pos + 2 : pos + 2 + length]))
+        pos += 2 + length
+    if pos != len(data):
+        raise RemoteProtocolError("trailing bytes after the clear requests")
+    return ClearRequests(tuple(requests))
+
+
+def encode_part(message: EntryPart) -> bytes:
+    if len(message.entry) != 16 or len(message.data) > MAX_PART:
+        raise ValueError(f"a 16-byte entry id and at most {MAX_PART} bytes of data")
+    if not 0 <= message.index < 256 or not 0 <= message.count < 256:
+        raise ValueError("index and count are bytes")
+    head = _PART_HEAD.pack(
+        VERSION,
+        Kind.PART,
+        message.entry,
+        message.index,
+        message.count,
+        min(message.remaining, 0xFFFF),
+        len(message.data),
+    )
+    return head + message.data
+
+
+def _decode_part(data: bytes) -> EntryPart:
+    if len(data) < _PART_HEAD.size:
+        raise RemoteProtocolError("short entry part")
+    _, _, entry, index, count, remaining, length = _PART_HEAD.unpack_from(data)
+    if len(data) != _PART_HEAD.size + length or (count and index >= count):
+        raise RemoteProtocolError("malformed entry part")
+    return EntryPart(bytes(entry), index, count, remaining, bytes(data[_PART_HEAD.size :]))
 
 
 def encode_packet_message(packet: bytes) -> bytes:
@@ -85,10 +227,17 @@ def encode_reply(message: ReplyMessage) -> bytes:
     return bytes([VERSION, Kind.REPLY, len(message.acks)]) + b"".join(message.acks)
 
 
-def decode(data: bytes) -> ForwardMessage | ReplyMessage:
+def decode(data: bytes) -> OnionMessage:
     """Parse a Sphinx message. Raises :class:`RemoteProtocolError`."""
     if len(data) < 3 or data[0] != VERSION:
         raise RemoteProtocolError("unknown onion message version")
+    match data[1]:
+        case Kind.FETCH:
+            return _decode_fetch(data)
+        case Kind.CLEAR:
+            return _decode_clears(data)
+        case Kind.PART:
+            return _decode_part(data)
     if data[1] == Kind.REPLY:
         count = data[2]
         if not 1 <= count <= MAX_ACKS or len(data) != 3 + count * ID_BYTES:

@@ -16,7 +16,7 @@ One attempt at one outbox message (:meth:`OnionPath.send`):
 Every attempt is a new ratchet message, a new SURB and a new route: a retry
 after a lost packet or a bad relay takes other relays, and the recipient
 deduplicates by message id. When an ack arrives through a SURB
-(:meth:`OnionPath.on_reply`), the SURB is taken (single use), the message
+(:meth:`OnionPath.open_reply`), the SURB is taken (single use), the message
 marked delivered and the route's relays credited; when an attempt times out
 the relays of its unanswered SURBs take a failure.
 """
@@ -115,6 +115,29 @@ class OnionPath:
         first, packet = sphinx.create_packet([*_hops(forward), dest], payload, self._rng)
         await self.send_packet(first, packet)
 
+    async def make_surb(self, tag: bytes, *, avoid: bytes, ttl: float) -> bytes:
+        """A reply block to us over a fresh route that avoids node ``avoid``,
+        remembered under ``tag`` (what a reply through it answers). Raises
+        :class:`NoRoute`."""
+        now = self._wall_clock()
+        back = self._route(self.candidates(now), (self.identity.node_id, avoid), now)
+        surb_id = self._rng(sphinx.SURB_ID_BYTES)
+        me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
+        surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
+        relays = tuple(c.node_id for c in back)
+        await self.store.add_surb(SurbRecord(surb_id, tag, relays, secret.to_bytes(), now + ttl))
+        return sphinx.encode_surb(surb)
+
+    async def send_to(self, dest: PublicIdentity, message: bytes) -> list[bytes]:
+        """Send ``message`` to ``dest`` over a fresh route; the relays used.
+        Raises :class:`NoRoute` or a dial error."""
+        now = self._wall_clock()
+        route = self._route(self.candidates(now), (self.identity.node_id, dest.node_id), now)
+        hops = [*_hops(route), sphinx.Hop(dest.node_id, dest.x25519)]
+        first, packet = sphinx.create_packet(hops, message, self._rng)
+        await self.send_packet(first, packet)
+        return [c.node_id for c in route]
+
     async def send_packet(self, first_hop: bytes, packet: bytes) -> None:
         """Hand a packet to a relay we hold a verified record of. Raises dial errors."""
         peer = await self.resolver.resolve(first_hop)
@@ -192,21 +215,19 @@ class OnionPath:
 
     # -- acks ------------------------------------------------------------------
 
-    async def on_reply(self, surb_id: bytes, payload: bytes) -> list[bytes]:
-        """The message ids a reply through our SURB ``surb_id`` acknowledges.
-
-        Raises :class:`RemoteProtocolError` for a tampered or malformed reply;
-        an unknown (used or expired) SURB gives ``[]``.
-        """
+    async def open_reply(
+        self, surb_id: bytes, payload: bytes
+    ) -> tuple[bytes, onion_frames.OnionMessage] | None:
+        """(the SURB's tag, the reply) for a reply through our SURB ``surb_id``;
+        None for an unknown (used or expired) SURB. The route is credited.
+        Raises :class:`RemoteProtocolError` for a tampered or malformed reply."""
         record = await self.store.take_surb(surb_id)
         if record is None:
-            return []
+            return None
         secret = sphinx.SurbSecret.from_bytes(record.secret)
         reply = onion_frames.decode(sphinx.open_reply(secret, payload))
-        if not isinstance(reply, onion_frames.ReplyMessage) or record.message not in reply.acks:
-            raise RemoteProtocolError("a reply that does not ack its message")
         self.scores.route_succeeded(record.relays, self._wall_clock())
-        return [record.message]
+        return record.message, reply
 
     async def attempt_failed(self, message_id: bytes) -> None:
         """The ack of ``message_id`` is overdue: its unanswered routes take a failure."""

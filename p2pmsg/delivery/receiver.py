@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 The relay (:mod:`p2pmsg.relay`) hands over every packet whose last layer our
 identity key opened. A reply through one of our SURBs carries acks
-(:meth:`p2pmsg.delivery.onion_path.OnionPath.on_reply`). Anything else is a
+(:meth:`p2pmsg.delivery.onion_path.OnionPath.open_reply`), or the parts of a
+mailbox entry a relay fetched for us (:mod:`p2pmsg.delivery.mailbox_onion`),
+which also serves such fetches for others. Anything else is a
 forward message: a SURB and a sealed envelope. The envelope is unsealed
 (revealing the sender to us alone), the e2e message decrypted with the
 sender's session, and the message committed to the inbox *together with*
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -53,6 +56,14 @@ class ReceiverStats:
     acks_received: int = 0
 
 
+class MailboxService(Protocol):
+    """Who answers mailbox requests for others and takes the answers to ours."""
+
+    async def serve_fetch(self, request: onion_frames.FetchRequest) -> None: ...
+    async def serve_clear(self, request: onion_frames.ClearRequests) -> None: ...
+    async def take_part(self, tag: bytes, part: onion_frames.EntryPart) -> None: ...
+
+
 class Receiver:
     """Opens packets for us; ``on_message(message, new)`` and ``on_acked(id)`` report."""
 
@@ -78,6 +89,7 @@ class Receiver:
         self._wall_clock = wall_clock
         self._rng = rng
         self._lock = trio.Lock()
+        self.mailbox: MailboxService | None = None
 
     async def load_prekeys(self, one_time: int) -> None:
         """Load our prekey secrets, or make and commit them on first start."""
@@ -124,14 +136,31 @@ class Receiver:
             self.stats.refused += 1
 
     async def _reply(self, surb_id: bytes, payload: bytes) -> None:
-        for message_id in await self.onion.on_reply(surb_id, payload):
-            self.stats.acks_received += 1
-            await self._on_acked(message_id)
+        opened = await self.onion.open_reply(surb_id, payload)
+        if opened is None:
+            return  # a SURB used before, or expired
+        tag, reply = opened
+        if isinstance(reply, onion_frames.EntryPart) and self.mailbox is not None:
+            await self.mailbox.take_part(tag, reply)
+            return
+        if not isinstance(reply, onion_frames.ReplyMessage) or tag not in reply.acks:
+            raise RemoteProtocolError("a reply that does not answer its SURB")
+        self.stats.acks_received += 1
+        await self._on_acked(tag)
 
     async def _forward(self, data: bytes) -> None:
         message = onion_frames.decode(data)
-        if not isinstance(message, onion_frames.ForwardMessage):
-            raise RemoteProtocolError("a reply outside a SURB")
+        match message:
+            case onion_frames.FetchRequest() if self.mailbox is not None:
+                await self.mailbox.serve_fetch(message)
+                return
+            case onion_frames.ClearRequests() if self.mailbox is not None:
+                await self.mailbox.serve_clear(message)
+                return
+            case onion_frames.ForwardMessage():
+                pass
+            case _:
+                raise RemoteProtocolError("an onion message that is not ours to take")
         surb = sphinx.decode_surb(message.surb)
         sender, inner = sealed.unseal(self.identity, message.envelope)
         async with self._lock:

@@ -30,6 +30,7 @@ from p2pmsg.dht.mailbox import (
     MAX_BLOB,
     MAX_CLEAR_IDS,
     MAX_TTL,
+    ClearRequest,
     MailboxStore,
     entry_id,
     epoch_of,
@@ -189,6 +190,29 @@ class Mailboxes:
             after = ids[-1]
 
     # -- clearing --------------------------------------------------------------
+
+    async def forward_clear(self, key: bytes, request: ClearRequest) -> int:
+        """Carry an owner's signed clear request for ``key`` to its holders
+        (we may be one); how many acknowledged. Best effort."""
+        body = rpc.encode_clear_body(key, request)
+        done = 0
+
+        async def one(peer: Peer) -> None:
+            nonlocal done
+            try:
+                await self._call(peer, rpc.Method.CLEAR, body)
+            except P2PMsgError:
+                return
+            done += 1
+
+        async with trio.open_nursery() as nursery:
+            for peer in await self._holders(key):
+                if peer.node_id == self._own_id:
+                    self.store.delete(key, list(request.ids))
+                    done += 1
+                else:
+                    nursery.start_soon(one, peer)
+        return done
 
     async def clear(self, identity: Identity, epoch: int, ids: list[bytes]) -> int:
         """Ask every holder of ``identity``'s mailbox of ``epoch`` to delete
