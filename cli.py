@@ -42,6 +42,8 @@ from p2pmsg.store import Database
 from transports.pt import PtTransport
 from transports.sim import SimTransport
 from transports.tcp import TcpTransport
+from transports.tls import TlsTransport
+from transports.tls_certs import encode_pin, load_or_create
 from transports.ws import WsTransport
 
 log = logging.getLogger("p2pmsg")
@@ -50,8 +52,12 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def production_transports(home: Home) -> list[Transport]:
-    """tcp and ws always; obfs4 through Debian's obfs4proxy when it is installed."""
-    found: list[Transport] = [TcpTransport(), WsTransport()]
+    """tcp, ws and tls always; obfs4 through Debian's obfs4proxy when it is installed."""
+    found: list[Transport] = [
+        TcpTransport(),
+        WsTransport(),
+        TlsTransport(cert_dir=home.path / "tls"),
+    ]
     if shutil.which("obfs4proxy"):
         found.append(PtTransport(state_dir=home.path / "pt"))
     return found
@@ -78,6 +84,17 @@ async def _with_obfs4_certs(home: Home, listen: tuple[Endpoint, ...]) -> tuple[E
             nursery.cancel_scope.cancel()
         out.append(Endpoint(endpoint.transport, endpoint.address, bound.args))
     return tuple(out)
+
+
+def _with_tls_pin(home: Home, endpoint: Endpoint) -> Endpoint:
+    """A tls endpoint with the pin of the node's certificate (made now, kept in
+    HOME/tls), so that invites let a dialler check it before anything else."""
+    if endpoint.transport != TlsTransport.name:
+        return endpoint
+    home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cert = load_or_create(home.path / "tls", now=time.time(), rng=os.urandom)
+    args = tuple((k, v) for k, v in endpoint.args if k != "pin")
+    return Endpoint(endpoint.transport, endpoint.address, (*args, ("pin", encode_pin(cert.pin))))
 
 
 async def _refuse(link: Any) -> None:
@@ -115,7 +132,7 @@ def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
     if endpoint.transport == PtTransport.name:
         method, _, address = address.partition(":")
         method += ":"
-    elif endpoint.transport not in {"tcp", "ws"}:
+    elif endpoint.transport not in {"tcp", "ws", "tls"}:
         return endpoint
     host, port = Endpoint(endpoint.transport, address).host_port()
     if port:
@@ -151,6 +168,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if any(e.transport == PtTransport.name for e in listen):
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         listen = run_trio(_with_obfs4_certs, home, listen)
+    listen = tuple(_with_tls_pin(home, e) for e in listen)
     config = Config(listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns)
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:

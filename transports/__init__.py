@@ -7,6 +7,16 @@ package and pick which transports a node uses.
 from transports.pt import PtTransport
 from transports.sim import SimTransport
 from transports.tcp import TcpLink, TcpTransport
+from transports.tls import TlsLink, TlsTransport
 from transports.ws import WsLink, WsTransport
 
-__all__ = ["PtTransport", "SimTransport", "TcpLink", "TcpTransport", "WsLink", "WsTransport"]
+__all__ = [
+    "PtTransport",
+    "SimTransport",
+    "TcpLink",
+    "TcpTransport",
+    "TlsLink",
+    "TlsTransport",
+    "WsLink",
+    "WsTransport",
+]
