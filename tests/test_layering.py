@@ -43,6 +43,7 @@ PURE_CORES = [
     "p2pmsg/onion/replay.py",
     "p2pmsg/onion/route.py",
     "p2pmsg/delivery/onion_frames.py",
+    "p2pmsg/sim/detectors.py",
     "transports/pt_proto.py",
     "transports/socks5.py",
     "transports/ws_core.py",
