@@ -16,6 +16,7 @@ capture over real sockets, and the two assertions its scenario promises.
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -28,11 +29,13 @@ from p2pmsg.link.connection import LinkConnection
 from p2pmsg.link.secure import connect_secure
 from p2pmsg.sim.detectors import Exemption, allowed_protocol, exemption, fully_encrypted
 from transports.tcp import TcpTransport
+from transports.tls import client_context
 from transports.ws import WsTransport, parse_ws_endpoint
 from transports.ws_core import ClientHandshake, WsRefused
 
 SEEDS = range(10_000)
 WIRE_SEEDS = (0, 1, 9_999)
+TLS_SAMPLES = 10_000  # OpenSSL draws its own randomness: samples, not seeds
 NOW = 1_700_000_000.0
 ALICE = Identity(bytes([1]) * 32)
 BOB = Identity(bytes([2]) * 32)
@@ -142,9 +145,28 @@ def test_raw_secure_link_is_what_s5_and_s7_block() -> None:
         assert [allowed_protocol([flight], port) for flight in flights] == [None] * len(flights)
 
 
-# --- tls, obfs: not written yet ------------------------------------------------------
-# When transports/tls.py lands: tls_first_packet(seed) from its sans-IO core, a
-# capture over real sockets, then 0 of 10,000 flagged by fully_encrypted and
-# allowed_protocol([...], 443) == "tls" (S5, S7).
+# --- tls ---------------------------------------------------------------------------
+
+
+def tls_first_packet(sni: str | None) -> bytes:
+    """The ClientHello our tls transport's client context writes, made in memory
+    (the same context and server_hostname the transport gives trio.SSLStream)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context().wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("sni", [None, "cdn.example.com"])
+def test_tls_first_packets_pass_s5_and_read_as_tls_under_s7(sni: str | None) -> None:
+    hellos = [tls_first_packet(sni) for _ in range(TLS_SAMPLES)]
+    assert len(set(hellos)) == TLS_SAMPLES  # random, key shares and session ids differ
+    assert sum(fully_encrypted(hello) for hello in hellos) == 0
+    for port in (443, 80):
+        assert {allowed_protocol([hello], port) for hello in hellos} == {"tls"}
+
+
+# --- obfs: not written yet -----------------------------------------------------------
 # When the obfs transport lands: the same capture, 0 of 10,000 flagged by
 # fully_encrypted (S5); S7 expects None for it unless it imitates a protocol.
