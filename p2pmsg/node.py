@@ -372,15 +372,7 @@ class Node:
             await link.send(rpc.encode_response(response))
 
     async def _commit_received(self, peer: PublicIdentity, frame: MsgFrame) -> None:
-        message = InboxMessage(
-            peer=peer.node_id,
-            id=frame.id,
-            kind=frame.kind,
-            body=frame.body,
-            sent=frame.sent_ms / 1000,
-            received=self._wall_clock(),
-            seq=frame.seq,
-        )
+        message = InboxMessage.of_frame(peer.node_id, frame, self._wall_clock())
         new = await self.store.add_received(message)
         await self._received(message, new, frame.low)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from p2pmsg.delivery.frames import MessageKind
+from p2pmsg.delivery.frames import MessageKind, MsgFrame
 from p2pmsg.endpoint import MAX_ENDPOINT_CHARS
 from p2pmsg.errors import StoreError
 from p2pmsg.keys import KEY_BYTES, NODE_ID_BYTES, node_id_of
@@ -133,6 +133,19 @@ class InboxMessage:
         _check_len("peer", self.peer, NODE_ID_BYTES)
         _check_len("id", self.id, MESSAGE_ID_BYTES)
         object.__setattr__(self, "kind", MessageKind(self.kind))
+
+    @classmethod
+    def of_frame(cls, peer: bytes, frame: MsgFrame, received: float) -> InboxMessage:
+        """The inbox row of a message frame from node ``peer``."""
+        return cls(
+            peer=peer,
+            id=frame.id,
+            kind=frame.kind,
+            body=frame.body,
+            sent=frame.sent_ms / 1000,
+            received=received,
+            seq=frame.seq,
+        )
 
 
 # Field names equal column names, in the order of these SELECTs.

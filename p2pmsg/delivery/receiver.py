@@ -179,15 +179,7 @@ class Receiver:
         if not isinstance(frame, MsgFrame):
             raise RemoteProtocolError("an e2e message that is not a message frame")
         changed = secrets.to_bytes() != current.to_bytes()
-        inbox = InboxMessage(
-            peer=sender.node_id,
-            id=frame.id,
-            kind=frame.kind,
-            body=frame.body,
-            sent=frame.sent_ms / 1000,
-            received=self._wall_clock(),
-            seq=frame.seq,
-        )
+        inbox = InboxMessage.of_frame(sender.node_id, frame, self._wall_clock())
         new = await self.store.commit_received_sealed(
             inbox, new_state.to_bytes(), (PREKEYS_SLOT, secrets.to_bytes()) if changed else None
         )
