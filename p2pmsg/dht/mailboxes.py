@@ -122,30 +122,45 @@ class Mailboxes:
         expires = int(now) + ttl
         taken = 0
 
-        async def one(peer: Peer, body: bytes) -> None:
-            nonlocal taken
-            try:
-                await self._call(peer, rpc.Method.DEPOSIT, body)
-            except P2PMsgError:
-                return
-            taken += 1
-
         async def replica(key: bytes) -> None:
             nonlocal taken
+
+            def keep() -> int:  # we are a holder ourselves
+                return int(self.store.put(key, blob, expires, now, source=self._own_id).accepted)
+
             body = rpc.encode_deposit(key, expires, blob)
-            async with trio.open_nursery() as nursery:
-                for peer in await self._holders(key):
-                    if peer.node_id == self._own_id:  # we are a holder ourselves
-                        taken += self.store.put(
-                            key, blob, expires, now, source=self._own_id
-                        ).accepted
-                    else:
-                        nursery.start_soon(one, peer, body)
+            took = await self._ask_holders(key, rpc.Method.DEPOSIT, [body], keep)
+            taken += took  # not `taken += await`: that reads taken before the wait
 
         async with trio.open_nursery() as nursery:
             for key in mailbox_keys(owner_node_id, epoch_of(now)):
                 nursery.start_soon(replica, key)
         return taken
+
+    async def _ask_holders(
+        self, key: bytes, method: rpc.Method, bodies: list[bytes], local: Callable[[], int]
+    ) -> int:
+        """Send each of ``bodies`` to every holder of ``key`` at once; how many
+        (holder, body) pairs were acknowledged. When we are a holder ourselves,
+        ``local()`` does the work here and says how many count."""
+        done = 0
+
+        async def one(peer: Peer, body: bytes) -> None:
+            nonlocal done
+            try:
+                await self._call(peer, method, body)
+            except P2PMsgError:
+                return
+            done += 1
+
+        async with trio.open_nursery() as nursery:
+            for peer in await self._holders(key):
+                if peer.node_id == self._own_id:
+                    done += local()
+                    continue
+                for body in bodies:
+                    nursery.start_soon(one, peer, body)
+        return done
 
     # -- fetching --------------------------------------------------------------
 
@@ -194,25 +209,13 @@ class Mailboxes:
     async def forward_clear(self, key: bytes, request: ClearRequest) -> int:
         """Carry an owner's signed clear request for ``key`` to its holders
         (we may be one); how many acknowledged. Best effort."""
+
+        def delete() -> int:
+            self.store.delete(key, list(request.ids))
+            return 1
+
         body = rpc.encode_clear_body(key, request)
-        done = 0
-
-        async def one(peer: Peer) -> None:
-            nonlocal done
-            try:
-                await self._call(peer, rpc.Method.CLEAR, body)
-            except P2PMsgError:
-                return
-            done += 1
-
-        async with trio.open_nursery() as nursery:
-            for peer in await self._holders(key):
-                if peer.node_id == self._own_id:
-                    self.store.delete(key, list(request.ids))
-                    done += 1
-                else:
-                    nursery.start_soon(one, peer)
-        return done
+        return await self._ask_holders(key, rpc.Method.CLEAR, [body], delete)
 
     async def clear(self, identity: Identity, epoch: int, ids: list[bytes]) -> int:
         """Ask every holder of ``identity``'s mailbox of ``epoch`` to delete
@@ -220,28 +223,15 @@ class Mailboxes:
         chunks = [ids[i : i + MAX_CLEAR_IDS] for i in range(0, len(ids), MAX_CLEAR_IDS)]
         done = 0
 
-        async def one(peer: Peer, body: bytes) -> None:
-            nonlocal done
-            try:
-                await self._call(peer, rpc.Method.CLEAR, body)
-            except P2PMsgError:
-                return
-            done += 1
-
         async def replica(index: int, key: bytes) -> None:
             nonlocal done
             bodies = [
                 rpc.encode_clear_body(key, sign_clear(identity, epoch, index, chunk))
                 for chunk in chunks
             ]
-            self.store.delete(key, ids)
-            async with trio.open_nursery() as nursery:
-                for peer in await self._holders(key):
-                    if peer.node_id == self._own_id:
-                        done += len(bodies)  # deleted above
-                        continue
-                    for body in bodies:
-                        nursery.start_soon(one, peer, body)
+            self.store.delete(key, ids)  # whether or not we are a holder
+            acked = await self._ask_holders(key, rpc.Method.CLEAR, bodies, lambda: len(bodies))
+            done += acked
 
         if not chunks:
             return 0
