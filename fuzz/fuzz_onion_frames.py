@@ -1,8 +1,8 @@
 """Fuzz target: a Sphinx message, as its destination reads it, into the onion-frame decoder.
 
-Only a decoded message (forward, reply, mailbox fetch, clear or entry part) or
-:class:`RemoteProtocolError` may come out, and a decoded message must encode
-back to exactly the input bytes. The same bytes are also tried as a link
+Only a decoded message (forward, reply, mailbox fetch, clear, entry part or
+fragment) or :class:`RemoteProtocolError` may come out, and a decoded message
+must encode back to exactly the input bytes. The same bytes are also tried as a link
 message carrying a packet. Anything else is a bug.
 
 Run under atheris (see fuzz/README.md)::
@@ -17,12 +17,14 @@ from p2pmsg.delivery.onion_frames import (
     EntryPart,
     FetchRequest,
     ForwardMessage,
+    Fragment,
     ReplyMessage,
     decode,
     decode_packet_message,
     encode_clears,
     encode_fetch,
     encode_forward,
+    encode_fragment,
     encode_packet_message,
     encode_part,
     encode_reply,
@@ -55,6 +57,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
             assert encode_clears(message) == data
         case EntryPart():
             assert encode_part(message) == data
+        case Fragment():
+            assert encode_fragment(message) == data
 
 
 def seeds() -> dict[str, bytes]:
@@ -81,6 +85,10 @@ def seeds() -> dict[str, bytes]:
         + b"\x05\x01"
         + encode_part(EntryPart(ID, 0, 1, 0, b"d"))[20:],
         "part_none_left": encode_part(EntryPart(bytes(16), 0, 0, 0, b"")),
+        "fragment": encode_fragment(Fragment(ID, 1, 3, b"data")),
+        "fragment_alone": encode_fragment(Fragment(ID, 0, 2, b"d"))[:18]
+        + b"\x00\x01"
+        + encode_fragment(Fragment(ID, 0, 2, b"d"))[20:],
         "packet": encode_packet_message(bytes(sphinx.PACKET_BYTES)),
         "packet_short": encode_packet_message(bytes(sphinx.PACKET_BYTES))[:-1],
         "empty": b"",

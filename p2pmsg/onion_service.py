@@ -113,6 +113,10 @@ class OnionService:
             "relay": vars(self.relay.stats).copy(),
             "receiver": vars(self.receiver.stats).copy(),
             "mailbox": vars(self.mailbox.stats).copy(),
+            "fragments": {
+                **vars(self.receiver.fragments.stats),
+                "incomplete": len(self.receiver.fragments),
+            },
             "replay_tags": len(self.relay.replay),
             "packet_links": len(self.links),
         }

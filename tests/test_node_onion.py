@@ -7,15 +7,21 @@ import statistics
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
 import trio
 from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
+from p2pmsg.delivery.onion_frames import FRAGMENT_DATA
 from p2pmsg.node import Node
 from p2pmsg.onion import sphinx
 from p2pmsg.store import Database, OutboxState
 
 RELAYS = [f"relay{i}" for i in range(6)]
+SHORT = "through the onion"
+LONG = "a long message " * 4350
+"""65,250 bytes: in 33 fragments, each over its own route."""
+TEXTS = pytest.mark.parametrize("text", [SHORT, LONG], ids=["one-packet", "fragmented"])
 
 
 async def until(condition: Callable[[], bool], *, timeout: float = 600.0) -> None:
@@ -46,8 +52,9 @@ def befriend(world: SimWorld, a: str, b: str, boot: list[str]) -> None:
             db.add_contact(world.contact_of(other))
 
 
+@TEXTS
 async def test_a_message_crosses_three_relays_and_its_ack_comes_back(
-    world: SimWorld, autojump_clock: MockClock
+    world: SimWorld, autojump_clock: MockClock, text: str
 ) -> None:
     boot = [world.invite(RELAYS[0])]
     async with (
@@ -58,11 +65,12 @@ async def test_a_message_crosses_three_relays_and_its_ack_comes_back(
         await bob.joined.wait()
         await alice.joined.wait()
         await alice.store.add_contact(world.contact_of("bob"))
-        sent = await alice.send("bob", "through the onion")
+        sent = await alice.send("bob", text)
         with trio.fail_after(600):
             got = await bob.messages().receive()
             acked = await alice.deliveries().receive()
-        assert (got.id, got.text, got.peer) == (sent, "through the onion", alice.identity.node_id)
+        assert (got.id, got.text, got.peer) == (sent, text, alice.identity.node_id)
+        assert bob.onion.receiver.fragments.stats.completed == (text == LONG)
         assert acked == sent
         (row,) = await alice.store.list_outbox()
         assert row.state is OutboxState.DELIVERED
@@ -71,8 +79,9 @@ async def test_a_message_crosses_three_relays_and_its_ack_comes_back(
         assert alice.onion.receiver.stats.acks_received >= 1
 
 
+@TEXTS
 async def test_sender_and_recipient_never_online_together(
-    world: SimWorld, autojump_clock: MockClock
+    world: SimWorld, autojump_clock: MockClock, text: str
 ) -> None:
     boot = [world.invite(RELAYS[0])]
     befriend(world, "alice", "bob", boot)
@@ -91,12 +100,13 @@ async def test_sender_and_recipient_never_online_together(
             await until(bob.onion.prekeys_published.is_set)
         async with world.node("alice", bootstrap=boot) as alice:
             await alice.joined.wait()
-            sent = await alice.send("bob", "while you were away")
-            await until(lambda: deposited() >= 1)
+            sent = await alice.send("bob", text)
+            packets = -(-len(text) // FRAGMENT_DATA)  # at least this many
+            await until(lambda: deposited() >= packets)
         async with world.node("bob", bootstrap=boot) as bob:
             with trio.fail_after(900):
                 got = await bob.messages().receive()
-            assert (got.id, got.text) == (sent, "while you were away")
+            assert (got.id, got.text) == (sent, text)
             # fetched through a relay, never from bob's own address
             assert bob.onion.mailbox.stats.fetched_onion >= 1
             assert bob.onion.mailbox.stats.fetched_direct == 0

@@ -37,6 +37,15 @@ messages = st.one_of(
         st.integers(0, 0xFFFF),
         st.binary(max_size=f.MAX_PART),
     ),
+    st.integers(2, f.MAX_FRAGMENTS).flatmap(
+        lambda count: st.builds(
+            f.Fragment,
+            st.binary(min_size=f.SET_BYTES, max_size=f.SET_BYTES),
+            st.integers(0, count - 1),
+            st.just(count),
+            st.binary(min_size=1, max_size=f.FRAGMENT_DATA),
+        )
+    ),
 )
 
 
@@ -52,6 +61,8 @@ def encode(message: f.OnionMessage) -> bytes:
             return f.encode_clears(message)
         case f.EntryPart():
             return f.encode_part(message)
+        case f.Fragment():
+            return f.encode_fragment(message)
 
 
 @given(messages)

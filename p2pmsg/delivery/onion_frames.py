@@ -7,10 +7,17 @@ the delivery frames, types 1-2, and DHT RPCs, types 3-4)::
 
 Sphinx message of a forward packet, as its destination reads it::
 
-    version(1) kind=1 surb(SURB_BYTES) envelope_len(2) envelope
+    version(1) kind=1 surb(SURB_BYTES) envelope_len(4) envelope
 
-where ``envelope`` is the sealed-sender e2e message (:mod:`p2pmsg.e2e`) and
-``surb`` the single-use reply block for the ack. A reply through a SURB::
+where ``envelope`` is the sealed-sender e2e message
+(:mod:`p2pmsg.e2e`) and ``surb`` the single-use reply block for the ack. A
+forward message longer than one packet travels as ``count`` fragments, each
+in its own packet over its own route (:mod:`p2pmsg.delivery.fragments`)::
+
+    FRAGMENT version(1) kind=6 set(16) index(1) count(1) len(2) data
+
+``set`` is random per attempt, so fragments of two attempts never mix. A
+reply through a SURB::
 
     version(1) kind=2 count(1) count x message id(16)
 
@@ -37,16 +44,23 @@ from enum import IntEnum
 from typing import Final
 
 from p2pmsg.delivery.frames import ID_BYTES
+from p2pmsg.e2e.sealed import MAX_ENVELOPE_BYTES
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.onion import sphinx
 
 VERSION: Final = 1
 PACKET_TYPE: Final = 5
 MAX_ACKS: Final = 32
-_ENVELOPE_LEN: Final = struct.Struct(">H")
+_ENVELOPE_LEN: Final = struct.Struct(">I")
 _FORWARD_HEAD: Final = 2 + sphinx.SURB_BYTES + _ENVELOPE_LEN.size
 MAX_ENVELOPE: Final = sphinx.MAX_MESSAGE - _FORWARD_HEAD
 """The largest sealed e2e envelope one packet carries."""
+MAX_FORWARD: Final = _FORWARD_HEAD + MAX_ENVELOPE_BYTES
+"""The longest forward message, in fragments: the largest sealed envelope."""
+SET_BYTES: Final = 16
+_FRAGMENT_HEAD: Final = struct.Struct(">BB16sBBH")
+FRAGMENT_DATA: Final = sphinx.MAX_MESSAGE - _FRAGMENT_HEAD.size
+MAX_FRAGMENTS: Final = -(-MAX_FORWARD // FRAGMENT_DATA)
 
 
 class Kind(IntEnum):
@@ -55,6 +69,7 @@ class Kind(IntEnum):
     FETCH = 3
     CLEAR = 4
     PART = 5
+    FRAGMENT = 6
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,15 @@ class EntryPart:
     data: bytes = field(repr=False)
 
 
-OnionMessage = ForwardMessage | ReplyMessage | FetchRequest | ClearRequests | EntryPart
+@dataclass(frozen=True)
+class Fragment:
+    set: bytes
+    index: int
+    count: int
+    data: bytes = field(repr=False)
+
+
+OnionMessage = ForwardMessage | ReplyMessage | FetchRequest | ClearRequests | EntryPart | Fragment
 
 
 def encode_fetch(message: FetchRequest) -> bytes:
@@ -196,6 +219,31 @@ def _decode_part(data: bytes) -> EntryPart:
     return EntryPart(bytes(entry), index, count, remaining, bytes(data[_PART_HEAD.size :]))
 
 
+def encode_fragment(message: Fragment) -> bytes:
+    if len(message.set) != SET_BYTES or not 0 < len(message.data) <= FRAGMENT_DATA:
+        raise ValueError(f"a {SET_BYTES}-byte set id and 1 to {FRAGMENT_DATA} bytes of data")
+    if not 0 <= message.index < message.count <= MAX_FRAGMENTS or message.count < 2:
+        raise ValueError(f"an index below a count of 2 to {MAX_FRAGMENTS}")
+    head = _FRAGMENT_HEAD.pack(
+        VERSION, Kind.FRAGMENT, message.set, message.index, message.count, len(message.data)
+    )
+    return head + message.data
+
+
+def _decode_fragment(data: bytes) -> Fragment:
+    if len(data) <= _FRAGMENT_HEAD.size:
+        raise RemoteProtocolError("short fragment")
+    _, _, set_id, index, count, length = _FRAGMENT_HEAD.unpack_from(data)
+    if (
+        not 0 <= index < count <= MAX_FRAGMENTS
+        or count < 2
+        or length == 0
+        or len(data) != _FRAGMENT_HEAD.size + length
+    ):
+        raise RemoteProtocolError("malformed fragment")
+    return Fragment(bytes(set_id), index, count, bytes(data[_FRAGMENT_HEAD.size :]))
+
+
 def encode_packet_message(packet: bytes) -> bytes:
     if len(packet) != sphinx.PACKET_BYTES:
         raise ValueError(f"a Sphinx packet is {sphinx.PACKET_BYTES} bytes")
@@ -213,8 +261,8 @@ def encode_forward(message: ForwardMessage) -> bytes:
     """Raises ``ValueError`` when the SURB or envelope does not fit."""
     if len(message.surb) != sphinx.SURB_BYTES:
         raise ValueError(f"a SURB is {sphinx.SURB_BYTES} bytes")
-    if len(message.envelope) > MAX_ENVELOPE:
-        raise ValueError(f"an envelope is at most {MAX_ENVELOPE} bytes")
+    if len(message.envelope) > MAX_ENVELOPE_BYTES:
+        raise ValueError(f"an envelope is at most {MAX_ENVELOPE_BYTES} bytes")
     head = bytes([VERSION, Kind.FORWARD]) + message.surb
     return head + _ENVELOPE_LEN.pack(len(message.envelope)) + message.envelope
 
@@ -238,6 +286,8 @@ def decode(data: bytes) -> OnionMessage:
             return _decode_clears(data)
         case Kind.PART:
             return _decode_part(data)
+        case Kind.FRAGMENT:
+            return _decode_fragment(data)
     if data[1] == Kind.REPLY:
         count = data[2]
         if not 1 <= count <= MAX_ACKS or len(data) != 3 + count * ID_BYTES:
@@ -248,6 +298,6 @@ def decode(data: bytes) -> OnionMessage:
         raise RemoteProtocolError("unknown or short onion message")
     surb = bytes(data[2 : 2 + sphinx.SURB_BYTES])
     (length,) = _ENVELOPE_LEN.unpack_from(data, 2 + sphinx.SURB_BYTES)
-    if length > MAX_ENVELOPE or len(data) != _FORWARD_HEAD + length:
+    if length > MAX_ENVELOPE_BYTES or len(data) != _FORWARD_HEAD + length:
         raise RemoteProtocolError("envelope length does not match")
     return ForwardMessage(surb, bytes(data[_FORWARD_HEAD:]))

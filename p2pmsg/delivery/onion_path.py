@@ -12,6 +12,9 @@ One attempt at one outbox message (:meth:`OnionPath.send`):
    its secret is committed with the message id and the route's relays.
 3. a fresh forward route of ``hops`` relays (:mod:`p2pmsg.onion.route`) ends
    at the recipient; the packet goes to the first relay over a reused link.
+   A message too long for one packet goes as fragments
+   (:mod:`p2pmsg.delivery.fragments`), each over a fresh route of its own,
+   with one SURB for the whole.
 
 Every attempt is a new ratchet message, a new SURB and a new route: a retry
 after a lost packet or a bad relay takes other relays, and the recipient
@@ -26,8 +29,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
-from p2pmsg.delivery import frames, onion_frames
+from p2pmsg.delivery import fragments, frames, onion_frames
 from p2pmsg.delivery.frames import MessageKind, MsgFrame
 from p2pmsg.dht import records as rec
 from p2pmsg.dht.service import Dht
@@ -43,12 +47,13 @@ from p2pmsg.store import OutboxMessage, Store, SurbRecord
 log = logging.getLogger(__name__)
 
 MAX_ONION_BODY = (
-    onion_frames.MAX_ENVELOPE
+    sealed.MAX_ENVELOPE_BYTES
     - sealed.SEAL_OVERHEAD
     - session.INITIAL_OVERHEAD
     - frames.HEADER_BYTES
 )
-"""The largest message body one onion packet carries (larger ones go ``direct``)."""
+"""The largest message body an onion message carries, in up to
+:data:`~p2pmsg.delivery.onion_frames.MAX_FRAGMENTS` packets."""
 
 
 RESTART_EVERY = 4
@@ -98,22 +103,24 @@ class OnionPath:
         now = self._wall_clock()
         candidates = self.candidates(now)
         ends = (self.identity.node_id, recipient.node_id)
-        forward = self._route(candidates, ends, now)
         back = self._route(candidates, ends, now)
         envelope = await self._encrypt(recipient, message)
         surb_id = self._rng(sphinx.SURB_ID_BYTES)
         me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
         surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
-        relays = tuple(c.node_id for c in back + forward)
-        await self.store.add_surb(
-            SurbRecord(surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl)
-        )
         payload = onion_frames.encode_forward(
             onion_frames.ForwardMessage(sphinx.encode_surb(surb), envelope)
         )
+        parts = fragments.split(payload, self._rng)
+        forwards = [self._route(candidates, ends, now) for _ in parts]
+        relays = tuple(dict.fromkeys(c.node_id for c in chain(back, *forwards)))
+        await self.store.add_surb(
+            SurbRecord(surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl)
+        )
         dest = sphinx.Hop(recipient.node_id, recipient.x25519)
-        first, packet = sphinx.create_packet([*_hops(forward), dest], payload, self._rng)
-        await self.send_packet(first, packet)
+        for part, forward in zip(parts, forwards, strict=True):
+            first, packet = sphinx.create_packet([*_hops(forward), dest], part, self._rng)
+            await self.send_packet(first, packet)
 
     async def make_surb(self, tag: bytes, *, avoid: bytes, ttl: float) -> bytes:
         """A reply block to us over a fresh route that avoids node ``avoid``,

@@ -7,7 +7,8 @@ identity key opened. A reply through one of our SURBs carries acks
 (:meth:`p2pmsg.delivery.onion_path.OnionPath.open_reply`), or the parts of a
 mailbox entry a relay fetched for us (:mod:`p2pmsg.delivery.mailbox_onion`),
 which also serves such fetches for others. Anything else is a
-forward message: a SURB and a sealed envelope. The envelope is unsealed
+forward message, whole or in fragments put back together first
+(:mod:`p2pmsg.delivery.fragments`): a SURB and a sealed envelope. The envelope is unsealed
 (revealing the sender to us alone), the e2e message decrypted with the
 sender's session, and the message committed to the inbox *together with*
 the new session state and prekey secrets in one transaction; only then is
@@ -29,6 +30,7 @@ from typing import Protocol
 import trio
 
 from p2pmsg.delivery import frames, onion_frames
+from p2pmsg.delivery.fragments import Reassembly
 from p2pmsg.delivery.frames import MsgFrame
 from p2pmsg.delivery.onion_path import OnionPath
 from p2pmsg.dialer import DIAL_ERRORS
@@ -89,6 +91,7 @@ class Receiver:
         self._wall_clock = wall_clock
         self._rng = rng
         self._lock = trio.Lock()
+        self.fragments = Reassembly()
         self.mailbox: MailboxService | None = None
 
     async def load_prekeys(self, one_time: int) -> None:
@@ -150,6 +153,13 @@ class Receiver:
 
     async def _forward(self, data: bytes) -> None:
         message = onion_frames.decode(data)
+        if isinstance(message, onion_frames.Fragment):
+            whole = self.fragments.add(message, self._wall_clock())
+            if whole is None:
+                return
+            message = onion_frames.decode(whole)
+            if not isinstance(message, onion_frames.ForwardMessage):
+                raise RemoteProtocolError("fragments of something other than a message")
         match message:
             case onion_frames.FetchRequest() if self.mailbox is not None:
                 await self.mailbox.serve_fetch(message)
