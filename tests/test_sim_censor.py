@@ -8,7 +8,15 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from p2pmsg.sim.censor import Censor, MatchBytes, Police, ResetEvery, ResidualBlock
+from p2pmsg.sim.censor import (
+    Censor,
+    MatchPayload,
+    Police,
+    ResetEvery,
+    ResidualBlock,
+    contains,
+    fully_encrypted_first,
+)
 from p2pmsg.sim.net import DROP, Packet, SimListener, SimNetwork, SimStream
 
 LISTENERS: dict[tuple[int, int], SimListener] = {}
@@ -32,7 +40,7 @@ def network(censor: Censor) -> SimNetwork:
 
 
 async def test_a_pattern_in_the_first_payloads_resets_the_flow(autojump_clock: MockClock) -> None:
-    rule = MatchBytes(b"BAD")
+    rule = MatchPayload(contains(b"BAD"))
     net = network(Censor([rule]))
     clean, clean_server = await pair(net)
     for data in (b"hello", b"fine", b"BAD, but third"):  # only two payloads are read
@@ -49,11 +57,30 @@ async def test_a_pattern_in_the_first_payloads_resets_the_flow(autojump_clock: M
     assert rule.matched == 1
 
 
+async def test_a_rule_added_mid_conversation_kills_the_flows_it_matches(
+    autojump_clock: MockClock,
+) -> None:
+    censor = Censor([])
+    net = network(censor)
+    random_bytes, random_server = await pair(net)
+    web, web_server = await pair(net, 81)
+    await random_bytes.send(bytes(random.Random(1).randbytes(200)))
+    await web.send(b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n")
+    await random_server.receive()
+    await web_server.receive()
+    censor.rules.append(MatchPayload(fully_encrypted_first))
+    await random_bytes.send(b"later")
+    await web.send(b"later")
+    with pytest.raises(trio.BrokenResourceError):
+        await random_server.receive()
+    assert await web_server.receive() == b"later"
+
+
 async def test_a_residual_block_resets_syns_on_the_same_three_tuple_only(
     autojump_clock: MockClock,
 ) -> None:
     residual = ResidualBlock(seconds=180.0)
-    net = network(Censor([MatchBytes(b"BAD", residual=residual), residual]))
+    net = network(Censor([MatchPayload(contains(b"BAD"), residual=residual), residual]))
     client, _ = await pair(net)
     await client.send(b"BAD")
     with pytest.raises(ConnectionRefusedError):
@@ -68,7 +95,7 @@ async def test_a_residual_block_with_probability_blocks_about_that_share(
     autojump_clock: MockClock,
 ) -> None:
     residual = ResidualBlock(seconds=1e9, p=0.5, rng=random.Random(7))
-    net = network(Censor([MatchBytes(b"BAD", residual=residual), residual]))
+    net = network(Censor([MatchPayload(contains(b"BAD"), residual=residual), residual]))
     client, _ = await pair(net)
     await client.send(b"BAD")
     refused = 0
@@ -113,7 +140,7 @@ async def test_police_delivers_in_order_at_the_rate(autojump_clock: MockClock) -
 
 
 async def test_a_dropping_pattern_black_holes_the_flow(autojump_clock: MockClock) -> None:
-    net = network(Censor([MatchBytes(b"BAD", verdict=DROP)]))
+    net = network(Censor([MatchPayload(contains(b"BAD"), verdict=DROP)]))
     client, server = await pair(net)
     await client.send(b"BAD")
     with trio.move_on_after(60.0) as waited:

@@ -12,8 +12,9 @@ rate limits add up.
 The rules are the building blocks of the censors in SCENARIOS.md, kept as
 small as their scenarios need:
 
-* :class:`MatchBytes` (S6, S19-style DPI): a byte pattern in the first client
-  payloads of a flow -> reset (or drop), and optionally a residual block.
+* :class:`MatchPayload` (S5, S6-style DPI): the first client payloads of a
+  flow match (a byte pattern, the S5 detector) -> reset (or drop), and
+  optionally a residual block.
 * :class:`ResidualBlock` (S4, S5): after a condemned flow, SYNs on the same
   (client, server, port) are reset for ``seconds`` (each with probability
   ``p``).
@@ -37,6 +38,7 @@ from typing import Protocol
 
 import trio
 
+from p2pmsg.sim import detectors
 from p2pmsg.sim.net import DELIVER, RESET, Deliver, Packet, Verdict
 
 FIRST_PAYLOADS = 2
@@ -62,26 +64,36 @@ class Rule(Protocol):
 
 
 @dataclass
-class MatchBytes:
-    """Condemn a flow whose first client payloads contain ``pattern``."""
+class MatchPayload:
+    """Condemn a flow whose first client payloads ``match`` (a DPI rule).
 
-    pattern: bytes
+    Judged at every packet of the flow, from its first payload on, so a rule
+    added mid-conversation kills the flows it matches at their next packet,
+    as a censor that keeps per-flow state does."""
+
+    match: Callable[[Sequence[bytes]], bool]
     verdict: Verdict = RESET
     residual: ResidualBlock | None = None
     matched: int = 0
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
-        if packet.kind != "data" or packet.direction != "c2s":
-            return None
-        if flow.client_packets > FIRST_PAYLOADS:
-            return None
-        if self.pattern not in b"".join(flow.first):
+        if not flow.first or not self.match(flow.first):
             return None
         self.matched += 1
         flow.condemned = self.verdict
         if self.residual is not None:
             self.residual.block(flow.client, now)
         return self.verdict
+
+
+def contains(pattern: bytes) -> Callable[[Sequence[bytes]], bool]:
+    """A match for :class:`MatchPayload`: ``pattern`` in the first payloads."""
+    return lambda first: pattern in b"".join(first)
+
+
+def fully_encrypted_first(first: Sequence[bytes]) -> bool:
+    """A match for :class:`MatchPayload`: the S5 detector on the first payload."""
+    return detectors.fully_encrypted(first[0])
 
 
 @dataclass
