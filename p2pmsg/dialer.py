@@ -1,8 +1,31 @@
-"""Reaching a peer: the first of its endpoints that dials and authenticates.
+"""Reaching a peer: its endpoints raced, best path first, and the outcome scored.
 
 Endpoints of transports we do not have are skipped (pt-spec: an unknown
 transport is never fatal), and so are malformed ones. Both the delivery path
 and the DHT use one :class:`Dialer`, so a censor sees one behaviour.
+
+Theory of operation
+-------------------
+:meth:`Dialer.connect` orders a peer's endpoints by their path scores on the
+current network (:class:`p2pmsg.pathscore.PathScores`: the last working path
+first, then the paths that failed least, recently), leaves out any whose
+(server, port) is inside a residual-block window after a reset or silence
+during the handshake (:class:`p2pmsg.pathscore.ResidualGuard`, S4: a censor
+blocks the 3-tuple after it matched a flow's payload; a refused SYN or a
+clean close is far more often a peer that is down or restarting), and races the rest happy-eyeballs
+style (RFC 8305): the first starts at once, each next one
+:data:`~p2pmsg.pathscore.STAGGER_DELAY` later or as soon as the one before it
+fails, and the first secure link to complete wins; the others are cancelled
+and any late success closed. A path that works gets a head start of
+:data:`~p2pmsg.pathscore.STICKY_HEAD_START`, so a stable network does not flap
+between transports (S12). Every finished attempt is scored: a success, or a
+failure classified by :func:`p2pmsg.pathscore.classify` at its stage (the
+transport's dial, or the secure handshake above it, where silence is the
+signature of DPI dropping a flow). A cancelled attempt is no evidence and is
+not scored. So when a censor starts killing one transport, the next dial
+tries another first, and the session above (delivery's outbox and acks,
+the DHT's retries) resumes on it: nothing is lost, and the receiver's
+deduplication shows nothing twice.
 """
 
 from __future__ import annotations
@@ -10,6 +33,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import trio
 
@@ -18,6 +43,16 @@ from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import BadEndpoint, HandshakeError, RemoteProtocolError, UnsupportedEndpoint
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.secure import HANDSHAKE_TIMEOUT, SecureLink, connect_secure
+from p2pmsg.pathscore import (
+    STAGGER_DELAY,
+    STICKY_HEAD_START,
+    Failure,
+    PathScores,
+    ResidualGuard,
+    ThreeTuple,
+    classify,
+    stagger,
+)
 
 #: What a failed attempt on one endpoint may raise; the next endpoint is tried.
 DIAL_ERRORS = (
@@ -32,7 +67,57 @@ DIAL_ERRORS = (
 )
 
 
+@dataclass
+class TransportHealth:
+    """What one transport's dials came to, for ``status``."""
+
+    successes: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    last_failure: str | None = None
+    residual_skips: int = 0
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    text: str
+    endpoint: Endpoint
+    transport: Transport
+    three_tuple: ThreeTuple | None
+
+
+@dataclass
+class _Race:
+    peer: PublicIdentity
+    candidates: list[_Candidate]
+    offsets: list[float]
+    nursery: trio.Nursery | None = None
+    winner: tuple[SecureLink, Endpoint] | None = None
+    errors: list[Exception] = field(default_factory=list)
+
+
+def _hung_up(exc: BaseException) -> bool:
+    """Whether the peer closed the connection cleanly (a FIN): what a peer that
+    is restarting or refusing us does. A censor resets or goes silent."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, trio.EndOfChannel):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _three_tuple(endpoint: Endpoint) -> ThreeTuple | None:
+    """("", server host, port) for the residual guard; None without a port."""
+    try:
+        host, port = endpoint.host_port()
+    except BadEndpoint:
+        return None
+    return ("", host, port)
+
+
 class Dialer:
+    """Dials peers for the node; keeps the path scores and per-transport health."""
+
     def __init__(
         self,
         identity: Identity,
@@ -40,6 +125,8 @@ class Dialer:
         *,
         dial_timeout: float = 10.0,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        stagger_delay: float = STAGGER_DELAY,
+        network: str = "default",
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -47,8 +134,27 @@ class Dialer:
         self.transports = list(transports)
         self.dial_timeout = dial_timeout
         self.handshake_timeout = handshake_timeout
+        self.stagger_delay = stagger_delay
+        self.network = network
+        """The label of the network we are on: paths are scored per network."""
+        self.scores = PathScores()
+        self.residual = ResidualGuard()
+        self.health: dict[str, TransportHealth] = {}
         self._wall_clock = wall_clock
         self._rng = rng
+
+    def health_report(self) -> dict[str, dict[str, Any]]:
+        """Per transport we have: its dials' outcomes, and whether it is the
+        transport of the last path that worked on this network."""
+        last = self.scores.last_working(self.network)
+        report = {}
+        for transport in self.transports:
+            health = self.health.get(transport.name, TransportHealth())
+            report[transport.name] = {
+                **asdict(health),
+                "last_working": last is not None and last[0] == transport.name,
+            }
+        return report
 
     def transport_for(self, endpoint: Endpoint) -> Transport | None:
         return next((t for t in self.transports if t.can_dial(endpoint)), None)
@@ -56,33 +162,110 @@ class Dialer:
     async def connect(
         self, endpoints: Sequence[str], peer: PublicIdentity
     ) -> tuple[SecureLink, Endpoint]:
-        """A secure link over the first endpoint that works, in order, and that endpoint.
+        """A secure link over the first endpoint to complete, and that endpoint.
 
-        Raises the last error, or :class:`UnsupportedEndpoint` if none was
+        Raises the last failure, or :class:`UnsupportedEndpoint` if none was
         dialable. Cancellation leaves nothing open.
         """
-        last: Exception = UnsupportedEndpoint("no dialable endpoint")
+        candidates = self._candidates(endpoints)
+        if not candidates:
+            raise UnsupportedEndpoint("no dialable endpoint")
+        first = (candidates[0].endpoint.transport, candidates[0].text)
+        sticky = first == self.scores.last_working(self.network)
+        offsets = stagger(
+            len(candidates), self.stagger_delay, head_start=STICKY_HEAD_START if sticky else None
+        )
+        race = _Race(peer, candidates, offsets)
+        async with trio.open_nursery() as nursery:
+            race.nursery = nursery
+            nursery.start_soon(self._attempt, race, 0, None)
+        if race.winner is None:
+            raise race.errors[-1]
+        return race.winner
+
+    def _candidates(self, endpoints: Sequence[str]) -> list[_Candidate]:
+        """The dialable endpoints, best path first, residual blocks left out."""
+        found: dict[str, _Candidate] = {}
         for text in endpoints:
             try:
                 endpoint = Endpoint.parse(text)
             except BadEndpoint:
                 continue
             transport = self.transport_for(endpoint)
-            if transport is None:
-                continue
-            try:
-                with trio.fail_after(self.dial_timeout):
-                    link = await transport.dial(endpoint)
-                secure = await connect_secure(
-                    link,
-                    self.identity,
-                    peer,
-                    wall_clock=self._wall_clock,
-                    rng=self._rng,
-                    timeout=self.handshake_timeout,
-                )
-            except DIAL_ERRORS as exc:
-                last = exc
+            if transport is not None and text not in found:
+                found[text] = _Candidate(text, endpoint, transport, _three_tuple(endpoint))
+        now = trio.current_time()
+        paths = [(c.endpoint.transport, c.text) for c in found.values()]
+        out = []
+        for _, text in self.scores.order(self.network, paths, now):
+            candidate = found[text]
+            if candidate.three_tuple is None or self.residual.attempt(candidate.three_tuple, now):
+                out.append(candidate)
             else:
-                return secure, endpoint
-        raise last
+                self._health(candidate).residual_skips += 1
+        return out
+
+    async def _attempt(self, race: _Race, index: int, previous_failed: trio.Event | None) -> None:
+        """Candidate ``index``: wait for its turn, start the next one, dial."""
+        assert race.nursery is not None
+        if previous_failed is not None:
+            with trio.move_on_after(race.offsets[index] - race.offsets[index - 1]):
+                await previous_failed.wait()
+        failed = trio.Event()
+        if index + 1 < len(race.candidates):
+            race.nursery.start_soon(self._attempt, race, index + 1, failed)
+        try:
+            secure = await self._dial(race.candidates[index], race.peer)
+        except DIAL_ERRORS as exc:
+            race.errors.append(exc)
+            failed.set()
+            return
+        if race.winner is not None:  # another finished first in the same tick
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await secure.aclose()
+            return
+        race.winner = (secure, race.candidates[index].endpoint)
+        race.nursery.cancel_scope.cancel()
+
+    async def _dial(self, candidate: _Candidate, peer: PublicIdentity) -> SecureLink:
+        """One attempt, scored unless cancelled. Raises what the dial raised."""
+        stage = "dial"
+        try:
+            with trio.fail_after(self.dial_timeout):
+                link = await candidate.transport.dial(candidate.endpoint)
+            stage = "handshake"
+            secure = await connect_secure(
+                link,
+                self.identity,
+                peer,
+                wall_clock=self._wall_clock,
+                rng=self._rng,
+                timeout=self.handshake_timeout,
+            )
+        except DIAL_ERRORS as exc:
+            censored = stage == "handshake" and not _hung_up(exc)
+            self._failed(candidate, classify(exc, stage=stage), censored=censored)
+            raise
+        now = trio.current_time()
+        self.scores.succeeded(self.network, candidate.endpoint.transport, candidate.text, now)
+        if candidate.three_tuple is not None:
+            self.residual.succeeded(candidate.three_tuple)
+        self._health(candidate).successes += 1
+        return secure
+
+    def _failed(self, candidate: _Candidate, failure: Failure, *, censored: bool) -> None:
+        now = trio.current_time()
+        transport = candidate.endpoint.transport
+        self.scores.failed(self.network, transport, candidate.text, failure, now)
+        if candidate.three_tuple is not None and censored:
+            self.residual.failed(candidate.three_tuple, failure, now)
+        health = self._health(candidate)
+        health.failures[failure.value] = health.failures.get(failure.value, 0) + 1
+        health.last_failure = failure.value
+
+    def _health(self, candidate: _Candidate) -> TransportHealth:
+        name = candidate.endpoint.transport
+        if name not in self.health:
+            self.health[name] = TransportHealth()
+        return self.health[name]

@@ -286,6 +286,7 @@ class Node:
             "stats": vars(self.stats).copy(),
             "relayed": self.onion.relay.stats.relayed,
             "mailbox_entries": len(self.dht.mailboxes.store),
+            "transports": self._dialer.health_report(),
             "onion": self.onion.stats(),
             "dht": self.dht.stats(),
         }

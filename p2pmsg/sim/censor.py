@@ -173,6 +173,10 @@ class Censor:
         self.max_flows = max_flows
         self._flows: OrderedDict[int, FlowView] = OrderedDict()
 
+    def flows(self) -> list[FlowView]:
+        """The flows remembered, oldest first."""
+        return list(self._flows.values())
+
     def __call__(self, packet: Packet) -> Verdict:
         now = self._clock()
         flow = self._view(packet, now)
