@@ -35,10 +35,11 @@ from p2pmsg.demo import run_demo
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import BadEndpoint, HomeError, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
-from p2pmsg.keys import Identity
+from p2pmsg.keys import Identity, encode_key
 from p2pmsg.node import Node
 from p2pmsg.sim.net import SimNetwork
 from p2pmsg.store import Database
+from transports.obfs import ObfsTransport, load_or_create_key
 from transports.pt import PtTransport
 from transports.sim import SimTransport
 from transports.tcp import TcpTransport
@@ -52,11 +53,12 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def production_transports(home: Home) -> list[Transport]:
-    """tcp, ws and tls always; obfs4 through Debian's obfs4proxy when it is installed."""
+    """tcp, ws, tls and obfs always; obfs4 through Debian's obfs4proxy when it is installed."""
     found: list[Transport] = [
         TcpTransport(),
         WsTransport(),
         TlsTransport(cert_dir=home.path / "tls"),
+        ObfsTransport(state_dir=home.path / "obfs"),
     ]
     if shutil.which("obfs4proxy"):
         found.append(PtTransport(state_dir=home.path / "pt"))
@@ -86,15 +88,24 @@ async def _with_obfs4_certs(home: Home, listen: tuple[Endpoint, ...]) -> tuple[E
     return tuple(out)
 
 
-def _with_tls_pin(home: Home, endpoint: Endpoint) -> Endpoint:
-    """A tls endpoint with the pin of the node's certificate (made now, kept in
-    HOME/tls), so that invites let a dialler check it before anything else."""
-    if endpoint.transport != TlsTransport.name:
+def _with_key_args(home: Home, endpoint: Endpoint) -> Endpoint:
+    """A tls endpoint with the pin of the node's certificate, an obfs endpoint
+    with the node's obfs server key (each made now, kept in HOME/tls or
+    HOME/obfs): invites must carry them, as an obfs4 bridge line does its cert."""
+    if endpoint.transport == TlsTransport.name:
+        home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cert = load_or_create(home.path / "tls", now=time.time(), rng=os.urandom)
+        name, value = "pin", encode_pin(cert.pin)
+    elif endpoint.transport == ObfsTransport.name:
+        home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name, value = (
+            "key",
+            encode_key(load_or_create_key(home.path / "obfs", rng=os.urandom).public),
+        )
+    else:
         return endpoint
-    home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cert = load_or_create(home.path / "tls", now=time.time(), rng=os.urandom)
-    args = tuple((k, v) for k, v in endpoint.args if k != "pin")
-    return Endpoint(endpoint.transport, endpoint.address, (*args, ("pin", encode_pin(cert.pin))))
+    args = tuple((k, v) for k, v in endpoint.args if k != name)
+    return Endpoint(endpoint.transport, endpoint.address, (*args, (name, value)))
 
 
 async def _refuse(link: Any) -> None:
@@ -132,7 +143,7 @@ def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
     if endpoint.transport == PtTransport.name:
         method, _, address = address.partition(":")
         method += ":"
-    elif endpoint.transport not in {"tcp", "ws", "tls"}:
+    elif endpoint.transport not in {"tcp", "ws", "tls", "obfs"}:
         return endpoint
     host, port = Endpoint(endpoint.transport, address).host_port()
     if port:
@@ -168,7 +179,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if any(e.transport == PtTransport.name for e in listen):
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         listen = run_trio(_with_obfs4_certs, home, listen)
-    listen = tuple(_with_tls_pin(home, e) for e in listen)
+    listen = tuple(_with_key_args(home, e) for e in listen)
     config = Config(listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns)
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:

@@ -167,6 +167,4 @@ def test_tls_first_packets_pass_s5_and_read_as_tls_under_s7(sni: str | None) -> 
         assert {allowed_protocol([hello], port) for hello in hellos} == {"tls"}
 
 
-# --- obfs: not written yet -----------------------------------------------------------
-# When the obfs transport lands: the same capture, 0 of 10,000 flagged by
-# fully_encrypted (S5); S7 expects None for it unless it imitates a protocol.
+# --- obfs: its S5 and constant-byte checks live in tests/test_obfs_transport.py ----------

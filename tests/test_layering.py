@@ -44,6 +44,8 @@ PURE_CORES = [
     "p2pmsg/onion/route.py",
     "p2pmsg/delivery/onion_frames.py",
     "p2pmsg/sim/detectors.py",
+    "transports/obfs_core.py",
+    "transports/padding_core.py",
     "transports/pt_proto.py",
     "transports/socks5.py",
     "transports/ws_core.py",

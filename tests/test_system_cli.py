@@ -185,24 +185,33 @@ async def test_two_nodes_that_share_only_ws_endpoints_exchange_messages(base: Pa
     assert [e.split(":")[0] for e in status["listening"]] == ["ws"]
 
 
-async def test_two_nodes_that_share_only_tls_endpoints_exchange_messages(base: Path) -> None:
-    """Issue 5: TLS 1.3 without SNI; the invites carry each node's certificate pin."""
+@pytest.mark.parametrize(
+    ("transport", "arg", "secret_file"),
+    [("tls", "pin", "tls/tls-node.pem"), ("obfs", "key", "obfs/obfs-server.key")],
+)
+async def test_two_nodes_that_share_only_keyed_endpoints_exchange_messages(
+    base: Path, transport: str, arg: str, secret_file: str
+) -> None:
+    """Issue 5: TLS 1.3 without SNI, or our obfs; the invites carry each node's
+    certificate pin or obfs key, made at init and kept owner-only."""
     alice, bob = pair(base)
     links = {
-        "alice": await init(alice, "tls:127.0.0.1:0"),
-        "bob": await init(bob, "tls:127.0.0.1:0"),
+        "alice": await init(alice, f"{transport}:127.0.0.1:0"),
+        "bob": await init(bob, f"{transport}:127.0.0.1:0"),
     }
     for link in links.values():
-        assert "@tls" in link and "pin" in link and ",tcp" not in link, link
+        assert f"@{transport}" in link and arg in link and ",tcp" not in link, link
     await ok(alice, "contacts", "add", "bob", links["bob"])
     await ok(bob, "contacts", "add", "alice", links["alice"])
     async with running(alice, bob) as nodes:
-        to_bob = {await send(alice, "bob", "over tls"): "over tls"}
+        to_bob = {await send(alice, "bob", f"over {transport}"): f"over {transport}"}
         inbox_bob, _ = await until_delivered(alice, bob, to_bob, nodes)
         status = json.loads((await ok(bob, "status", "--json")).lines[0])
+        sender_status = json.loads((await ok(alice, "status", "--json")).lines[0])
     assert_received_once(inbox_bob, "alice", to_bob)
-    assert [e.split(":")[0] for e in status["listening"]] == ["tls"]
-    assert ((alice / "tls" / "tls-node.pem").stat().st_mode & 0o077) == 0
+    assert [e.split(":")[0] for e in status["listening"]] == [transport]
+    assert sender_status["transports"][transport]["successes"] >= 1
+    assert ((alice / secret_file).stat().st_mode & 0o077) == 0
 
 
 @pytest.mark.skipif(
