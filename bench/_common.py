@@ -107,6 +107,16 @@ async def serving(
             nursery.cancel_scope.cancel()
 
 
+async def count_link(link: Link) -> int:
+    """Bytes received on ``link`` until its peer closes it."""
+    total = 0
+    try:
+        while True:
+            total += len(await link.receive())
+    except trio.EndOfChannel:
+        return total
+
+
 def median(series: Sequence[float]) -> float:
     return statistics.median(series)
 

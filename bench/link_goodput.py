@@ -37,6 +37,7 @@ from bench._common import (
     REPLAY_WINDOW,
     RESPONDER,
     Measure,
+    count_link,
     environment,
     loop_rate,
     median,
@@ -153,20 +154,11 @@ async def raw_tcp_two_processes(seconds: float) -> float:
     return counted / elapsed / MB
 
 
-async def _count_link(link: Link) -> int:
-    total = 0
-    try:
-        while True:
-            total += len(await link.receive())
-    except trio.EndOfChannel:
-        return total
-
-
 async def tcp_transport(seconds: float) -> float:
     totals_in, totals = trio.open_memory_channel[int](1)
 
     async def handler(link: Link) -> None:
-        await totals_in.send(await _count_link(link))
+        await totals_in.send(await count_link(link))
 
     async with serving(handler) as (transport, endpoint):
         link = await transport.dial(endpoint)

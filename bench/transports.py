@@ -41,6 +41,7 @@ import trio
 
 from bench._common import (
     Measure,
+    count_link,
     environment,
     median,
     paired_ratio,
@@ -125,21 +126,12 @@ async def _timed(
 # -- our transports -------------------------------------------------------------
 
 
-async def _count_link(link: Link) -> int:
-    total = 0
-    try:
-        while True:
-            total += len(await link.receive())
-    except trio.EndOfChannel:
-        return total
-
-
 async def link_goodput(transport: Transport, listen: Endpoint, seconds: float) -> float:
     """One link through ``transport.serve``/``dial``; the handshake is not timed."""
     totals_in, totals = trio.open_memory_channel[int](1)
 
     async def handler(link: Link) -> None:
-        await totals_in.send(await _count_link(link))
+        await totals_in.send(await count_link(link))
 
     async with trio.open_nursery() as nursery:
         endpoint = await nursery.start(transport.serve, listen, handler)

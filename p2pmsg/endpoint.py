@@ -140,6 +140,11 @@ class Endpoint:
         return host, int(port_text)
 
 
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT``, or ``[V6]:PORT`` for an IPv6 host: what :meth:`Endpoint.host_port` splits."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Invite:
     """Everything needed to reach and authenticate a node."""

@@ -52,10 +52,11 @@ from pathlib import Path
 import trio
 
 from p2pmsg.abc import Link, LinkHandler, Transport
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, format_address
 from p2pmsg.errors import BadEndpoint, BadKey, UnsupportedEndpoint
 from p2pmsg.keys import decode_key, encode_key
 from p2pmsg.link.replay import ReplayWindow
+from transports.inner import ReportAs, feed
 from transports.obfs_core import (
     KEY_BYTES,
     MAX_MESSAGE,
@@ -98,7 +99,7 @@ class ObfsTarget:
     @property
     def address(self) -> str:
         """``HOST:PORT`` (``[V6]:PORT``) for the inner transport."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 def parse_obfs_endpoint(endpoint: Endpoint) -> ObfsTarget:
@@ -211,18 +212,7 @@ class ObfsLink:
                     return event.data
                 if isinstance(event, PeerClosed):
                     raise trio.EndOfChannel
-                await self._receive_more()
-
-    async def _receive_more(self) -> None:
-        try:
-            data = await self._inner.receive()
-        except trio.EndOfChannel:
-            self._framer.receive_eof()
-            return
-        except trio.ClosedResourceError:
-            self._check_usable()
-            raise
-        self._framer.receive_data(data)
+                await feed(self._inner, self._framer, self._check_usable)
 
     async def _fail(self, exc: ObfsProtocolError) -> None:
         if not self._broken:
@@ -235,18 +225,6 @@ class ObfsLink:
         with ``ClosedResourceError``."""
         self._closed = True
         await self._inner.aclose()
-
-
-class _ReportAs:
-    """A ``task_status`` that reports the inner transport's endpoint as ours."""
-
-    def __init__(self, outer: trio.TaskStatus[Endpoint], convert: Callable[[Endpoint], Endpoint]):
-        self._outer = outer
-        self._convert = convert
-
-    def started(self, value: Endpoint | None = None) -> None:
-        assert value is not None
-        self._outer.started(self._convert(value))
 
 
 class ObfsTransport:
@@ -341,7 +319,7 @@ class ObfsTransport:
         await self._inner.serve(
             Endpoint(self._inner.name, target.address),
             partial(self._serve_one, key, handler),
-            task_status=_ReportAs(task_status, report),
+            task_status=ReportAs(task_status, report),
         )
 
     async def _serve_one(self, key: ServerKey, handler: LinkHandler, inner: Link) -> None:

@@ -53,7 +53,7 @@ from pathlib import Path
 import trio
 
 from p2pmsg.abc import Link, LinkHandler
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, format_address
 from p2pmsg.errors import BadEndpoint, LocalProtocolError, P2PMsgError, UnsupportedEndpoint
 from transports.pt_proto import (
     CMethod,
@@ -68,7 +68,6 @@ from transports.pt_proto import (
     SMethod,
     child_environment,
     client_environment,
-    format_address,
     server_environment,
 )
 from transports.socks5 import Socks5Client, SocksReplyError

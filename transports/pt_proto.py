@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from p2pmsg.endpoint import format_address
 from transports.socks5 import PtProtocolError as PtProtocolError  # noqa: PLC0414 - re-exported
 from transports.socks5 import SocksReplyError as SocksReplyError  # noqa: PLC0414 - re-exported
 from transports.socks5 import _escape
@@ -279,10 +280,6 @@ _HANDLERS = {
 
 
 # -- the environment -------------------------------------------------------
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def client_environment(methods: Iterable[str], state_dir: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from functools import partial
 import trio
 
 from p2pmsg.abc import Link, LinkHandler
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, format_address
 from p2pmsg.errors import BadEndpoint, UnsupportedEndpoint
 
 RECEIVE_CHUNK = 64 * 1024
@@ -123,10 +123,6 @@ def parse_tcp_endpoint(endpoint: Endpoint) -> tuple[str, int]:
         raise UnsupportedEndpoint(f"bad tcp address: {exc}") from exc
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class TcpTransport:
     """Dials and serves ``tcp:HOST:PORT`` endpoints on real sockets."""
 
@@ -173,7 +169,7 @@ class TcpTransport:
         listener = listeners[0]
         try:
             bound_host, bound_port = listener.socket.getsockname()[:2]
-            address = _format_address(bound_host, bound_port)
+            address = format_address(bound_host, bound_port)
             task_status.started(Endpoint(self.name, address, endpoint.args))
         except BaseException:
             listener.socket.close()
@@ -200,4 +196,4 @@ def _peer_name(stream: trio.SocketStream) -> str:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
         return "a closed connection"
-    return _format_address(str(host), int(port))
+    return format_address(str(host), int(port))

@@ -57,8 +57,9 @@ from pathlib import Path
 import trio
 
 from p2pmsg.abc import MAX_SEND, Link, LinkHandler, Transport
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, format_address
 from p2pmsg.errors import BadEndpoint, RemoteProtocolError, UnsupportedEndpoint
+from transports.inner import ReportAs
 from transports.tcp import TcpTransport
 from transports.tls_certs import (
     DEFAULT_COMMON_NAME,
@@ -100,7 +101,7 @@ class TlsTarget:
     @property
     def address(self) -> str:
         """``HOST:PORT`` (``[V6]:PORT``) for the inner transport."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 def parse_tls_endpoint(endpoint: Endpoint) -> TlsTarget:
@@ -359,7 +360,7 @@ class TlsTransport:
         await self._inner.serve(
             Endpoint(self._inner.name, target.address),
             partial(self._serve_one, context, handler),
-            task_status=_ReportAs(task_status, report),
+            task_status=ReportAs(task_status, report),
         )
 
     async def _serve_one(self, context: ssl.SSLContext, handler: LinkHandler, inner: Link) -> None:
@@ -397,15 +398,3 @@ def _check_pin(tls: trio.SSLStream[_LinkStream], pin: bytes | None) -> None:
     if not hmac.compare_digest(actual, pin):
         shown = encode_pin(actual) if actual else "no usable certificate"
         raise TlsPinMismatch(f"expected pin {encode_pin(pin)}, the server presented {shown}")
-
-
-class _ReportAs:
-    """A ``task_status`` that reports the inner transport's endpoint as ours."""
-
-    def __init__(self, outer: trio.TaskStatus[Endpoint], convert: Callable[[Endpoint], Endpoint]):
-        self._outer = outer
-        self._convert = convert
-
-    def started(self, value: Endpoint | None = None) -> None:
-        assert value is not None
-        self._outer.started(self._convert(value))

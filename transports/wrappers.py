@@ -67,6 +67,7 @@ import trio
 from p2pmsg.abc import MAX_SEND, Link, LinkHandler, Transport
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import UnsupportedEndpoint
+from transports.inner import ReportAs, feed
 from transports.padding_core import (
     MAX_PADDING,
     Data,
@@ -319,15 +320,7 @@ class PaddingLink:
     async def _receive_more(self) -> None:
         """Feed the de-framer one inner chunk, or send a cover frame when it is due."""
         with trio.move_on_at(self._cover_deadline()):
-            try:
-                data = await self._inner.receive()
-            except trio.EndOfChannel:
-                self._deframer.receive_eof()
-                return
-            except trio.ClosedResourceError:
-                self._check_usable()
-                raise
-            self._deframer.receive_data(data)
+            await feed(self._inner, self._deframer, self._check_usable)
             return
         await self._send_cover()
 
@@ -352,18 +345,6 @@ class PaddingLink:
         """Close the inner link (idempotent); pending operations are woken."""
         self._closed = True
         await self._inner.aclose()
-
-
-class _ReportRenamed:
-    """A ``task_status`` that reports the inner transport's endpoint under our name."""
-
-    def __init__(self, outer: trio.TaskStatus[Endpoint], name: str) -> None:
-        self._outer = outer
-        self._name = name
-
-    def started(self, value: Endpoint | None = None) -> None:
-        assert value is not None
-        self._outer.started(Endpoint(self._name, value.address, value.args))
 
 
 class PaddingTransport:
@@ -421,7 +402,7 @@ class PaddingTransport:
         await self._inner.serve(
             self._inner_endpoint(endpoint),
             partial(self._serve_one, handler),
-            task_status=_ReportRenamed(task_status, self.name),
+            task_status=ReportAs(task_status, lambda e: Endpoint(self.name, e.address, e.args)),
         )
 
     async def _serve_one(self, handler: LinkHandler, inner: Link) -> None:

@@ -38,6 +38,7 @@ from wsproto.frame_protocol import CloseReason
 from p2pmsg.abc import Link, LinkHandler, Transport
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import BadEndpoint, UnsupportedEndpoint
+from transports.inner import ReportAs, feed
 from transports.tcp import TcpTransport
 from transports.ws_core import (
     MAX_MESSAGE,
@@ -141,18 +142,7 @@ class WsLink:
                     return event.data
                 if isinstance(event, PeerClosed):
                     raise trio.EndOfChannel
-                await self._receive_more()
-
-    async def _receive_more(self) -> None:
-        try:
-            data = await self._inner.receive()
-        except trio.EndOfChannel:
-            self._framer.receive_eof()
-            return
-        except trio.ClosedResourceError:
-            self._check_usable()
-            raise
-        self._framer.receive_data(data)
+                await feed(self._inner, self._framer, self._check_usable)
 
     async def _fail(self, exc: WsProtocolError) -> None:
         if not self._broken:
@@ -186,18 +176,6 @@ class WsLink:
                 await self._say_goodbye(CloseReason.NORMAL_CLOSURE)
         finally:
             await self._inner.aclose()
-
-
-class _ReportAs:
-    """A ``task_status`` that reports the inner transport's endpoint as ours."""
-
-    def __init__(self, outer: trio.TaskStatus[Endpoint], convert: Callable[[Endpoint], Endpoint]):
-        self._outer = outer
-        self._convert = convert
-
-    def started(self, value: Endpoint | None = None) -> None:
-        assert value is not None
-        self._outer.started(self._convert(value))
 
 
 class WsTransport:
@@ -277,7 +255,7 @@ class WsTransport:
         await self._inner.serve(
             Endpoint(self._inner.name, target.address),
             partial(self._serve_one, target.path, handler),
-            task_status=_ReportAs(task_status, report),
+            task_status=ReportAs(task_status, report),
         )
 
     async def _serve_one(self, path: str, handler: LinkHandler, inner: Link) -> None:

@@ -34,6 +34,7 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, Tex
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
+from p2pmsg.endpoint import format_address
 from p2pmsg.errors import LocalProtocolError, RemoteProtocolError
 
 MAX_MESSAGE = 1024 * 1024
@@ -75,7 +76,7 @@ class WsTarget:
     @property
     def address(self) -> str:
         """``HOST:PORT`` for the inner transport."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 # --- the handshake (sans-IO) -----------------------------------------------
