@@ -174,13 +174,17 @@ def cmd_init(args: argparse.Namespace) -> int:
             ipaddress.ip_address(args.mdns)
         except ValueError as exc:
             raise BadEndpoint(f"--mdns takes an interface's IP address, not {args.mdns!r}") from exc
+    if args.bridge and (not listen or args.mdns is not None):
+        raise BadEndpoint("a bridge needs --listen (its invite is how it is found) and no --mdns")
     if home.exists():
         raise HomeError(f"{home.path} already holds a node")
     if any(e.transport == PtTransport.name for e in listen):
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         listen = run_trio(_with_obfs4_certs, home, listen)
     listen = tuple(_with_key_args(home, e) for e in listen)
-    config = Config(listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns)
+    config = Config(
+        listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns, bridge=args.bridge
+    )
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
         identity = home.load_identity()
@@ -367,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", action="append", default=[], metavar="LINK")
     p.add_argument(
         "--mdns", metavar="IP", help="find peers on the LAN of the interface with this address"
+    )
+    p.add_argument(
+        "--bridge",
+        action="store_true",
+        help="run unlisted: never published in the DHT, reachable only through its invite",
     )
     add("invite", cmd_invite, "print this node's invite link").add_argument(
         "--qr", action="store_true", help="also print a QR code"

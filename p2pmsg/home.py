@@ -38,6 +38,8 @@ class Config:
     bootstrap: tuple[str, ...] = field(default=())
     #: The address of the one interface mDNS runs on; None: no mDNS.
     mdns: str | None = None
+    #: An unlisted node (a bridge): reachable only through its invite.
+    bridge: bool = False
 
     def to_json(self) -> str:
         data = {
@@ -45,6 +47,7 @@ class Config:
             "listen": [str(e) for e in self.listen],
             "bootstrap": self.bootstrap,
             "mdns": self.mdns,
+            "bridge": self.bridge,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -62,8 +65,11 @@ class Config:
         mdns = data.get("mdns")
         if mdns is not None and not isinstance(mdns, str):
             raise HomeError("config.json is damaged: mdns is an address or null")
+        bridge = data.get("bridge", False)
+        if not isinstance(bridge, bool):
+            raise HomeError("config.json is damaged: bridge is true or false")
         try:
-            return cls(tuple(Endpoint.parse(e) for e in listen), tuple(bootstrap), mdns)
+            return cls(tuple(Endpoint.parse(e) for e in listen), tuple(bootstrap), mdns, bridge)
         except BadEndpoint as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc
 

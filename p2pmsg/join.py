@@ -131,8 +131,8 @@ class Joiner:
                 if seeds and await self.dht.join(seeds):
                     log.info("joined the DHT")
                     self.joined.set()
-                    if self.dht.own_record is not None:
-                        await self.dht.put(self.dht.own_record)
+                    if self.dht.shared_record is not None:
+                        await self.dht.put(self.dht.shared_record)
             if len(self.dht.table):
                 # A seed node nobody lists joins when the first peer reaches it.
                 self.joined.set()

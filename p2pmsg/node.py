@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +198,14 @@ class Node:
         )
         try:
             await store.set_identity(identity.public.key, wall_clock())
+            options = options or NodeOptions()
+            if config.bridge:
+                options = replace(options, dht=replace(options.dht, unlisted=True))
             node = cls(
                 identity,
                 store,
                 transports,
-                options=options or NodeOptions(),
+                options=options,
                 wall_clock=wall_clock,
                 rng=rng,
             )
@@ -215,7 +218,7 @@ class Node:
                 await nursery.start(node.onion.run, node.joined)
                 joiner = join.Joiner(node.dht, node.store, node.joined, config)
                 nursery.start_soon(joiner.stay_joined, node.options.cache_every)
-                if config.mdns is not None:
+                if config.mdns is not None and not config.bridge:
                     await nursery.start(joiner.mdns, config.mdns)
                 await nursery.start(node._sender.run)
                 yield node

@@ -32,11 +32,19 @@ class SimWorld:
         self.net = SimNetwork()
         self.homes: dict[str, Home] = {}
 
-    def home(self, name: str, *, listen: bool = True, bootstrap: Sequence[str] = ()) -> Home:
+    def home(
+        self,
+        name: str,
+        *,
+        listen: bool = True,
+        bootstrap: Sequence[str] = (),
+        bridge: bool = False,
+    ) -> Home:
         if name not in self.homes:
             home = Home(self.root / name)
             endpoints = (Endpoint.parse(f"sim:{name}"),) if listen else ()
-            home.init(Config(listen=endpoints, bootstrap=tuple(bootstrap)), Identity.generate())
+            config = Config(listen=endpoints, bootstrap=tuple(bootstrap), bridge=bridge)
+            home.init(config, Identity.generate())
             self.homes[name] = home
         return self.homes[name]
 

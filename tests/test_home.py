@@ -33,7 +33,10 @@ endpoints = st.builds(
     ).map(tuple),
 )
 configs = st.builds(
-    Config, st.lists(endpoints, max_size=4).map(tuple), st.lists(st.text()).map(tuple)
+    Config,
+    st.lists(endpoints, max_size=4).map(tuple),
+    st.lists(st.text()).map(tuple),
+    bridge=st.booleans(),
 )
 
 
@@ -121,7 +124,15 @@ def test_config_known_answer() -> None:
         "listen": ["tcp:0.0.0.0:4001", r"pt:[::]:4002;k=a\;b,c"],
         "bootstrap": ["tcp:seed.example:4001"],
         "mdns": None,
+        "bridge": False,
     }
+
+
+def test_a_config_from_before_bridges_loads_as_a_listed_node() -> None:
+    old = {"version": 1, "listen": [], "bootstrap": [], "mdns": None}
+    assert Config.from_json(json.dumps(old)).bridge is False
+    with pytest.raises(HomeError, match="bridge"):
+        Config.from_json(json.dumps({**old, "bridge": "yes"}))
     assert Config.from_json('{"listen": []}') == Config()
     assert Config.from_json('{"listen": [], "mdns": "127.0.0.1"}').mdns == "127.0.0.1"
     with pytest.raises(HomeError, match="mdns"):

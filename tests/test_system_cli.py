@@ -453,6 +453,19 @@ async def test_init_twice_is_refused_and_keeps_the_identity(base: Path) -> None:
     assert (await ok(home, "invite")).lines[0] == link
 
 
+async def test_a_bridge_is_made_only_with_a_listen_endpoint_and_says_so_in_its_config(
+    base: Path,
+) -> None:
+    home = base / "node"
+    assert_clean_error(await cli(home, "init", "--bridge"))
+    assert_clean_error(await cli(home, "init", "--bridge", "--listen", "tcp:127.0.0.1:0",
+                                 "--mdns", "127.0.0.1"))  # fmt: skip
+    assert not home.exists()
+    done = await ok(home, "init", "--bridge", "--listen", "obfs:127.0.0.1:0")
+    assert "@obfs:127.0.0.1:" in done.lines[0] and "key" in done.lines[0]
+    assert json.loads((home / "config.json").read_text())["bridge"] is True
+
+
 @pytest.mark.parametrize(
     "endpoint",
     ["bogus", "tcp:127.0.0.1", "tcp:127.0.0.1:99999", "tcp:127.0.0.1:-1", "TCP!:127.0.0.1:0", ""],

@@ -98,6 +98,9 @@ class DhtOptions:
     link_idle: float = 60.0
     mailbox_k: int | None = None
     """Holders per mailbox replica key; None means ``k`` (at most ``k``)."""
+    unlisted: bool = False
+    """A bridge: our peer record is never stored, sent or answered, so no
+    other node can list us; only those given our invite can reach us."""
 
 
 class Dht:
@@ -157,6 +160,11 @@ class Dht:
 
     # -- our own record --------------------------------------------------------
 
+    @property
+    def shared_record(self) -> rec.Record | None:
+        """Our peer record as we hand it to others: none when unlisted."""
+        return None if self.options.unlisted else self.own_record
+
     def as_peer(self) -> Peer:
         """What an invite to this node gives another: its key and endpoints."""
         if self.own_record is None:
@@ -191,7 +199,8 @@ class Dht:
         record = rec.make_peer_record(
             self.identity, info, seq=seq, expires=int(now) + self.options.record_ttl
         )
-        self.records.put(record, now, source=self.identity.node_id)
+        if not self.options.unlisted:
+            self.records.put(record, now, source=self.identity.node_id)
         self.own_record = record
         return record
 
@@ -227,7 +236,7 @@ class Dht:
     def _answer(self, requester: PublicIdentity, request: rpc.Request, now: float) -> bytes:
         match request.method:
             case rpc.Method.PING:
-                return rec.encode(self.own_record) if self.own_record else b""
+                return rec.encode(self.shared_record) if self.shared_record else b""
             case rpc.Method.FIND_NODE:
                 target = rpc.decode_target(request.body)
                 closer = self._closer_records(target, requester.node_id)
@@ -302,7 +311,7 @@ class Dht:
         A peer that answers is offered to the routing table with the prefix
         of the endpoint that worked; one that fails is reported to it.
         """
-        sender = rec.encode(self.own_record) if self.own_record else b""
+        sender = rec.encode(self.shared_record) if self.shared_record else b""
         request = rpc.Request(self._rng(rpc.RID_BYTES), method, sender, body)
         try:
             with trio.fail_after(self.options.rpc_timeout):
@@ -412,7 +421,8 @@ class Dht:
         """The mailbox_k nodes closest to ``key``, ourselves included when we
         are one (and reachable), so every node names the same holders."""
         peers, _ = await self.lookup(key, disjoint_paths=self.options.disjoint_paths)
-        if self.own_record is not None and rec.decode_peer_info(self.own_record.value).endpoints:
+        own = self.shared_record
+        if own is not None and rec.decode_peer_info(own.value).endpoints:
             peers = sorted([*peers, self.as_peer()], key=lambda p: distance(p.node_id, key))
         return peers[: self.mailbox_k]
 
@@ -477,8 +487,8 @@ class Dht:
         while True:
             await self._publish_due.wait()
             self._publish_due = trio.Event()
-            if self.own_record is not None and len(self.table):
-                await self.put(self.own_record)
+            if self.shared_record is not None and len(self.table):
+                await self.put(self.shared_record)
 
     async def _upkeep(self) -> None:
         now = self._wall_clock()
@@ -486,7 +496,8 @@ class Dht:
         self.mailboxes.store.expire(now)
         if self.own_record is not None and len(self.table):
             self._sign_own(rec.decode_peer_info(self.own_record.value))
-            await self.put(self.own_record)
+            if self.shared_record is not None:
+                await self.put(self.shared_record)
         stale = self.table.stale_buckets(
             trio.current_time(), self.options.refresh_every, rng=self._rng
         )
