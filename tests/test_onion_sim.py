@@ -33,6 +33,8 @@ from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.store import Database, OutboxState
 
 SEEDS = 3
+LONG_EVERY = 20
+"""Every 20th message is 10 KB: six fragments, each over its own route."""
 OPTIONS = NodeOptions(
     # Test speed, measured: DHT lookups dominate the run. A node fetches its
     # mailbox right after joining; the periodic poll only catches deposits
@@ -198,7 +200,10 @@ async def churn_and_send(
                 node = world.members[sender].node
                 if node is not None:
                     break
-            message_id = await node.send(recipient, f"{sender} to {recipient} #{len(sent)}")
+            text = f"{sender} to {recipient} #{len(sent)}"
+            if len(sent) % LONG_EVERY == 0:  # some span several packets (fragments)
+                text += " " + "long" * 2500
+            message_id = await node.send(recipient, text)
             sent.append(Sent(sender, recipient, message_id))
         await trio.sleep_until(start + size.churn_every)
         going = rng.sample(sorted(set(world.online()) - seeds), size.churn_swap)
@@ -277,6 +282,12 @@ async def run_world(tmp_path: Path, size: Size, seed: int) -> None:
             await wait_all_delivered(world, timeout=12 * 3600.0)
             await check_exactly_once(world, sent)
             assert len(sent) == size.messages
+            long_ones = 0
+            for member in world.members.values():
+                assert member.node is not None
+                inbox = await member.node.store.list_inbox(limit=1000)
+                long_ones += sum(len(m.body) > 10_000 for m in inbox)
+            assert long_ones == -(-size.messages // LONG_EVERY)
             members = world.members.values()
             assert sum(m.runs for m in members) >= size.nodes + size.churn_rounds * size.churn_swap
             deposited = sum(
