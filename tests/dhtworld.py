@@ -69,10 +69,25 @@ class DhtWorld:
         return dht
 
     async def build(
-        self, nursery: trio.Nursery, count: int, *, options: DhtOptions | None = None
+        self,
+        nursery: trio.Nursery,
+        count: int,
+        *,
+        options: DhtOptions | None = None,
+        rng: random.Random | None = None,
     ) -> list[Dht]:
-        """``count`` nodes on hosts 10.<i>.0.1, each joining through the first."""
-        built = [await self.add(nursery, f"10.{i + 1}.0.1", options=options) for i in range(count)]
+        """``count`` nodes on hosts 10.<i>.0.1, each joining through the first;
+        with ``rng``, their identities come from it (a test that places other
+        identities near a key must know where the honest ones are)."""
+        built = [
+            await self.add(
+                nursery,
+                f"10.{i + 1}.0.1",
+                options=options,
+                identity=Identity(rng.randbytes(32)) if rng is not None else None,
+            )
+            for i in range(count)
+        ]
         for dht in built[1:]:
             assert await dht.join([as_seed(built[0])])
         return built

@@ -168,7 +168,7 @@ async def test_s15_sybils_closest_to_one_key_do_not_stop_a_fetch(
     rng = random.Random(15)
     world = DhtWorld(DhtOptions(max_per_prefix_bucket=None, max_per_prefix_table=None))
     async with trio.open_nursery() as nursery:
-        honest = await world.build(nursery, 24)
+        honest = await world.build(nursery, 24, rng=rng)  # fixed ids: none among the Sybils
         victim = honest[5].identity.node_id
         target = mailbox_keys(victim, epoch_of(sim_wall_clock()))[0]
         sybils = []
