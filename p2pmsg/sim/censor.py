@@ -54,6 +54,8 @@ class FlowView:
     """(client host, server host, server port): the residual-blocking key."""
     first: list[bytes] = field(default_factory=list)
     client_packets: int = 0
+    settled: dict[int, bool] = field(default_factory=dict)
+    """Per payload rule (by ``id``): its match once the first payloads are all in."""
     condemned: Verdict | None = None
 
 
@@ -77,13 +79,21 @@ class MatchPayload:
     matched: int = 0
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
-        if not flow.first or not self.match(flow.first):
+        if not flow.first or not self._matches(flow):
             return None
         self.matched += 1
         flow.condemned = self.verdict
         if self.residual is not None:
             self.residual.block(flow.client, now)
         return self.verdict
+
+    def _matches(self, flow: FlowView) -> bool:
+        """``match`` on the flow's first payloads, computed once they are all in."""
+        if flow.client_packets < FIRST_PAYLOADS:
+            return self.match(flow.first)
+        if id(self) not in flow.settled:
+            flow.settled[id(self)] = self.match(flow.first)
+        return flow.settled[id(self)]
 
 
 def contains(pattern: bytes) -> Callable[[Sequence[bytes]], bool]:
