@@ -19,6 +19,7 @@ from p2pmsg.delivery.onion_frames import (
     ForwardMessage,
     Fragment,
     ReplyMessage,
+    Unreadable,
     decode,
     decode_packet_message,
     encode_clears,
@@ -28,6 +29,7 @@ from p2pmsg.delivery.onion_frames import (
     encode_packet_message,
     encode_part,
     encode_reply,
+    encode_unreadable,
 )
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.onion import sphinx
@@ -59,6 +61,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
             assert encode_part(message) == data
         case Fragment():
             assert encode_fragment(message) == data
+        case Unreadable():
+            assert encode_unreadable(message) == data
 
 
 def seeds() -> dict[str, bytes]:
@@ -89,6 +93,8 @@ def seeds() -> dict[str, bytes]:
         "fragment_alone": encode_fragment(Fragment(ID, 0, 2, b"d"))[:18]
         + b"\x00\x01"
         + encode_fragment(Fragment(ID, 0, 2, b"d"))[20:],
+        "unreadable": encode_unreadable(Unreadable.REPLAYED_START),
+        "unreadable_unknown_reason": encode_unreadable(Unreadable.NO_SESSION)[:2] + b"\x09",
         "packet": encode_packet_message(bytes(sphinx.PACKET_BYTES)),
         "packet_short": encode_packet_message(bytes(sphinx.PACKET_BYTES))[:-1],
         "empty": b"",

@@ -166,6 +166,7 @@ class Node:
             wall_clock=wall_clock,
             rng=rng,
         )
+        self.onion.path.on_retry = self._sender.wake
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"

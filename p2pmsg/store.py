@@ -286,6 +286,17 @@ class Database(OnionTables):
             )
             return cur.rowcount == 1
 
+    def retry_sooner(self, id: bytes, when: float) -> bytes | None:
+        """Bring a queued message's next attempt forward to ``when`` (never
+        later); its peer, or None unless the message is queued."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE outbox SET next_attempt = min(next_attempt, ?)"
+                " WHERE id = ? AND state = 'queued' RETURNING peer",
+                (when, id),
+            ).fetchone()
+            return bytes(row[0]) if row else None
+
     def mark_delivered(self, id: bytes, now: float) -> bool:
         """Mark an acked message delivered; True only if it was queued (idempotent).
 
@@ -442,6 +453,7 @@ class Store:
     pending_for_peer = _offloaded(Database.pending_for_peer)
     mark_attempt = _offloaded(Database.mark_attempt)
     mark_delivered = _offloaded(Database.mark_delivered)
+    retry_sooner = _offloaded(Database.retry_sooner)
     expire_due = _offloaded(Database.expire_due)
     list_outbox = _offloaded(Database.list_outbox)
     count_queued = _offloaded(Database.count_queued)

@@ -33,6 +33,7 @@ from p2pmsg.e2e.primitives import (
     ForgedPrekey,
     MalformedBundle,
     NoSession,
+    ReplayedStart,
     UnknownPrekey,
 )
 from p2pmsg.e2e.ratchet import RatchetState
@@ -244,6 +245,38 @@ def test_a_replayed_initial_message_does_not_start_a_second_session() -> None:
     assert receive(ALICE, PrekeySecrets.generate(ALICE, rng), BOB, fresh, reply)[2] == (
         b"welcome back"
     )
+
+
+def test_a_restart_keeps_the_replaced_session_for_messages_in_flight() -> None:
+    rng = seeded_rng("restart")
+    a, b, _, bob_pk, _ = established()
+    b, late = session.encrypt(BOB, ALICE.public, b, None, b"in flight", rng)
+    with pytest.raises(NoSession):
+        session.encrypt(ALICE, BOB.public, a, None, b"x", rng, restart=True)
+    a2, start = session.encrypt(
+        ALICE, BOB.public, a, bob_pk.bundle(BOB), b"anew", rng, restart=True
+    )
+    assert start[1] == Kind.INITIAL
+    assert receive(ALICE, PrekeySecrets.generate(ALICE, rng), BOB, a2, late)[2] == b"in flight"
+    assert receive(BOB, bob_pk, ALICE, b, start)[2] == b"anew"
+
+
+def test_starts_of_three_sessions_out_of_order_refuse_the_oldest_as_a_replay() -> None:
+    """Bob holds one session besides the current: a start whose session fell
+    out of both is refused as a replay (ReplayedStart), which is what the node
+    answers with a request for a new session (onion_frames.Unreadable)."""
+    rng = seeded_rng("three starts")
+    secrets = bob_keys(rng, one_time=0)
+    starts = []
+    for i in range(3):
+        a, m = session.encrypt(ALICE, BOB.public, None, secrets.bundle(BOB), b"s%d" % i, rng)
+        _, again = session.encrypt(ALICE, BOB.public, a, None, b"t%d" % i, rng)
+        starts.append((m, again))
+    b = None
+    for first, _ in starts:
+        b, secrets, _text = receive(BOB, secrets, ALICE, b, first)
+    assert receive(BOB, secrets, ALICE, b, starts[1][1])[2] == b"t1"  # the previous session
+    assert isinstance(refused(BOB, secrets, ALICE, b, starts[0][1]), ReplayedStart)
 
 
 def test_sessions_started_by_both_sides_at_once_converge() -> None:

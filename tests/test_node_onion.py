@@ -217,3 +217,37 @@ async def test_an_onion_message_is_retried_only_when_due(
         with trio.fail_after(5):
             while await attempts() != [1, 1]:  # noqa: ASYNC110 - store counters signal nothing
                 await trio.sleep(0.1)
+
+
+async def test_a_recipient_that_lost_its_session_asks_for_a_new_one(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Bob loses the session alice writes in (a restored backup, say). He cannot
+    open her next message and says so through its reply block; her next attempt,
+    within UNREADABLE_RETRY, starts a new session. Without that she would retry
+    into the same wall until her blind restart, an hour of backoff away."""
+    boot = [world.invite(RELAYS[0])]
+    befriend(world, "alice", "bob", boot)
+    async with running(world, RELAYS, boot), world.node("alice", bootstrap=boot) as alice:
+        await alice.joined.wait()
+        async with world.node("bob", bootstrap=boot) as bob:
+            await bob.joined.wait()
+            await until(bob.onion.prekeys_published.is_set)
+            hello = await alice.send("bob", "hello")
+            with trio.fail_after(600):
+                await bob.messages().receive()
+                assert await alice.deliveries().receive() == hello
+            await bob.send("alice", "hello back")  # alice now writes NORMAL messages
+            with trio.fail_after(600):
+                await alice.messages().receive()
+        with Database.open(world.home("bob").db_file) as db, db._write() as conn:
+            assert conn.execute("DELETE FROM sessions").rowcount == 1
+        async with world.node("bob", bootstrap=boot) as bob:
+            await bob.joined.wait()
+            sent = await alice.send("bob", "after the loss")
+            with trio.fail_after(300):
+                got = await bob.messages().receive()
+                assert await alice.deliveries().receive() == sent
+            assert got.text == "after the loss"
+            assert bob.onion.receiver.stats.unreadable_sent >= 1
+            assert alice.onion.receiver.stats.unreadable_received >= 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import trio
 from hypothesis import given
@@ -46,23 +49,23 @@ messages = st.one_of(
             st.binary(min_size=1, max_size=f.FRAGMENT_DATA),
         )
     ),
+    st.sampled_from(f.Unreadable),
 )
 
 
+ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    f.ForwardMessage: f.encode_forward,
+    f.ReplyMessage: f.encode_reply,
+    f.FetchRequest: f.encode_fetch,
+    f.ClearRequests: f.encode_clears,
+    f.EntryPart: f.encode_part,
+    f.Fragment: f.encode_fragment,
+    f.Unreadable: f.encode_unreadable,
+}
+
+
 def encode(message: f.OnionMessage) -> bytes:
-    match message:
-        case f.ForwardMessage():
-            return f.encode_forward(message)
-        case f.ReplyMessage():
-            return f.encode_reply(message)
-        case f.FetchRequest():
-            return f.encode_fetch(message)
-        case f.ClearRequests():
-            return f.encode_clears(message)
-        case f.EntryPart():
-            return f.encode_part(message)
-        case f.Fragment():
-            return f.encode_fragment(message)
+    return ENCODERS[type(message)](message)
 
 
 @given(messages)
@@ -70,6 +73,12 @@ def test_every_message_round_trips_and_fits_one_packet(message: f.OnionMessage) 
     data = encode(message)
     assert len(data) <= sphinx.MAX_MESSAGE
     assert f.decode(data) == message
+
+
+@pytest.mark.parametrize("data", [b"\x01\x07\x00", b"\x01\x07\x04", b"\x01\x07\x01\x00"])
+def test_an_unknown_or_long_unreadable_reply_is_refused(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        f.decode(data)
 
 
 @given(messages, st.data())

@@ -21,6 +21,12 @@ reply through a SURB::
 
     version(1) kind=2 count(1) count x message id(16)
 
+or, when the recipient unsealed the message but no session it holds opens
+the e2e message inside (it lost its state, retired the prekey named, or
+refused a replayed start), a request to start a new session::
+
+    UNREADABLE version(1) kind=7 reason(1)
+
 A mailbox owner's requests to a node that fetches or clears for it (so the
 holders never see the owner's address), and that node's answers through the
 owner's SURBs, one entry in ``count`` parts (a stored entry is a whole
@@ -39,6 +45,7 @@ One encoder and one decoder per format, side by side; decoders raise
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
@@ -70,6 +77,15 @@ class Kind(IntEnum):
     CLEAR = 4
     PART = 5
     FRAGMENT = 6
+    UNREADABLE = 7
+
+
+class Unreadable(IntEnum):
+    """Why the recipient could not open an e2e message (for the sender's stats)."""
+
+    NO_SESSION = 1
+    UNKNOWN_PREKEY = 2
+    REPLAYED_START = 3
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,9 @@ class Fragment:
     data: bytes = field(repr=False)
 
 
-OnionMessage = ForwardMessage | ReplyMessage | FetchRequest | ClearRequests | EntryPart | Fragment
+OnionMessage = (
+    ForwardMessage | ReplyMessage | FetchRequest | ClearRequests | EntryPart | Fragment | Unreadable
+)
 
 
 def encode_fetch(message: FetchRequest) -> bytes:
@@ -275,25 +293,44 @@ def encode_reply(message: ReplyMessage) -> bytes:
     return bytes([VERSION, Kind.REPLY, len(message.acks)]) + b"".join(message.acks)
 
 
+def encode_unreadable(reason: Unreadable) -> bytes:
+    return bytes([VERSION, Kind.UNREADABLE, reason])
+
+
+def _decode_reply(data: bytes) -> ReplyMessage:
+    count = data[2]
+    if not 1 <= count <= MAX_ACKS or len(data) != 3 + count * ID_BYTES:
+        raise RemoteProtocolError("malformed reply")
+    return ReplyMessage(
+        tuple(bytes(data[3 + i * ID_BYTES : 3 + (i + 1) * ID_BYTES]) for i in range(count))
+    )
+
+
+def _decode_unreadable(data: bytes) -> Unreadable:
+    if len(data) != 3:
+        raise RemoteProtocolError("malformed unreadable reply")
+    try:
+        return Unreadable(data[2])
+    except ValueError:
+        raise RemoteProtocolError("unknown unreadable reason") from None
+
+
+_DECODERS: Final[dict[int, Callable[[bytes], OnionMessage]]] = {
+    Kind.REPLY: _decode_reply,
+    Kind.FETCH: _decode_fetch,
+    Kind.CLEAR: _decode_clears,
+    Kind.PART: _decode_part,
+    Kind.FRAGMENT: _decode_fragment,
+    Kind.UNREADABLE: _decode_unreadable,
+}
+
+
 def decode(data: bytes) -> OnionMessage:
     """Parse a Sphinx message. Raises :class:`RemoteProtocolError`."""
     if len(data) < 3 or data[0] != VERSION:
         raise RemoteProtocolError("unknown onion message version")
-    match data[1]:
-        case Kind.FETCH:
-            return _decode_fetch(data)
-        case Kind.CLEAR:
-            return _decode_clears(data)
-        case Kind.PART:
-            return _decode_part(data)
-        case Kind.FRAGMENT:
-            return _decode_fragment(data)
-    if data[1] == Kind.REPLY:
-        count = data[2]
-        if not 1 <= count <= MAX_ACKS or len(data) != 3 + count * ID_BYTES:
-            raise RemoteProtocolError("malformed reply")
-        ids = tuple(bytes(data[3 + i * ID_BYTES : 3 + (i + 1) * ID_BYTES]) for i in range(count))
-        return ReplyMessage(ids)
+    if (decoder := _DECODERS.get(data[1])) is not None:
+        return decoder(data)
     if data[1] != Kind.FORWARD or len(data) < _FORWARD_HEAD:
         raise RemoteProtocolError("unknown or short onion message")
     surb = bytes(data[2 : 2 + sphinx.SURB_BYTES])

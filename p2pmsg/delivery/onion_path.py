@@ -27,6 +27,7 @@ the relays of its unanswered SURBs take a failure.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -56,8 +57,14 @@ MAX_ONION_BODY = (
 :data:`~p2pmsg.delivery.onion_frames.MAX_FRAGMENTS` packets."""
 
 
-RESTART_EVERY = 4
-"""Unanswered attempts after which a message goes out on a fresh session."""
+RESTART_EVERY = 8
+"""Unanswered attempts after which a message goes out on a fresh session
+(a fallback: the recipient normally asks for one, :meth:`OnionPath.unreadable`)."""
+UNREADABLE_RETRY = 15.0
+"""Seconds after the recipient asked for a new session that the message is
+tried again on one (once per message; later requests wait for the backoff)."""
+MAX_REMEMBERED = 4096
+"""Peers remembered as owed a new session, and messages as hurried once."""
 
 
 class NoPrekeys(P2PMsgError):
@@ -95,6 +102,10 @@ class OnionPath:
         self.options = options
         self._wall_clock = wall_clock
         self._rng = rng
+        self._restart: OrderedDict[bytes, None] = OrderedDict()  # peers owed a new session
+        self._hurried: OrderedDict[bytes, None] = OrderedDict()  # message ids
+        self.on_retry: Callable[[], None] = lambda: None
+        """Called when a message became due sooner (the node wakes its sender)."""
 
     # -- sending ---------------------------------------------------------------
 
@@ -182,14 +193,16 @@ class OnionPath:
         )
 
     async def _encrypt(self, recipient: PublicIdentity, message: OutboxMessage) -> bytes:
-        stored = await self.store.get_session(recipient.node_id)
+        peer = recipient.node_id
+        stored = await self.store.get_session(peer)
         state = RatchetState.from_bytes(stored) if stored is not None else None
-        if message.attempts % RESTART_EVERY == RESTART_EVERY - 1:
-            # Every few unanswered attempts start over from the peer's current
-            # bundle: a session whose prekey the peer has since retired would
-            # otherwise never open there. The peer keeps the previous session.
-            state = None
-        bundle = None if state is not None else await self._bundle(recipient)
+        # A new session from the peer's current bundle when the peer could not
+        # open our last message, and every few unanswered attempts in case its
+        # answer was lost. Both sides keep the session it replaces as previous.
+        restart = state is not None and (
+            peer in self._restart or message.attempts % RESTART_EVERY == RESTART_EVERY - 1
+        )
+        bundle = await self._bundle(recipient) if state is None or restart else None
         frame = MsgFrame(
             message.id,
             int(message.created * 1000),
@@ -199,9 +212,11 @@ class OnionPath:
             await self.store.low_water(message.peer),
         )
         state, inner = session.encrypt(
-            self.identity, recipient, state, bundle, frames.encode(frame), self._rng
-        )
-        await self.store.save_session(recipient.node_id, state.to_bytes(), self._wall_clock())
+            self.identity, recipient, state, bundle, frames.encode(frame), self._rng,
+            restart=restart,
+        )  # fmt: skip
+        await self.store.save_session(peer, state.to_bytes(), self._wall_clock())
+        self._restart.pop(peer, None)
         return sealed.seal(self.identity, recipient, inner, self._rng)
 
     async def _bundle(self, recipient: PublicIdentity) -> prekeys.PrekeyBundle:
@@ -236,11 +251,33 @@ class OnionPath:
         self.scores.route_succeeded(record.relays, self._wall_clock())
         return record.message, reply
 
+    async def unreadable(self, message_id: bytes) -> None:
+        """The recipient of ``message_id`` could not open it with any session it
+        holds: the next attempt to that peer starts a new one, and the first
+        time for this message that attempt comes within :data:`UNREADABLE_RETRY`
+        seconds (a peer that keeps refusing waits for the usual backoff)."""
+        first = message_id not in self._hurried
+        soon = self._wall_clock() + UNREADABLE_RETRY if first else float("inf")
+        peer = await self.store.retry_sooner(message_id, soon)
+        if peer is None:
+            return  # delivered or expired meanwhile
+        _remember(self._restart, peer)
+        if first:
+            _remember(self._hurried, message_id)
+            self.on_retry()
+
     async def attempt_failed(self, message_id: bytes) -> None:
         """The ack of ``message_id`` is overdue: its unanswered routes take a failure."""
         now = self._wall_clock()
         for relays in await self.store.surb_routes(message_id, limit=1):
             self.scores.route_failed(relays, now)
+
+
+def _remember(table: OrderedDict[bytes, None], key: bytes) -> None:
+    table[key] = None
+    table.move_to_end(key)
+    while len(table) > MAX_REMEMBERED:
+        table.popitem(last=False)
 
 
 def _hops(route: Sequence[Candidate]) -> list[sphinx.Hop]:

@@ -36,7 +36,7 @@ from p2pmsg.delivery.onion_path import OnionPath
 from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.e2e import sealed, session
 from p2pmsg.e2e.prekeys import PrekeySecrets
-from p2pmsg.e2e.primitives import CorruptState
+from p2pmsg.e2e.primitives import CorruptState, DecryptError, ReplayedStart, UnknownPrekey
 from p2pmsg.e2e.ratchet import RatchetState
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
@@ -56,6 +56,8 @@ class ReceiverStats:
     acks_sent: int = 0
     acks_failed: int = 0
     acks_received: int = 0
+    unreadable_sent: int = 0
+    unreadable_received: int = 0
 
 
 class MailboxService(Protocol):
@@ -132,11 +134,6 @@ class Receiver:
         except RemoteProtocolError as exc:
             log.debug("refused an onion message: %s", exc)
             self.stats.refused += 1
-        except CorruptState as exc:
-            # Our own stored session is damaged: this peer's messages cannot be
-            # read until its next session; everyone else's still can.
-            log.warning("a stored e2e session is damaged: %s", exc)
-            self.stats.refused += 1
 
     async def _reply(self, surb_id: bytes, payload: bytes) -> None:
         opened = await self.onion.open_reply(surb_id, payload)
@@ -145,6 +142,11 @@ class Receiver:
         tag, reply = opened
         if isinstance(reply, onion_frames.EntryPart) and self.mailbox is not None:
             await self.mailbox.take_part(tag, reply)
+            return
+        if isinstance(reply, onion_frames.Unreadable):
+            log.debug("the recipient could not open a message: %s", reply.name)
+            self.stats.unreadable_received += 1
+            await self.onion.unreadable(tag)
             return
         if not isinstance(reply, onion_frames.ReplyMessage) or tag not in reply.acks:
             raise RemoteProtocolError("a reply that does not answer its SURB")
@@ -173,14 +175,31 @@ class Receiver:
                 raise RemoteProtocolError("an onion message that is not ours to take")
         surb = sphinx.decode_surb(message.surb)
         sender, inner = sealed.unseal(self.identity, message.envelope)
-        async with self._lock:
-            frame = await self._open_and_commit(sender, inner)
+        try:
+            async with self._lock:
+                frame = await self._open_and_commit(sender, inner)
+        except DecryptError as exc:
+            # No session we hold opens it: ask the sender for a new one rather
+            # than leave it retrying into the same wall.
+            self.stats.unreadable_sent += 1
+            await self._send_reply(surb, onion_frames.encode_unreadable(_reason(exc)))
+            raise
         self.stats.opened += 1
-        await self._ack(surb, frame.id)
+        reply = onion_frames.encode_reply(onion_frames.ReplyMessage((frame.id,)))
+        if await self._send_reply(surb, reply):
+            self.stats.acks_sent += 1
+        else:
+            self.stats.acks_failed += 1
 
     async def _open_and_commit(self, sender: PublicIdentity, inner: bytes) -> MsgFrame:
-        stored = await self.store.get_session(sender.node_id)
-        state = RatchetState.from_bytes(stored) if stored is not None else None
+        state = None
+        if (stored := await self.store.get_session(sender.node_id)) is not None:
+            try:
+                state = RatchetState.from_bytes(stored)
+            except CorruptState as exc:
+                # Our stored session is damaged: its messages cannot be read,
+                # but the new session the sender will be asked for can.
+                log.warning("a stored e2e session is damaged: %s", exc)
         current = self.secrets()
         new_state, secrets, plaintext = session.decrypt(
             self.identity, current, sender, state, inner
@@ -199,13 +218,20 @@ class Receiver:
         await self._on_message(inbox, new, frame.low)
         return frame
 
-    async def _ack(self, surb: sphinx.Surb, message_id: bytes) -> None:
-        reply = onion_frames.encode_reply(onion_frames.ReplyMessage((message_id,)))
+    async def _send_reply(self, surb: sphinx.Surb, reply: bytes) -> bool:
+        """Send ``reply`` through ``surb``; False if its first relay is unreachable."""
         first, packet = sphinx.use_surb(surb, reply)
         try:
             await self.onion.send_packet(first, packet)
         except (*DIAL_ERRORS, NoRoute) as exc:  # the sender retries
-            log.debug("could not send an ack: %r", exc)
-            self.stats.acks_failed += 1
-        else:
-            self.stats.acks_sent += 1
+            log.debug("could not send a reply: %r", exc)
+            return False
+        return True
+
+
+def _reason(exc: DecryptError) -> onion_frames.Unreadable:
+    if isinstance(exc, UnknownPrekey):
+        return onion_frames.Unreadable.UNKNOWN_PREKEY
+    if isinstance(exc, ReplayedStart):
+        return onion_frames.Unreadable.REPLAYED_START
+    return onion_frames.Unreadable.NO_SESSION

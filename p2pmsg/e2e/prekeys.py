@@ -62,10 +62,10 @@ from typing import Final
 from p2pmsg.e2e.primitives import (
     KEY_BYTES,
     CorruptState,
-    DecryptError,
     ForgedPrekey,
     MalformedBundle,
     Reader,
+    ReplayedStart,
     UnknownPrekey,
     keypair,
     public_of,
@@ -234,10 +234,10 @@ class PrekeySecrets:
         """The signed and one-time prekey secrets an initial message names.
 
         Raises :class:`UnknownPrekey` for a prekey we no longer hold and
-        :class:`DecryptError` for a base key already seen (a replay).
+        :class:`ReplayedStart` for a base key already seen (a replay).
         """
         if base_key in self.seen:
-            raise DecryptError("a replayed initial message")
+            raise ReplayedStart("a replayed initial message")
         if spk_id == self.spk_id:
             spk = self.spk
         elif self.previous is not None and spk_id == self.previous[0]:

@@ -49,6 +49,10 @@ class UnknownPrekey(DecryptError):
     """The message names a prekey we no longer hold: the sender must fetch our new prekeys."""
 
 
+class ReplayedStart(DecryptError):
+    """An initial message whose session we no longer hold: seen before, so refused."""
+
+
 class ForgedPrekey(RemoteProtocolError):
     """A prekey bundle is not signed by the identity it claims."""
 

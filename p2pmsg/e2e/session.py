@@ -127,19 +127,24 @@ def encrypt(  # noqa: PLR0917 - the integrator codes against this signature
     bundle: PrekeyBundle | None,
     plaintext: bytes,
     rng: Rng,
+    *,
+    restart: bool = False,
 ) -> tuple[RatchetState, bytes]:
     """Encrypt ``plaintext`` to ``peer``: (new state, E2E message).
 
-    With ``state`` None a session is started from ``bundle`` (raises
-    :class:`NoSession` without one, :class:`ForgedPrekey` if it is not
-    ``peer``'s).
+    With ``state`` None, or ``restart``, a new session is started from
+    ``bundle`` (raises :class:`NoSession` without one, :class:`ForgedPrekey`
+    if it is not ``peer``'s); a restarted session keeps the one it replaces
+    as ``previous``, so the peer's messages in flight still open.
     """
-    if state is None:
+    if state is None or restart:
         if bundle is None:
             raise NoSession("no session and no prekey bundle")
         if bundle.identity != peer.key:
             raise ForgedPrekey("the bundle belongs to another identity")
-        state, _ = start_session(me, bundle, rng)
+        fresh, _ = start_session(me, bundle, rng)
+        fresh.previous = _archived(state)
+        state = fresh
     else:
         state = state.clone()
     if state.extra[:1] == bytes([_INITIATOR]) and not state.has_received:
