@@ -156,9 +156,13 @@ class PacketLinks:
             async with trio.open_nursery() as nursery:
                 self._watchers = nursery
                 task_status.started()
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Before the nursery closes to new arrivals: a send that
+                    # completes while the watchers wind down keeps no link.
+                    self._watchers = None
         finally:
-            self._watchers = None
             await self.close_all()
 
     async def _watch(self, node_id: bytes, link: SecureLink) -> None:
@@ -190,10 +194,12 @@ class PacketLinks:
         except BaseException:
             await link.aclose()
             raise
+        if self._watchers is None:  # not running, or stopping: nobody would watch it
+            await link.aclose()
+            return
         old = self._links.pop(peer.node_id, None)
         self._links[peer.node_id] = (link, now)
-        if self._watchers is not None:
-            self._watchers.start_soon(self._watch, peer.node_id, link)
+        self._watchers.start_soon(self._watch, peer.node_id, link)
         if old is not None:
             await old[0].aclose()
         while len(self._links) > self.max_links:
