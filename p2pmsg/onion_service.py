@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 PREKEY_TTL = 7 * 86_400
 SIGNED_PREKEY_LIFETIME = 7 * 86_400.0
 ONE_TIME_PREKEYS = 32
+PREKEY_COPIES = 3
+"""A prekey bundle stored on fewer nodes than this is published again soon."""
+PREKEY_RETRY = 30.0
+"""The first wait before publishing a poorly stored bundle again; it doubles."""
 PENDING_CLEAR = "mailbox_pending_clear"
 MAX_PENDING = 4 * mailbox.DEFAULT_MAX_PER_KEY
 MAILBOX_EPOCHS = 31
@@ -169,12 +173,21 @@ class OnionService:
     # -- prekeys -----------------------------------------------------------------
 
     async def _prekey_upkeep(self, joined: trio.Event) -> None:
+        """Publish our bundle every quarter of its lifetime and whenever a
+        one-time key was used; sooner, backing off, while it reaches fewer than
+        :data:`PREKEY_COPIES` nodes (just after joining a young network, or when
+        a censor took the nodes that held it), since nobody can write to us first
+        without it."""
         await joined.wait()
+        retry = PREKEY_RETRY
         while True:
             self.receiver.prekeys_changed = trio.Event()  # before: a use meanwhile counts
             await self._refresh_prekeys()
-            await self._publish_prekeys()
-            with trio.move_on_after(PREKEY_TTL / 4):
+            if await self._publish_prekeys() >= PREKEY_COPIES:
+                wait, retry = PREKEY_TTL / 4, PREKEY_RETRY
+            else:
+                wait, retry = retry, min(2 * retry, PREKEY_TTL / 4)
+            with trio.move_on_after(wait):
                 await self.receiver.prekeys_changed.wait()
 
     async def _refresh_prekeys(self) -> None:
@@ -191,7 +204,8 @@ class OnionService:
             self._signed_prekey_at = now
             await self.store.set_meta("signed_prekey_at", str(now))
 
-    async def _publish_prekeys(self) -> None:
+    async def _publish_prekeys(self) -> int:
+        """Store our current bundle in the DHT; on how many nodes."""
         bundle = self.receiver.secrets().bundle(self.identity)
         now = self._wall_clock()
         record = rec.sign_record(
@@ -206,6 +220,7 @@ class OnionService:
         log.info("published our prekeys on %d nodes", stored)
         if stored:
             self.prekeys_published.set()
+        return stored
 
     # -- mailbox -----------------------------------------------------------------
 

@@ -13,8 +13,10 @@ from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
 from p2pmsg.delivery.onion_frames import FRAGMENT_DATA
+from p2pmsg.dht.records import RecordType, prekey_key
 from p2pmsg.node import Node
 from p2pmsg.onion import sphinx
+from p2pmsg.onion_service import PREKEY_COPIES
 from p2pmsg.store import Database, OutboxState
 
 RELAYS = [f"relay{i}" for i in range(6)]
@@ -251,3 +253,31 @@ async def test_a_recipient_that_lost_its_session_asks_for_a_new_one(
             assert got.text == "after the loss"
             assert bob.onion.receiver.stats.unreadable_sent >= 1
             assert alice.onion.receiver.stats.unreadable_received >= 1
+
+
+async def test_a_bundle_that_reached_too_few_nodes_is_published_again_soon(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Bob joins a network of one and stores his prekeys on at most two nodes.
+    As the network grows he publishes again, backing off from 30 s, rather
+    than a quarter of the bundle's week later: until then nobody finds it
+    (found by the S1 simulation, where such users received nothing)."""
+    boot = [world.invite(RELAYS[0])]
+    async with running(world, RELAYS[:1], boot), world.node("bob", bootstrap=boot) as bob:
+        await bob.joined.wait()
+        await until(bob.onion.prekeys_published.is_set)
+        key = prekey_key(bob.identity.node_id)
+
+        def holders(nodes: Sequence[Node]) -> int:
+            now = sim_wall_clock()
+            return sum(bool(n.dht.records.get(RecordType.PREKEYS, key, now)) for n in nodes)
+
+        async with AsyncExitStack() as stack:
+            others = [
+                await stack.enter_async_context(world.node(name, bootstrap=boot))
+                for name in RELAYS[1:]
+            ]
+            for node in others:
+                await node.joined.wait()
+            assert holders(others) == 0
+            await until(lambda: holders(others) >= PREKEY_COPIES, timeout=600.0)
