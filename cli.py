@@ -37,11 +37,10 @@ from p2pmsg.errors import BadEndpoint, HomeError, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, encode_key
 from p2pmsg.node import Node
-from p2pmsg.sim.net import SimNetwork
+from p2pmsg.sim import lab
 from p2pmsg.store import Database
 from transports.obfs import ObfsTransport, load_or_create_key
 from transports.pt import PtTransport
-from transports.sim import SimTransport
 from transports.tcp import TcpTransport
 from transports.tls import TlsTransport
 from transports.tls_certs import encode_pin, load_or_create
@@ -339,21 +338,26 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    net = SimNetwork()
-    bob_listen = [
-        ("in-process", Endpoint.parse("sim:bob")),
-        ("tcp", Endpoint.parse("tcp:127.0.0.1:0")),
-    ]
-    _out("p2pmsg demo: two nodes in this process, one message over each transport")
-    ok = run_trio(
-        run_demo,
-        [SimTransport(net, "alice"), TcpTransport()],
-        [SimTransport(net, "bob"), TcpTransport()],
-        bob_listen,
-        _out,
-    )
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    ok = run_demo(_out, Path(args.out))
     return 0 if ok else 1
+
+
+def cmd_sim_list(args: argparse.Namespace) -> int:
+    return lab.list_scenarios(_out)
+
+
+def cmd_sim_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    return lab.run(
+        args.scenario,
+        seeds=args.seeds,
+        nodes=args.nodes,
+        out_dir=Path(args.out),
+        as_json=args.json,
+        out=_out,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,7 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lookup", cmd_lookup, "find a node's endpoints in the DHT")
     p.add_argument("node_id", metavar="NODE_ID")
     p.add_argument("--json", action="store_true")
-    add("demo", cmd_demo, "two in-process nodes exchanging messages")
+    add("demo", cmd_demo, "Russia 2018 on a simulated internet: what p2pmsg survives").add_argument(
+        "--out", default="p2pmsg-demo", help="where the report goes"
+    )
+    sim = sub.add_parser("sim", help="the censorship lab: scenarios on a simulated internet")
+    ssub = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
+    ssub.add_parser("list", help="the scenarios shipped").set_defaults(func=cmd_sim_list)
+    p = ssub.add_parser("run", help="run a scenario over seeds and judge it")
+    p.set_defaults(func=cmd_sim_run)
+    p.add_argument("scenario", metavar="FILE_OR_ID")
+    p.add_argument("--seeds", type=int, help="how many seeds (default: the scenario's)")
+    p.add_argument("--nodes", type=int, help="users to simulate (default: the scenario's)")
+    p.add_argument("--out", default="sim-results", help="where results.json goes")
+    p.add_argument("--json", action="store_true", help="print results.json instead of the table")
     return parser
 
 

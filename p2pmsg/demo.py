@@ -1,89 +1,74 @@
-"""``p2pmsg demo``: two nodes in one process exchanging messages.
+"""``p2pmsg demo``: Russia, April 2018, on a simulated internet, told with numbers.
 
-The caller (the CLI) hands in the transports, as always; the demo makes two
-throw-away homes, lets Bob listen on one endpoint per transport, and sends
-one message from Alice over each, printing what happens.
+The demo runs a small version of scenario S1 (:mod:`p2pmsg.sim`): real
+p2pmsg nodes of users in one country, bootstrap nodes and a fixed-server
+messenger (the control client) in the cloud abroad, and a censor that drops
+the servers, then lists every foreign address its users contact, then whole
+cloud ranges, each ISP applying the list late. It prints what the censor
+did, what the control client lost, what p2pmsg users still delivered, and
+where the report went. One seed, about half a minute on two cores.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
-import trio
+from p2pmsg.sim import lab, report, runner
+from p2pmsg.sim.scenario import Scenario
 
-from p2pmsg.abc import Transport
-from p2pmsg.endpoint import Endpoint
-from p2pmsg.home import Config, Home
-from p2pmsg.keys import Identity
-from p2pmsg.node import Node, NodeOptions
-from p2pmsg.store import Contact
-
-DEMO_TIMEOUT = 60.0
+Out = Callable[[str], None]
 
 
-def _make_home(root: Path, name: str, listen: Sequence[Endpoint]) -> Home:
-    home = Home(root / name)
-    home.init(Config(listen=tuple(listen)), Identity.generate())
-    return home
+def demo_scenario() -> Scenario:
+    """S1, smaller and shorter: 16 users on 2 ISPs for 3 simulated hours."""
+    s1 = lab.find("S1")
+    return dataclasses.replace(
+        s1,
+        run=dataclasses.replace(s1.run, duration=3 * 3600.0, drain=1800.0, seeds=1),
+        topology=dataclasses.replace(s1.topology, users=16, isps=2),
+        traffic=dataclasses.replace(s1.traffic, pairs=8, every=900.0),
+    )
 
 
-async def _one_route(
-    alice: Node, bob: Node, label: str, endpoint: Endpoint, out: Callable[[str], None]
-) -> bool:
-    await alice.store.update_contact_endpoints(bob.identity.node_id, (str(endpoint),))
-    text = f"hello over {label}"
-    message_id = await alice.send("bob", text, direct=True)
-    out(f"[{label}] alice -> bob    queued    {message_id.hex()[:8]}  {text!r}")
-    received = await bob.messages().receive()
-    out(f"[{label}] bob   <- alice  received  {received.id.hex()[:8]}  {received.text!r}")
-    acked = await alice.deliveries().receive()
-    out(f"[{label}] alice           acked     {acked.hex()[:8]}")
-    return received.id == message_id == acked and received.text == text
+def _clock(seconds: float) -> str:
+    return f"t0+{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}"
 
 
-async def run_demo(
-    alice_transports: Sequence[Transport],
-    bob_transports: Sequence[Transport],
-    bob_listen: Sequence[tuple[str, Endpoint]],
-    out: Callable[[str], None] = print,
-    *,
-    wall_clock: Callable[[], float] = time.time,
-) -> bool:
-    """Run the demo; True when every message arrived once and was acked."""
-    with tempfile.TemporaryDirectory(prefix="p2pmsg-demo-") as tmp:
-        root = Path(tmp)
-        alice_home = _make_home(root, "alice", ())
-        bob_home = _make_home(root, "bob", [ep for _, ep in bob_listen])
-        options = NodeOptions(dial_timeout=5.0, handshake_timeout=5.0)
-        with trio.fail_after(DEMO_TIMEOUT):
-            async with (
-                Node.open(
-                    bob_home.path, bob_transports, options=options, wall_clock=wall_clock
-                ) as bob,
-                Node.open(
-                    alice_home.path, alice_transports, options=options, wall_clock=wall_clock
-                ) as alice,
-            ):
-                out(f"alice  node {alice.identity.node_id.hex()[:16]}")
-                out(
-                    f"bob    node {bob.identity.node_id.hex()[:16]}  listening on "
-                    + ", ".join(str(e) for e in bob.listening)
-                )
-                contact = Contact(
-                    "bob", bob.identity.node_id, bob.identity.public.key, (), wall_clock()
-                )
-                await alice.store.add_contact(contact)
-                results = [
-                    await _one_route(alice, bob, label, endpoint, out)
-                    for (label, _), endpoint in zip(bob_listen, bob.listening, strict=True)
-                ]
-        ok = all(results)
-        out(
-            f"{sum(results)} of {len(results)} messages delivered exactly once and acked"
-            if ok
-            else "the demo FAILED"
-        )
-        return ok
+def run_demo(out: Out, out_dir: Path, *, progress: Out | None = None) -> bool:
+    """Run the demo; True when p2pmsg users delivered everything and the control failed."""
+    scenario = demo_scenario()
+    topo = scenario.topology
+    out(f"p2pmsg demo: {scenario.title.lower()} (S1, after Russia vs Telegram, April 2018)")
+    out(
+        f"  {topo.users} p2pmsg users in {topo.country} on {topo.isps} ISPs; in the cloud abroad: "
+        f"{topo.bootstrap} bootstrap nodes, the {scenario.control.servers} servers of a "
+        f"fixed-server messenger (the control) and {topo.web} unrelated web sites"
+    )
+    out(f"  {scenario.run.duration / 3600:g} simulated hours of conversations, censored from t0")
+    result = runner.run(scenario, 1, progress=progress)
+    verdict = report.judge(scenario, [result])
+    f = verdict.figures
+    out("")
+    out("what the censor did:")
+    for when, what in result.censor_events:
+        out(f"  {_clock(when)}  {what}")
+    out("")
+    sent = len(result.control_sent)
+    got = sum(1 for k in result.control_sent if k in result.control_received)
+    share = f["control_delivered"].mean
+    out(f"the control messenger (fixed servers) delivered {got} of {sent} messages ({share:.0%})")
+    sent = len(result.sent)
+    got = sum(1 for k in result.sent if k in result.received)
+    out(
+        f"p2pmsg users delivered {got} of {sent} ({got / sent:.1%}), "
+        f"{f['delivered_within'].mean:.1%} within {scenario.passes.within:g} s; "
+        f"latency p50 {f['latency_p50']:.1f} s; {f['duplicates']} shown twice"
+    )
+    broken = f["collateral_damage"].mean
+    out(f"the censor also broke {broken:.0%} of unrelated fetches from cloud web sites")
+    path = report.write(verdict, out_dir)
+    out("")
+    out(f"report: {path}  (the full scenario: p2pmsg sim run S1)")
+    return got == sent and verdict.control_failed

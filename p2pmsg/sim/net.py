@@ -271,9 +271,13 @@ class SimListener(trio.abc.Listener[SimStream]):
 
 @dataclass
 class SimHost:
-    """A named host. Later: ip, asn, country, isp."""
+    """A named host, with where it sits on the internet (for censors' scopes)."""
 
     name: str
+    ip: str = ""
+    asn: int = 0
+    country: str = ""
+    isp: str = ""
     next_port: int = EPHEMERAL_PORTS.start
 
 
@@ -306,11 +310,13 @@ class SimNetwork:
         """A copy of the name -> host table."""
         return dict(self._hosts)
 
-    def add_host(self, name: str) -> SimHost:
+    def add_host(
+        self, name: str, *, ip: str = "", asn: int = 0, country: str = "", isp: str = ""
+    ) -> SimHost:
         """Add a host. Raises ``ValueError`` if the name is taken or empty."""
         if not name or name in self._hosts:
             raise ValueError(f"host name {name!r} is empty or taken")
-        self._hosts[name] = SimHost(name)
+        self._hosts[name] = SimHost(name, ip, asn, country, isp)
         return self._hosts[name]
 
     def host(self, name: str) -> SimHost:

@@ -1,0 +1,89 @@
+"""``p2pmsg sim``: the shipped scenarios, and running one over seeds.
+
+``run`` resolves a scenario by file name or id (``S1``), runs its seeds one
+after another (each in a fresh simulated world, see
+:mod:`p2pmsg.sim.runner`), prints progress and the summary table, writes
+``results.json`` into ``--out``, and returns the exit status: 0 only when
+every pass figure holds and the control client failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from p2pmsg.sim import report, runner
+from p2pmsg.sim.scenario import Scenario, ScenarioError, load, loads
+
+Out = Callable[[str], None]
+
+
+def shipped() -> list[Scenario]:
+    """The scenarios that come with p2pmsg, in id order."""
+    folder = resources.files("p2pmsg.sim") / "scenarios"
+    found = [
+        loads(entry.read_text(encoding="utf-8"), f"scenarios/{entry.name}")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    ]
+    return sorted(found, key=lambda s: (len(s.id), s.id))
+
+
+def find(name: str) -> Scenario:
+    """A scenario by file path, or the id of a shipped one. Raises :class:`ScenarioError`."""
+    if Path(name).exists() or name.endswith(".toml"):
+        return load(name)
+    for scenario in shipped():
+        if scenario.id.lower() == name.lower():
+            return scenario
+    known = ", ".join(s.id for s in shipped())
+    raise ScenarioError(f"{name}: no such file, and no shipped scenario has that id ({known})")
+
+
+def list_scenarios(out: Out) -> int:
+    for s in shipped():
+        out(f"{s.id:<4} {s.title}  ({s.path})")
+    return 0
+
+
+def run(
+    name: str,
+    *,
+    seeds: int | None,
+    nodes: int | None,
+    out_dir: Path,
+    as_json: bool,
+    out: Out,
+    progress: Out,
+) -> int:
+    scenario = find(name)
+    if nodes is not None:
+        if nodes < 2:
+            raise ScenarioError("--nodes: at least 2")
+        pairs = min(scenario.traffic.pairs, nodes * (nodes - 1) // 2)
+        scenario = dataclasses.replace(
+            scenario,
+            topology=dataclasses.replace(
+                scenario.topology, users=nodes, isps=min(scenario.topology.isps, nodes)
+            ),
+            traffic=dataclasses.replace(scenario.traffic, pairs=pairs),
+        )
+    count = scenario.run.seeds if seeds is None else seeds
+    if not 1 <= count <= 1000:
+        raise ScenarioError("--seeds: between 1 and 1000")
+    results = []
+    for seed in range(1, count + 1):
+        hours, users = scenario.run.duration / 3600, scenario.topology.users
+        progress(f"{scenario.id}: seed {seed} of {count} ({users} users, {hours:g} h simulated)")
+        results.append(runner.run(scenario, seed, progress=progress))
+    verdict = report.judge(scenario, results)
+    path = report.write(verdict, out_dir)
+    if as_json:
+        out(json.dumps(report.to_json(verdict)))
+    else:
+        out(report.table(verdict))
+        out(f"  results: {path}")
+    return 0 if verdict.passed else 1

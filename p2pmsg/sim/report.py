@@ -1,0 +1,236 @@
+"""Judging seeds of a scenario: figures, confidence intervals, the verdict, files.
+
+A scenario's figures are computed per seed and summarised over seeds as a
+mean with a 95% confidence interval (Student's t over the seeds' values; a
+single seed gets Wilson's interval over its messages), because one run of a
+network simulation says little. The verdict follows SCENARIOS.md: every pass
+figure must hold **and** the control client must have failed as stated; a
+control that did not fail means the censor model is wrong, reported as an
+invalid censor, never as a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pmsg.sim.runner import SeedResult
+from p2pmsg.sim.scenario import Scenario
+
+_T975: dict[int, float] = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+    9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042,
+}  # fmt: skip
+"""Student's t, two-sided 95%, by degrees of freedom (the next lower row is used)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: float
+    high: float
+
+    def text(self, percent: bool = True) -> str:
+        if percent:
+            return f"{self.mean:.1%} [{self.low:.1%}, {self.high:.1%}]"
+        return f"{self.mean:.3g} [{self.low:.3g}, {self.high:.3g}]"
+
+
+def wilson(successes: int, trials: int) -> Estimate:
+    """Wilson's 95% score interval for a proportion."""
+    if trials == 0:
+        return Estimate(math.nan, math.nan, math.nan)
+    z, p = 1.96, successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = (
+        z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    )
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def over_seeds(values: Sequence[float]) -> Estimate:
+    """Mean and Student's t 95% interval of per-seed values (n >= 2)."""
+    n, mean = len(values), statistics.fmean(values)
+    df = max(k for k in _T975 if k <= n - 1)
+    half = _T975[df] * statistics.stdev(values) / math.sqrt(n)
+    return Estimate(mean, mean - half, mean + half)
+
+
+def _ratio(parts: Sequence[tuple[int, int]]) -> Estimate:
+    """A share over seeds: per-seed (successes, trials)."""
+    live = [(s, t) for s, t in parts if t]
+    if not live:
+        return Estimate(math.nan, math.nan, math.nan)
+    if len(live) == 1:
+        return wilson(*live[0])
+    e = over_seeds([s / t for s, t in live])
+    return Estimate(e.mean, max(0.0, e.low), min(1.0, e.high))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    wanted: str
+    ok: bool
+
+
+@dataclass
+class Verdict:
+    scenario: Scenario
+    results: list[SeedResult]
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    control_failed: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.control_failed and all(c.ok for c in self.checks)
+
+    @property
+    def outcome(self) -> str:
+        if not self.control_failed:
+            return "INVALID CENSOR (the control client did not fail)"
+        return "PASS" if self.passed else "FAIL"
+
+
+def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
+    """The figures of ``results`` and the scenario's verdict on them."""
+    within = scenario.passes.within
+    on_time: list[tuple[int, int]] = []
+    eventual: list[tuple[int, int]] = []
+    control: list[tuple[int, int]] = []
+    latencies: list[float] = []
+    for r in results:
+        got = {k: r.received[k] - t for k, t in r.sent.items() if k in r.received}
+        latencies += got.values()
+        on_time.append((sum(1 for lag in got.values() if lag <= within), len(r.sent)))
+        eventual.append((len(got), len(r.sent)))
+        control.append(
+            (sum(1 for k in r.control_sent if k in r.control_received), len(r.control_sent))
+        )
+    joined = [t for r in results for t in r.joined.values()]
+    users = scenario.topology.users
+    browse = [(r.browse_broken, r.browse_ok + r.browse_broken) for r in results]
+    failures: dict[str, int] = {}
+    for r in results:
+        for k, n in r.failure_classes.items():
+            failures[k] = failures.get(k, 0) + n
+    delivered_payload = sum(r.payload_bytes for r in results)
+    v = Verdict(scenario, results)
+    v.figures = {
+        "seeds": [r.seed for r in results],
+        "messages": sum(len(r.sent) for r in results),
+        "delivered_within": _ratio(on_time),
+        "delivered_eventually": _ratio(eventual),
+        "latency_p50": _percentile(latencies, 0.5),
+        "latency_p99": _percentile(latencies, 0.99),
+        "duplicates": sum(r.duplicates for r in results),
+        "control_delivered": _ratio(control),
+        "joined": sum(len(r.joined) for r in results) / (users * len(results)),
+        "time_to_bootstrap_p50": _percentile(joined, 0.5),
+        "wire_bytes_per_payload_byte": (
+            sum(r.wire_bytes for r in results) / delivered_payload
+            if delivered_payload
+            else math.nan
+        ),
+        "peak_rss_mib": max(r.peak_rss_kib for r in results) / 1024,
+        "failure_classes": failures,
+        "collateral_damage": _ratio(browse),
+        "censor_events": results[0].censor_events,
+    }
+    f, p = v.figures, scenario.passes
+    in_time, in_end = f["delivered_within"], f["delivered_eventually"]
+    v.checks = [
+        Check(f"delivered within {within:g} s", in_time.text(), f">= {p.delivery:.1%}",
+              in_time.mean >= p.delivery),
+        Check("delivered in the end", in_end.text(), f">= {p.eventual:.1%}",
+              in_end.mean >= p.eventual),
+        Check("duplicates shown", str(f["duplicates"]), "0", f["duplicates"] == 0),
+    ]  # fmt: skip
+    v.control_failed = not f["control_delivered"].mean > p.control_max
+    return v
+
+
+def table(v: Verdict) -> str:
+    """The summary the CLI prints."""
+    f = v.figures
+    rows = [(c.name, c.value, c.wanted, "ok" if c.ok else "FAILED") for c in v.checks]
+    rows.append(
+        (
+            "control client delivered",
+            f["control_delivered"].text(),
+            f"<= {v.scenario.passes.control_max:.1%}",
+            "failed as it must" if v.control_failed else "DID NOT FAIL",
+        )
+    )
+    classes = ", ".join(f"{k} {n}" for k, n in sorted(f["failure_classes"].items()))
+    joined = f"{f['joined']:.1%} (time to bootstrap p50 {f['time_to_bootstrap_p50']:.1f} s)"
+    info = [
+        ("messages", str(f["messages"])),
+        ("latency p50 / p99", f"{f['latency_p50']:.2f} s / {f['latency_p99']:.2f} s"),
+        ("users joined", joined),
+        ("wire bytes per payload byte", f"{f['wire_bytes_per_payload_byte']:.0f}"),
+        ("collateral damage (unrelated fetches broken)", f["collateral_damage"].text()),
+        ("failure classes (OONI)", classes or "none"),
+        ("peak memory", f"{f['peak_rss_mib']:.0f} MiB"),
+    ]
+    width = max(len(r[0]) for r in [*rows, *info])
+    lines = [f"{v.scenario.id}  {v.scenario.title}   seeds {', '.join(map(str, f['seeds']))}", ""]
+    lines += [f"  {n:<{width}}  {val:<28} {want:<10} {ok}" for n, val, want, ok in rows]
+    lines += [""] + [f"  {n:<{width}}  {val}" for n, val in info]
+    lines += ["", f"  verdict: {v.outcome}"]
+    return "\n".join(lines)
+
+
+def to_json(v: Verdict) -> dict[str, Any]:
+    def plain(x: Any) -> Any:
+        if isinstance(x, Estimate):
+            return {"mean": x.mean, "low95": x.low, "high95": x.high}
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        return x
+
+    return {
+        "scenario": {"id": v.scenario.id, "title": v.scenario.title, "file": v.scenario.path},
+        "outcome": v.outcome,
+        "passed": v.passed,
+        "control_failed": v.control_failed,
+        "checks": [c.__dict__ for c in v.checks],
+        "figures": {k: plain(x) for k, x in v.figures.items()},
+        "seeds": [
+            {
+                "seed": r.seed,
+                "sent": len(r.sent),
+                "delivered": sum(1 for k in r.sent if k in r.received),
+                "duplicates": r.duplicates,
+                "control_sent": len(r.control_sent),
+                "control_delivered": sum(1 for k in r.control_sent if k in r.control_received),
+                "latencies": sorted(
+                    r.received[k] - t for k, t in r.sent.items() if k in r.received
+                ),
+                "censor_events": r.censor_events,
+            }
+            for r in v.results
+        ],
+    }
+
+
+def write(v: Verdict, out: Path) -> Path:
+    """Write ``results.json`` into ``out``; its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(to_json(v), indent=2) + "\n", encoding="utf-8")
+    return path

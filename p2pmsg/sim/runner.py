@@ -1,0 +1,340 @@
+"""Run a scenario for one seed: real nodes, a censor, traffic, a control client.
+
+Theory of operation
+-------------------
+:func:`run_seed` builds the world of a :class:`~p2pmsg.sim.scenario.Scenario`
+and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
+
+* **hosts**: ``users`` p2pmsg users in ``country``, spread over ``isps``
+  residential prefixes (``95.ISP.x.y``); in the cloud, abroad, in
+  ``cloud_prefixes`` /16s (``52.K.x.y``): the ``bootstrap`` nodes whose
+  invites are every user's built-in bootstrap list, the control messenger's
+  ``servers`` and ``web`` sites that have nothing to do with either (the
+  censor's collateral damage is measured on them, fetched by one background
+  host per ISP).
+* **the censor** (:mod:`p2pmsg.sim.censor`, :mod:`p2pmsg.sim.blocklist`):
+  a learner that counts the domestic clients of each foreign address, and a
+  blocklist that the ``[[censor]]`` rules fill from ``t0`` (the end of the
+  warm-up): ``drop`` lists the bootstrap nodes or the servers at once,
+  ``blocklist_add`` lists what the censor learned, every ``every`` seconds,
+  widened to ``prefix`` bits; each network is listed with ``probability``,
+  and each ISP applies an addition after U(0, ``propagation``) seconds.
+* **traffic**: ``pairs`` random pairs of users are contacts; each pair
+  exchanges a message every ``every`` seconds on average (exponential), in
+  a random direction, through p2pmsg and through the control client alike,
+  from ``t0`` for ``duration``; then ``drain`` seconds for late deliveries.
+* **latency**: every packet takes ``latency`` (both ends in one country) or
+  ``border_latency`` (across the border).
+
+It returns a :class:`SeedResult`: raw counts and samples, judged by
+:mod:`p2pmsg.sim.report`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import resource
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from p2pmsg.dht.service import DhtOptions
+from p2pmsg.node import Node, NodeOptions
+from p2pmsg.onion_service import OnionServiceOptions
+from p2pmsg.sim import control
+from p2pmsg.sim.blocklist import Blocklist, Learner, widen
+from p2pmsg.sim.censor import Censor
+from p2pmsg.sim.net import Deliver, Packet, SimStream, Verdict
+from p2pmsg.sim.scenario import CensorRule, Scenario
+from p2pmsg.sim.world import World, seeded_scheduler
+
+log = logging.getLogger(__name__)
+
+NODE_OPTIONS = NodeOptions(
+    onion=OnionServiceOptions(mailbox_poll=1800.0),
+    dht=DhtOptions(k=8, mailbox_k=5, max_links=64, link_idle=100.0),
+)
+"""Smaller DHT buckets than a deployment's, as in the churn tests: the
+simulation's cost is dominated by lookups."""
+JOIN_TIMEOUT = 300.0
+WEB_PORT = 80
+WEB_TIMEOUT = 10.0
+OONI: dict[str, str] = {
+    "timeout": "tcp_ip",
+    "reset": "connection_reset",
+    "silence": "generic_timeout_error",
+    "throttled": "throttling",
+}
+"""Our dial failure classes in OONI's vocabulary."""
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    sent: dict[str, float] = field(default_factory=dict)
+    """Message id -> simulated time sent (after t0)."""
+    received: dict[str, float] = field(default_factory=dict)
+    duplicates: int = 0
+    control_sent: dict[str, float] = field(default_factory=dict)
+    control_received: dict[str, float] = field(default_factory=dict)
+    control_duplicates: int = 0
+    joined: dict[str, float] = field(default_factory=dict)
+    """User -> seconds it took to join the DHT."""
+    browse_ok: int = 0
+    browse_broken: int = 0
+    censor_events: list[tuple[float, str]] = field(default_factory=list)
+    """(seconds after t0, what the censor did)."""
+    failure_classes: dict[str, int] = field(default_factory=dict)
+    wire_bytes: int = 0
+    payload_bytes: int = 0
+    peak_rss_kib: int = 0
+    t0: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Meter:
+    """The network's policy: the censor, then latency; counts wire bytes."""
+
+    def __init__(self, censor: Censor, world: World, topology: Any) -> None:
+        self.censor, self.world, self.topology = censor, world, topology
+        self.wire_bytes = 0
+
+    def __call__(self, packet: Packet) -> Verdict:
+        verdict = self.censor(packet)
+        if not isinstance(verdict, Deliver):
+            return verdict
+        self.wire_bytes += len(packet.data)
+        hosts = self.world.net.hosts
+        src, dst = hosts.get(packet.src_host), hosts.get(packet.dst_host)
+        same = src is not None and dst is not None and src.country == dst.country
+        latency = self.topology.latency if same else self.topology.border_latency
+        return Deliver(verdict.delay + latency)
+
+
+def _place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
+    topo = s.topology
+    groups: dict[str, list[str]] = {
+        "users": [],
+        "bootstrap": [],
+        "servers": [],
+        "web": [],
+        "bg": [],
+    }
+    for i in range(topo.users):
+        j = i % topo.isps
+        name = f"u{i:04d}"
+        ip = f"95.{j}.{i // 250}.{i % 250 + 1}"
+        world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
+        groups["users"].append(name)
+    for j in range(topo.isps):
+        name = f"bg{j}"
+        ip = f"95.{j}.250.1"
+        world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
+        groups["bg"].append(name)
+    counts = {"bootstrap": topo.bootstrap, "servers": s.control.servers, "web": topo.web}
+    k = 0
+    for group, count in counts.items():
+        for i in range(count):
+            name = f"{group[0]}{i}" if group != "web" else f"web{i}"
+            prefix = k % topo.cloud_prefixes
+            ip = f"52.{prefix}.{k // 250}.{k % 250 + 1}"
+            world.add_host(name, ip=ip, asn=16_509, country="cloud", isp="cloud")
+            groups[group].append(name)
+            k += 1
+    return groups
+
+
+async def _web_server(world: World, host: str) -> None:
+    listener = await world.net.listen(host, WEB_PORT)
+    async with listener, trio.open_nursery() as nursery:
+        while True:
+            nursery.start_soon(_answer, await listener.accept())
+
+
+async def _answer(stream: SimStream) -> None:
+    try:
+        await stream.send(b"HTTP/1.1 200 OK\r\n\r\n" + await stream.receive())
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+        pass
+    finally:
+        await stream.aclose()
+
+
+class _Run:
+    """One seed's world, its parts and what they saw."""
+
+    def __init__(self, scenario: Scenario, seed: int, root: Path) -> None:
+        self.s, self.seed = scenario, seed
+        self.rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
+        self.world = World(root, seed)
+        self.groups = _place_hosts(self.world, scenario)
+        self.hosts = self.world.net.hosts
+        topo = scenario.topology
+        isps = tuple(f"isp{j}" for j in range(topo.isps))
+        self.learner = Learner(self.world.net.host, topo.country)
+        blocklist_rng = random.Random(seed + 1)  # noqa: S311 - a reproducible simulation
+        self.blocklist = Blocklist(self.world.net.host, topo.country, isps, rng=blocklist_rng)
+        self.censor_rng = random.Random(seed + 2)  # noqa: S311 - a reproducible simulation
+        self.meter = _Meter(Censor([self.learner, self.blocklist]), self.world, topo)
+        self.world.net.policy = self.meter
+        self.result = SeedResult(seed)
+        self.nodes: dict[str, Node] = {}
+        self.t0 = trio.current_time() + scenario.run.warmup
+        self.end = self.t0 + scenario.run.duration
+        self.result.t0 = self.t0
+        self.clients = {
+            u: control.Client(self.world.net, u, self.groups["servers"])
+            for u in self.groups["users"]
+        }
+
+    def make_homes(self) -> list[tuple[str, str]]:
+        """Every node's home; the pairs of users who are contacts."""
+        boot = self.groups["bootstrap"]
+        for i, name in enumerate(boot):
+            self.world.home(name, bootstrap=[self.world.invite(boot[0])] if i else [])
+        invites = [self.world.invite(b) for b in boot]
+        for name in self.groups["users"]:
+            self.world.home(name, bootstrap=invites)
+        pairs = list(itertools.combinations(self.groups["users"], 2))
+        return self.rng.sample(pairs, self.s.traffic.pairs)
+
+    async def run_node(
+        self, name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = trio.current_time()
+        async with self.world.node(name, options=NODE_OPTIONS) as node:
+            self.nodes[name] = node
+            task_status.started()
+            with trio.move_on_after(JOIN_TIMEOUT):
+                await node.joined.wait()
+                if name in self.groups["users"]:
+                    self.result.joined[name] = trio.current_time() - started
+            async for message in node.messages():
+                key = message.id.hex()
+                if key in self.result.received:
+                    self.result.duplicates += 1
+                else:
+                    self.result.received[key] = trio.current_time()
+
+    async def converse(self, a: str, b: str) -> None:
+        await trio.sleep_until(self.t0)
+        while True:
+            await trio.sleep(self.rng.expovariate(1 / self.s.traffic.every))
+            now = trio.current_time()
+            if now >= self.end:
+                return
+            frm, to = (a, b) if self.rng.random() < 0.5 else (b, a)
+            text = f"{frm} to {to} at {now:.0f}"
+            message_id = (await self.nodes[frm].send(to, text)).hex()
+            self.result.sent[message_id] = self.result.control_sent[message_id] = now
+            self.result.payload_bytes += len(text)
+            self.clients[frm].send(to, message_id)
+
+    async def browse(self, host: str, rng: random.Random) -> None:
+        sites = self.groups["web"]
+        while True:
+            await trio.sleep(rng.expovariate(1 / self.s.traffic.browse_every))
+            ok = False
+            with trio.move_on_after(WEB_TIMEOUT):
+                try:
+                    stream = await self.world.net.connect(host, rng.choice(sites), WEB_PORT)
+                    await stream.send(b"GET / HTTP/1.1\r\n\r\n")
+                    ok = (await stream.receive()).startswith(b"HTTP/1.1 200")
+                    await stream.aclose()
+                except (OSError, trio.BrokenResourceError, trio.EndOfChannel):
+                    pass
+            if trio.current_time() >= self.t0:
+                self.result.browse_ok += ok
+                self.result.browse_broken += not ok
+
+    async def censor(self, rule: CensorRule) -> None:
+        await trio.sleep_until(self.t0 + rule.at)
+        while (now := trio.current_time()) < min(self.end, self.t0 + rule.until):
+            if rule.target == "learned":
+                addresses = self.learner.popular(rule.min_clients)
+            else:
+                addresses = [self.hosts[h].ip for h in self.groups[rule.target]]
+            networks = [
+                n
+                for n in widen(addresses, rule.prefix)
+                if self.censor_rng.random() < rule.probability
+            ]
+            added = self.blocklist.add(
+                networks, now, propagation=rule.propagation, reason=rule.target
+            )
+            if added:
+                what = "prefixes" if rule.prefix < 32 else "addresses"
+                event = f"{rule.action}: {added} {what} ({rule.target})"
+                self.result.censor_events.append((now - self.t0, event))
+            if rule.every <= 0:
+                return
+            await trio.sleep(rule.every)
+
+    async def collect(self) -> None:
+        for client in self.clients.values():
+            self.result.control_received.update(client.received)
+            self.result.control_duplicates += client.duplicates
+        for node in self.nodes.values():
+            status = await node.status()
+            for health in status["transports"].values():
+                for cls, count in health["failures"].items():
+                    key = OONI.get(cls, cls)
+                    self.result.failure_classes[key] = (
+                        self.result.failure_classes.get(key, 0) + count
+                    )
+        self.result.wire_bytes = self.meter.wire_bytes
+        self.result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+async def run_seed(
+    scenario: Scenario, seed: int, root: Path, progress: Progress | None = None
+) -> SeedResult:
+    """Run ``scenario`` once, under trio's current (mock) clock. See the module docstring."""
+    run = _Run(scenario, seed, root)
+    pairs = run.make_homes()
+    async with trio.open_nursery() as nursery:
+        for name in run.groups["bootstrap"] + run.groups["users"]:
+            await nursery.start(run.run_node, name)
+        for a, b in pairs:
+            await run.nodes[a].store.add_contact(run.world.contact_of(b))
+            await run.nodes[b].store.add_contact(run.world.contact_of(a))
+            nursery.start_soon(run.converse, a, b)
+        backend = control.Backend()
+        for server in run.groups["servers"]:
+            nursery.start_soon(control.serve, run.world.net, server, backend)
+        for client in run.clients.values():
+            nursery.start_soon(client.run)
+        for site in run.groups["web"]:
+            nursery.start_soon(_web_server, run.world, site)
+        for j, bg in enumerate(run.groups["bg"]):
+            nursery.start_soon(run.browse, bg, random.Random(seed * 1000 + j))  # noqa: S311
+        for rule in scenario.censor:
+            nursery.start_soon(run.censor, rule)
+        hour = 0
+        while trio.current_time() < run.end + scenario.run.drain:
+            await trio.sleep(3600.0)
+            hour += 1
+            if progress is not None:
+                got, sent = len(run.result.received), len(run.result.sent)
+                progress(f"seed {seed}: hour {hour}, {got}/{sent} delivered")
+        await run.collect()
+        nursery.cancel_scope.cancel()
+    return run.result
+
+
+def run(scenario: Scenario, seed: int, progress: Progress | None = None) -> SeedResult:
+    """:func:`run_seed` in a fresh trio run: autojump clock, seeded scheduler, temp homes."""
+    with tempfile.TemporaryDirectory(prefix="p2pmsg-sim-") as tmp, seeded_scheduler(seed):
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        return trio.run(run_seed, scenario, seed, Path(tmp), progress, clock=clock)

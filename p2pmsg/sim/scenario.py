@@ -1,0 +1,275 @@
+"""Scenarios as data: the TOML schema, its loader and its errors.
+
+A scenario file (see ``docs/scenarios.md`` for the whole schema, and
+``scenarios/`` for the shipped ones) has these tables; times are numbers of
+seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
+``"2d"``)::
+
+    id, title, story            what and which real event
+    [run]       duration, warmup, drain, seeds
+    [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
+                latency, border_latency
+    [traffic]   pairs, every, browse_every
+    [control]   kind, servers
+    [[censor]]  at, every, until, action, target, scope, probability,
+                propagation, min_clients, prefix
+    [pass]      delivery, within, eventual, control_max
+
+Every error names the file, the line and the field, and nothing else is
+raised: :class:`ScenarioError`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from p2pmsg.errors import P2PMsgError
+
+ACTIONS: Final = ("drop", "blocklist_add")
+"""Censor actions this runner carries out (SCENARIOS.md lists more to come)."""
+TARGETS: Final = ("bootstrap", "servers", "learned")
+CONTROLS: Final = ("fixed_servers",)
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
+MAX_USERS: Final = 10_000
+MAX_SEEDS: Final = 1000
+
+
+class ScenarioError(P2PMsgError, ValueError):
+    """That scenario cannot be run."""
+
+
+@dataclass(frozen=True)
+class Run:
+    duration: float = 6 * 3600.0
+    warmup: float = 600.0
+    drain: float = 1800.0
+    seeds: int = 3
+
+
+@dataclass(frozen=True)
+class Topology:
+    users: int = 30
+    isps: int = 3
+    country: str = "RU"
+    bootstrap: int = 3
+    cloud_prefixes: int = 2
+    web: int = 6
+    latency: float = 0.02
+    border_latency: float = 0.08
+
+
+@dataclass(frozen=True)
+class Traffic:
+    pairs: int = 15
+    every: float = 1800.0
+    browse_every: float = 900.0
+
+
+@dataclass(frozen=True)
+class Control:
+    kind: str = "fixed_servers"
+    servers: int = 3
+
+
+@dataclass(frozen=True)
+class CensorRule:
+    action: str
+    target: str
+    at: float = 0.0
+    every: float = 0.0
+    until: float = float("inf")
+    scope: str = "country"
+    probability: float = 1.0
+    propagation: float = 0.0
+    min_clients: int = 3
+    prefix: int = 32
+
+
+@dataclass(frozen=True)
+class Pass:
+    delivery: float = 0.99
+    within: float = 30.0
+    eventual: float = 1.0
+    control_max: float = 0.05
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    title: str
+    story: str = ""
+    run: Run = field(default_factory=Run)
+    topology: Topology = field(default_factory=Topology)
+    traffic: Traffic = field(default_factory=Traffic)
+    control: Control = field(default_factory=Control)
+    censor: tuple[CensorRule, ...] = ()
+    passes: Pass = field(default_factory=Pass)
+    path: str = ""
+
+
+_TIME_FIELDS: Final = {
+    "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
+    "at", "until", "propagation", "within",
+}  # fmt: skip
+_TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
+
+
+class _Where:
+    """Finds the line of a field in the file's text, for error messages."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path, self.lines = path, text.splitlines()
+
+    def line(self, table: str | None, key: str | None, index: int = 0) -> int:
+        start = 0
+        if table is not None:
+            header = re.compile(rf"\s*\[\[?\s*{re.escape(table)}\s*\]\]?")
+            hits = [i for i, line in enumerate(self.lines) if header.match(line)]
+            if len(hits) > index:
+                start = hits[index]
+        if key is not None:
+            pattern = re.compile(rf"\s*{re.escape(key)}\s*=")
+            for i in range(start, len(self.lines)):
+                if i > start and table is not None and self.lines[i].lstrip().startswith("["):
+                    break
+                if table is None and self.lines[i].lstrip().startswith("["):
+                    break
+                if pattern.match(self.lines[i]):
+                    return i + 1
+        return start + 1
+
+    def error(
+        self, table: str | None, key: str | None, message: str, index: int = 0
+    ) -> ScenarioError:
+        name = ".".join(p for p in (table, f"[{index}]" if table == "censor" else None, key) if p)
+        name = name.replace(".[", "[")
+        return ScenarioError(
+            f"{self.path}:{self.line(table, key, index)}: {name or 'file'}: {message}"
+        )
+
+
+_RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
+    ("topology", "users"): (2, MAX_USERS),
+    ("topology", "isps"): (1, MAX_USERS),
+    ("topology", "bootstrap"): (1, 1000),
+    ("topology", "cloud_prefixes"): (1, 200),
+    ("topology", "web"): (0, 1000),
+    ("traffic", "pairs"): (1, MAX_USERS * 10),
+    ("traffic", "every"): (1e-3, float("inf")),
+    ("traffic", "browse_every"): (1e-3, float("inf")),
+    ("run", "seeds"): (1, MAX_SEEDS),
+    ("run", "duration"): (1e-3, float("inf")),
+    ("control", "servers"): (1, 1000),
+    ("censor", "probability"): (0, 1),
+    ("censor", "prefix"): (8, 32),
+    ("censor", "min_clients"): (1, MAX_USERS),
+    ("pass", "delivery"): (0, 1),
+    ("pass", "eventual"): (0, 1),
+    ("pass", "control_max"): (0, 1),
+}
+_CHOICES: Final[dict[tuple[str, str], tuple[str, ...]]] = {
+    ("control", "kind"): CONTROLS,
+    ("censor", "action"): ACTIONS,
+    ("censor", "target"): TARGETS,
+    ("censor", "scope"): ("country",),
+}
+
+
+def parse_time(value: object) -> float:
+    """Seconds from a number or ``"30s"``-style text. Raises ``ValueError``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+        seconds = float(m[1]) * _UNITS[m[2]]
+    else:
+        raise ValueError(f"{value!r} is not a time (seconds, or like '30s', '5m', '6h')")
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("a time is zero or more")
+    return seconds
+
+
+def _value(table: str, key: str, value: object, default: object) -> object:
+    """``value`` checked against the field's type, range and choices. Raises ``ValueError``."""
+    if key in _TIME_FIELDS:
+        value = parse_time(value)
+    elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif type(value) is not type(default):
+        raise ValueError(f"expected {type(default).__name__}, got {type(value).__name__}")
+    low, high = _RANGES.get((table, key), (-float("inf"), float("inf")))
+    if isinstance(value, int | float) and not low <= value <= high:
+        raise ValueError(f"{value!r} is out of range: {low:g} to {high:g}")
+    choices = _CHOICES.get((table, key))
+    if choices is not None and value not in choices:
+        raise ValueError(f"{value!r} is not one this runner has: {', '.join(choices)}")
+    return value
+
+
+def _build(where: _Where, table: str, cls: type, data: object, index: int = 0) -> Any:
+    if not isinstance(data, dict):
+        raise where.error(table, None, "must be a table", index)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise where.error(table, key, f"unknown field (known: {', '.join(known)})", index)
+        default = known[key].default
+        try:
+            values[key] = _value(table, key, value, "" if default is MISSING else default)
+        except ValueError as exc:
+            raise where.error(table, key, str(exc), index) from None
+    missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
+    if missing:
+        raise where.error(table, None, f"missing {', '.join(missing)}", index)
+    return cls(**values)
+
+
+def _check(where: _Where, s: Scenario) -> None:
+    """What one field's range cannot say."""
+    if s.topology.isps > s.topology.users:
+        raise where.error("topology", "isps", "at most one per user")
+    if s.traffic.pairs > s.topology.users * (s.topology.users - 1) // 2:
+        raise where.error("traffic", "pairs", "at most one per two users")
+
+
+def loads(text: str, path: str = "<scenario>") -> Scenario:
+    """Parse a scenario. Raises :class:`ScenarioError`."""
+    where = _Where(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    top = {f.name for f in fields(Scenario)} - {"passes", "path", "censor", *_TABLES}
+    for key, value in data.items():
+        if key in top and not isinstance(value, str):
+            raise where.error(None, key, "must be text")
+        if key not in top | {"pass", "censor", *_TABLES}:
+            raise where.error(None, key, "unknown field")
+    for key in ("id", "title"):
+        if key not in data:
+            raise ScenarioError(f"{path}:1: {key}: missing (every scenario has an id and a title)")
+    tables = {name: _build(where, name, cls, data.get(name, {})) for name, cls in _TABLES.items()}
+    rules = data.get("censor", [])
+    if not isinstance(rules, list):
+        raise where.error(None, "censor", "must be an array of tables: [[censor]]")
+    censor = tuple(_build(where, "censor", CensorRule, r, i) for i, r in enumerate(rules))
+    scenario = Scenario(
+        id=data["id"], title=data["title"], story=data.get("story", ""), censor=censor,
+        passes=_build(where, "pass", Pass, data.get("pass", {})), path=path, **tables,
+    )  # fmt: skip
+    _check(where, scenario)
+    return scenario
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and parse a scenario file. Raises :class:`ScenarioError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    return loads(text, str(path))

@@ -1,0 +1,170 @@
+"""The censorship lab: blocklists, the control client, seeded runs, the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import trio
+
+from cli import main
+from p2pmsg import demo
+from p2pmsg.sim import control, report, runner
+from p2pmsg.sim.blocklist import Blocklist, Learner, widen
+from p2pmsg.sim.censor import Censor
+from p2pmsg.sim.net import SimNetwork
+from p2pmsg.sim.scenario import loads
+
+TINY = """
+id = "T1"
+title = "six users, servers dropped at once, bootstrap nodes after 20 minutes"
+[run]
+duration = "1h"
+warmup = "5m"
+drain = "10m"
+seeds = 1
+[topology]
+users = 6
+isps = 3
+bootstrap = 2
+web = 2
+[traffic]
+pairs = 4
+every = "10m"
+[control]
+servers = 1
+[[censor]]
+action = "drop"
+target = "servers"
+[[censor]]
+at = "20m"
+action = "drop"
+target = "bootstrap"
+[pass]
+delivery = 0.0
+eventual = 0.0
+"""
+
+
+def _net() -> SimNetwork:
+    net = SimNetwork()
+    net.add_host("a", ip="95.0.0.1", country="RU", isp="isp0")
+    net.add_host("b", ip="95.1.0.1", country="RU", isp="isp1")
+    net.add_host("abroad", ip="80.0.0.1", country="DE", isp="de")
+    net.add_host("cloud1", ip="52.0.0.1", country="cloud", isp="cloud")
+    net.add_host("cloud2", ip="52.0.9.9", country="cloud", isp="cloud")
+    return net
+
+
+def test_each_isp_applies_a_listing_at_its_own_time_and_only_at_home() -> None:
+    net = _net()
+    blocklist = Blocklist(net.host, "RU", ("isp0", "isp1"), rng=random.Random(7))
+    assert blocklist.add(["52.0.0.1"], 100.0, propagation=3600.0, reason="test") == 1
+    assert blocklist.add(["52.0.0.1"], 200.0, propagation=0.0, reason="again") == 0
+    times = blocklist.entries[0].effective
+    assert 100.0 <= min(times.values()) < max(times.values()) <= 3700.0
+    for isp, client in (("isp0", "a"), ("isp1", "b")):
+        assert not blocklist.blocks(net.host(client), net.host("cloud1"), times[isp] - 1)
+        assert blocklist.blocks(net.host(client), net.host("cloud1"), times[isp])
+    assert not blocklist.blocks(net.host("abroad"), net.host("cloud1"), 10_000.0)
+    assert not blocklist.blocks(net.host("a"), net.host("cloud2"), 10_000.0)
+    blocklist.add(widen(["52.0.0.1"], 16), 0.0, propagation=0.0, reason="level 2")
+    assert blocklist.blocks(net.host("a"), net.host("cloud2"), 1.0)  # collateral
+
+
+async def test_the_learner_names_addresses_that_enough_domestic_clients_reach(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = _net()
+    learner = Learner(net.host, "RU")
+    net.policy = Censor([learner])
+    await net.listen("cloud1", 443)
+    await net.listen("cloud2", 443)
+    for client in ("a", "b", "abroad"):
+        await net.connect(client, "cloud1", 443)
+    await net.connect("a", "cloud2", 443)
+    assert learner.popular(2) == ["52.0.0.1"]  # "abroad" does not count
+    assert learner.popular(1) == ["52.0.0.1", "52.0.9.9"]
+
+
+async def test_the_control_messenger_works_open_and_dies_when_its_servers_are_blocked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = _net()
+    blocklist = Blocklist(net.host, "RU", ("isp0", "isp1"))
+    net.policy = Censor([blocklist])
+    backend = control.Backend()
+    a, b = control.Client(net, "a", ["cloud1"]), control.Client(net, "b", ["cloud1"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(control.serve, net, "cloud1", backend)
+        nursery.start_soon(a.run)
+        nursery.start_soon(b.run)
+        a.send("b", "m1")
+        await trio.sleep(60)
+        assert list(b.received) == ["m1"]
+        blocklist.add(["52.0.0.1"], trio.current_time(), propagation=0.0, reason="test")
+        a.send("b", "m2")
+        await trio.sleep(3600)
+        assert list(b.received) == ["m1"]
+        assert a.failures > 0
+        nursery.cancel_scope.cancel()
+
+
+def _seeded(seed: int) -> runner.SeedResult:
+    return runner.run(loads(TINY, "tiny.toml"), seed)
+
+
+def test_one_seed_reproduces_a_run_and_another_seed_does_not() -> None:
+    first, again, other = _seeded(1), _seeded(1), _seeded(2)
+    assert first.sent and first.received
+    assert (first.sent, first.received, first.wire_bytes) == (
+        again.sent,
+        again.received,
+        again.wire_bytes,
+    )
+    assert (first.sent, first.received) != (other.sent, other.received)
+    verdict = report.judge(loads(TINY, "tiny.toml"), [first])
+    assert verdict.control_failed  # its only server was dropped before the first message
+    assert verdict.figures["duplicates"] == 0
+    assert [e for _, e in first.censor_events] == [
+        "drop: 1 addresses (servers)",
+        "drop: 2 addresses (bootstrap)",
+    ]
+
+
+def test_sim_run_prints_json_writes_results_and_exits_by_the_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    code = main(["sim", "run", str(scenario), "--out", str(tmp_path / "out"), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "out" / "results.json").read_text())
+    assert code == (0 if printed["passed"] else 1)
+    assert printed["control_failed"]
+    assert printed["scenario"]["id"] == "T1"
+
+
+def test_sim_run_on_a_bad_file_says_where_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(TINY.replace("users = 6", "users = 'six'"))
+    assert main(["sim", "run", str(scenario)]) == 1
+    err = capsys.readouterr().err
+    assert f"{scenario}:10: topology.users: expected int" in err
+    assert "Traceback" not in err
+
+
+def test_the_demo_tells_the_russia_2018_story_with_numbers(tmp_path: Path) -> None:
+    lines: list[str] = []
+    ok = demo.run_demo(lines.append, tmp_path)
+    text = "\n".join(lines)
+    assert ok, text
+    assert "drop: 3 addresses (servers)" in text
+    assert "the control messenger (fixed servers) delivered 0 of" in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["control_failed"]
+    assert f"report: {tmp_path / 'results.json'}" in text
