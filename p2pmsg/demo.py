@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from p2pmsg.sim import lab, report, runner
+from p2pmsg.sim import lab, plots, report, runner
 from p2pmsg.sim.scenario import Scenario
 
 Out = Callable[[str], None]
@@ -68,7 +68,8 @@ def run_demo(out: Out, out_dir: Path, *, progress: Out | None = None) -> bool:
     )
     broken = f["collateral_damage"].mean
     out(f"the censor also broke {broken:.0%} of unrelated fetches from cloud web sites")
-    path = report.write(verdict, out_dir)
+    report.write(verdict, out_dir)
+    page = plots.write_all(verdict, out_dir)
     out("")
-    out(f"report: {path}  (the full scenario: p2pmsg sim run S1)")
+    out(f"report: {page}  (the full scenario: p2pmsg sim run S1)")
     return got == sent and verdict.control_failed

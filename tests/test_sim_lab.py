@@ -145,6 +145,7 @@ def test_sim_run_prints_json_writes_results_and_exits_by_the_verdict(
     assert code == (0 if printed["passed"] else 1)
     assert printed["control_failed"]
     assert printed["scenario"]["id"] == "T1"
+    assert (tmp_path / "out" / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sim_run_on_a_bad_file_says_where_without_a_traceback(
@@ -167,4 +168,8 @@ def test_the_demo_tells_the_russia_2018_story_with_numbers(tmp_path: Path) -> No
     assert "the control messenger (fixed servers) delivered 0 of" in text
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["control_failed"]
-    assert f"report: {tmp_path / 'results.json'}" in text
+    assert f"report: {tmp_path / 'report.html'}" in text
+    page = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    assert "verdict:" in page
+    assert (tmp_path / "delivery.png").read_bytes()[:4] == b"\x89PNG"

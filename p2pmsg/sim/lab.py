@@ -3,8 +3,9 @@
 ``run`` resolves a scenario by file name or id (``S1``), runs its seeds one
 after another (each in a fresh simulated world, see
 :mod:`p2pmsg.sim.runner`), prints progress and the summary table, writes
-``results.json`` into ``--out``, and returns the exit status: 0 only when
-every pass figure holds and the control client failed.
+``results.json``, two PNG plots and ``report.html`` into ``--out``, and
+returns the exit status: 0 only when every pass figure holds and the control
+client failed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from p2pmsg.sim import report, runner
+from p2pmsg.sim import plots, report, runner
 from p2pmsg.sim.scenario import Scenario, ScenarioError, load, loads
 
 Out = Callable[[str], None]
@@ -81,9 +82,11 @@ def run(
         results.append(runner.run(scenario, seed, progress=progress))
     verdict = report.judge(scenario, results)
     path = report.write(verdict, out_dir)
+    page = plots.write_all(verdict, out_dir)
     if as_json:
         out(json.dumps(report.to_json(verdict)))
     else:
         out(report.table(verdict))
         out(f"  results: {path}")
+        out(f"  report:  {page} (with delivery.png and latency.png)")
     return 0 if verdict.passed else 1
