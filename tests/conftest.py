@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures (and the simnet kit shipped to users, tested as they use it)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from simworld import SimWorld
+
+pytest_plugins = ["p2pmsg.testing.simnet"]
 
 
 @pytest.fixture
