@@ -94,11 +94,12 @@ def cli_sync(home: Path, *args: str) -> Done:
     return Done(args, done.returncode, done.stdout, done.stderr)
 
 
-async def cli(home: Path, *args: str) -> Done:
-    """Run one command to completion under trio."""
+async def cli(home: Path, *args: str, prefix: tuple[str, ...] = ()) -> Done:
+    """Run one command to completion under trio (after ``prefix``, such as
+    ``ip netns exec NS``)."""
     with trio.fail_after(DEADLINE):
         done = await trio.run_process(
-            command(home, *args),
+            [*prefix, *command(home, *args)],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -108,9 +109,9 @@ async def cli(home: Path, *args: str) -> Done:
     return Done(args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
-async def ok(home: Path, *args: str) -> Done:
+async def ok(home: Path, *args: str, prefix: tuple[str, ...] = ()) -> Done:
     """Run one command that must succeed."""
-    done = await cli(home, *args)
+    done = await cli(home, *args, prefix=prefix)
     assert done.code == 0, str(done)
     assert "Traceback" not in done.err, str(done)
     return done
@@ -172,8 +173,9 @@ async def poll(
 class NodeProcess:
     """One ``p2pmsg run`` process (and its restarts) for one home."""
 
-    def __init__(self, home: Path, tag: str = "") -> None:
+    def __init__(self, home: Path, tag: str = "", prefix: tuple[str, ...] = ()) -> None:
         self.home = home
+        self.prefix = prefix  # run under this, e.g. ip netns exec NS
         self.log = home.with_name(f"{home.name}{tag}.log")
         self.process: trio.Process | None = None
 
@@ -202,7 +204,7 @@ class NodeProcess:
         assert self.process is None or self.process.returncode is not None
         with self.log.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
-                command(self.home, "run"),
+                [*self.prefix, *command(self.home, "run")],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -245,9 +247,15 @@ class NodeProcess:
 
 
 @asynccontextmanager
-async def running(*homes: Path) -> AsyncIterator[list[NodeProcess]]:
-    """Start ``run`` in each home (concurrently); stop them all on the way out."""
-    nodes = [NodeProcess(home) for home in homes]
+async def running(
+    *homes: Path, prefixes: tuple[tuple[str, ...], ...] = ()
+) -> AsyncIterator[list[NodeProcess]]:
+    """Start ``run`` in each home (concurrently; the i-th under ``prefixes[i]``
+    if given); stop them all on the way out."""
+    nodes = [
+        NodeProcess(home, prefix=pre)
+        for home, pre in zip(homes, prefixes or [()] * len(homes), strict=True)
+    ]
     try:
         async with trio.open_nursery() as nursery:
             for node in nodes:
