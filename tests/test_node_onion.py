@@ -17,6 +17,7 @@ from p2pmsg.dht.records import RecordType, prekey_key
 from p2pmsg.node import Node
 from p2pmsg.onion import sphinx
 from p2pmsg.onion_service import PREKEY_COPIES
+from p2pmsg.sim.net import DELIVER, DROP, Packet, Verdict
 from p2pmsg.store import Database, OutboxState
 
 RELAYS = [f"relay{i}" for i in range(6)]
@@ -281,3 +282,36 @@ async def test_a_bundle_that_reached_too_few_nodes_is_published_again_soon(
                 await node.joined.wait()
             assert holders(others) == 0
             await until(lambda: holders(others) >= PREKEY_COPIES, timeout=600.0)
+
+
+async def test_a_packet_whose_first_relay_cannot_be_reached_takes_another_route(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """A censor null-routes relay0 for alice only (its other peers still reach
+    it). A packet routed through relay0 first goes over a route without it in
+    the same attempt, and relay0 takes a failure (found by the S1 simulation:
+    blocked bootstrap relays cost a whole retry)."""
+    boot = [world.invite(RELAYS[0])]
+    async with (
+        running(world, RELAYS, boot),
+        world.node("bob", bootstrap=boot) as bob,
+        world.node("alice", bootstrap=boot) as alice,
+    ):
+        await alice.joined.wait()
+        await bob.joined.wait()
+        await until(lambda: len(alice.onion.path.candidates(sim_wall_clock())) >= 4)
+
+        def censor(packet: Packet) -> Verdict:
+            hosts = {packet.src_host, packet.dst_host}
+            return DROP if hosts == {"alice", RELAYS[0]} else DELIVER
+
+        world.net.policy = censor
+        path, now = alice.onion.path, sim_wall_clock()
+        candidates = path.candidates(now)
+        blocked = next(c for c in candidates if c.node_id == world.contact_of(RELAYS[0]).node_id)
+        others = [c for c in candidates if c is not blocked][:2]
+        dest = sphinx.Hop(bob.identity.node_id, bob.identity.public.x25519)
+        ends = (alice.identity.node_id, bob.identity.node_id)
+        await path._send_part(b"no onion message", [blocked, *others], candidates, ends, dest)
+        await until(lambda: bob.onion.receiver.stats.refused >= 1)  # it reached bob
+        assert path.scores.failures(blocked.node_id, sim_wall_clock()) > 0

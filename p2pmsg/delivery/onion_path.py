@@ -36,6 +36,7 @@ from p2pmsg.delivery import fragments, frames, onion_frames
 from p2pmsg.delivery.frames import MessageKind, MsgFrame
 from p2pmsg.dht import records as rec
 from p2pmsg.dht.service import Dht
+from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.e2e import prekeys, sealed, session
 from p2pmsg.e2e.ratchet import RatchetState
 from p2pmsg.errors import P2PMsgError, RemoteProtocolError
@@ -63,6 +64,8 @@ RESTART_EVERY = 8
 UNREADABLE_RETRY = 15.0
 """Seconds after the recipient asked for a new session that the message is
 tried again on one (once per message; later requests wait for the backoff)."""
+FIRST_HOP_TRIES = 3
+"""Routes one packet may try when their first relay cannot be reached from here."""
 MAX_REMEMBERED = 4096
 """Peers remembered as owed a new session, and messages as hurried once."""
 
@@ -130,8 +133,36 @@ class OnionPath:
         )
         dest = sphinx.Hop(recipient.node_id, recipient.x25519)
         for part, forward in zip(parts, forwards, strict=True):
+            await self._send_part(part, forward, candidates, ends, dest)
+
+    async def _send_part(
+        self,
+        part: bytes,
+        forward: list[Candidate],
+        candidates: Sequence[Candidate],
+        ends: tuple[bytes, bytes],
+        dest: sphinx.Hop,
+    ) -> None:
+        """Send one packet over ``forward``; when its first relay cannot be
+        reached from here (a blocked address, a relay gone), that relay takes a
+        failure and the packet goes over a new route without it, at most
+        :data:`FIRST_HOP_TRIES` routes in all. Raises the last failure."""
+        avoid: set[bytes] = set()
+        for tries_left in range(FIRST_HOP_TRIES - 1, -1, -1):
             first, packet = sphinx.create_packet([*_hops(forward), dest], part, self._rng)
-            await self.send_packet(first, packet)
+            try:
+                await self.send_packet(first, packet)
+            except (*DIAL_ERRORS, NoRoute) as exc:
+                now = self._wall_clock()
+                self.scores.route_failed([first], now)
+                avoid.add(first)
+                if not tries_left:
+                    raise
+                log.debug("first relay unreachable (%r): another route", exc)
+                usable = [c for c in candidates if c.node_id not in avoid]
+                forward = self._route(usable, ends, now)
+            else:
+                return
 
     async def make_surb(self, tag: bytes, *, avoid: bytes, ttl: float) -> bytes:
         """A reply block to us over a fresh route that avoids node ``avoid``,
