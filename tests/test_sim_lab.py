@@ -173,3 +173,21 @@ def test_the_demo_tells_the_russia_2018_story_with_numbers(tmp_path: Path) -> No
     assert "data:image/png;base64," in page
     assert "verdict:" in page
     assert (tmp_path / "delivery.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_newcomers_join_through_a_friends_invite_and_the_list_alone_fails() -> None:
+    """S2's mechanics: the bootstrap list is dropped at t0; newcomers with a
+    friend's invite join, the control newcomers with the list alone do not."""
+    text = (
+        TINY.replace("users = 6", "users = 6\nlate_users = 2")
+        .replace("[control]\nservers = 1", '[control]\nkind = "bootstrap_only"')
+        .replace('at = "20m"\n', "")
+    )
+    scenario = loads(text, "tiny-s2.toml")
+    result = runner.run(scenario, 1)
+    assert len(result.late_joined) == len(result.control_joined) == 2
+    assert all(t is not None and t <= 60 for t in result.late_joined.values())
+    assert all(t is None for t in result.control_joined.values())
+    verdict = report.judge(scenario, [result])
+    assert verdict.control_failed
+    assert verdict.figures["newcomers_joined_within"].mean == 1.0

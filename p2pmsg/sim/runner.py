@@ -19,6 +19,9 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   ``blocklist_add`` lists what the censor learned, every ``every`` seconds,
   widened to ``prefix`` bits; each network is listed with ``probability``,
   and each ISP applies an addition after U(0, ``propagation``) seconds.
+* **newcomers**: ``late_users`` start for the first time at t0, with the
+  bootstrap list and (``alternate = "invite"``) a friend's invite; a
+  ``bootstrap_only`` control starts as many with the list alone (S2).
 * **traffic**: ``pairs`` random pairs of users are contacts; each pair
   exchanges a message every ``every`` seconds on average (exponential), in
   a random direction, through p2pmsg and through the control client alike,
@@ -89,6 +92,10 @@ class SeedResult:
     control_duplicates: int = 0
     joined: dict[str, float] = field(default_factory=dict)
     """User -> seconds it took to join the DHT."""
+    late_joined: dict[str, float | None] = field(default_factory=dict)
+    """Late user -> seconds it took to join, None if it never did."""
+    control_joined: dict[str, float | None] = field(default_factory=dict)
+    """For a bootstrap_only control: its newcomers, as ``late_joined``."""
     browse_ok: int = 0
     browse_broken: int = 0
     censor_events: list[tuple[float, str]] = field(default_factory=list)
@@ -124,19 +131,20 @@ class _Meter:
 
 def _place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
     topo = s.topology
-    groups: dict[str, list[str]] = {
-        "users": [],
-        "bootstrap": [],
-        "servers": [],
-        "web": [],
-        "bg": [],
-    }
-    for i in range(topo.users):
+    names = ("users", "late", "control", "bootstrap", "servers", "web", "bg")
+    groups: dict[str, list[str]] = {name: [] for name in names}
+    late = topo.late_users
+    control = late if s.control.kind == "bootstrap_only" else 0
+    for i in range(topo.users + late + control):
         j = i % topo.isps
-        name = f"u{i:04d}"
+        if i < topo.users:
+            group, letter = "users", "u"
+        else:
+            group, letter = ("late", "n") if i < topo.users + late else ("control", "c")
+        name = f"{letter}{i:04d}"
         ip = f"95.{j}.{i // 250}.{i % 250 + 1}"
         world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
-        groups["users"].append(name)
+        groups[group].append(name)
     for j in range(topo.isps):
         name = f"bg{j}"
         ip = f"95.{j}.250.1"
@@ -193,9 +201,10 @@ class _Run:
         self.t0 = trio.current_time() + scenario.run.warmup
         self.end = self.t0 + scenario.run.duration
         self.result.t0 = self.t0
+        fixed = scenario.control.kind == "fixed_servers"
         self.clients = {
             u: control.Client(self.world.net, u, self.groups["servers"])
-            for u in self.groups["users"]
+            for u in (self.groups["users"] if fixed else [])
         }
 
     def make_homes(self) -> list[tuple[str, str]]:
@@ -204,8 +213,12 @@ class _Run:
         for i, name in enumerate(boot):
             self.world.home(name, bootstrap=[self.world.invite(boot[0])] if i else [])
         invites = [self.world.invite(b) for b in boot]
-        for name in self.groups["users"]:
+        for name in self.groups["users"] + self.groups["control"]:
             self.world.home(name, bootstrap=invites)
+        for name in self.groups["late"]:  # a friend already in hands over an invite
+            friend = self.world.invite(self.rng.choice(self.groups["users"]))
+            extra = [friend] if self.s.topology.alternate == "invite" else []
+            self.world.home(name, bootstrap=[*invites, *extra])
         pairs = list(itertools.combinations(self.groups["users"], 2))
         return self.rng.sample(pairs, self.s.traffic.pairs)
 
@@ -239,7 +252,18 @@ class _Run:
             message_id = (await self.nodes[frm].send(to, text)).hex()
             self.result.sent[message_id] = self.result.control_sent[message_id] = now
             self.result.payload_bytes += len(text)
-            self.clients[frm].send(to, message_id)
+            if frm in self.clients:
+                self.clients[frm].send(to, message_id)
+
+    async def newcomer(self, name: str, joined: dict[str, float | None]) -> None:
+        """Start ``name`` for the first time at t0 and time its join."""
+        await trio.sleep_until(self.t0 + 1.0)  # after the censor's first actions
+        joined[name] = None
+        started = trio.current_time()
+        async with self.world.node(name, options=NODE_OPTIONS) as node:
+            await node.joined.wait()
+            joined[name] = trio.current_time() - started
+            await trio.sleep_forever()
 
     async def browse(self, host: str, rng: random.Random) -> None:
         sites = self.groups["web"]
@@ -321,6 +345,10 @@ async def run_seed(
             nursery.start_soon(run.browse, bg, random.Random(seed * 1000 + j))  # noqa: S311
         for rule in scenario.censor:
             nursery.start_soon(run.censor, rule)
+        for name in run.groups["late"]:
+            nursery.start_soon(run.newcomer, name, run.result.late_joined)
+        for name in run.groups["control"]:
+            nursery.start_soon(run.newcomer, name, run.result.control_joined)
         hour = 0
         while trio.current_time() < run.end + scenario.run.drain:
             await trio.sleep(3600.0)

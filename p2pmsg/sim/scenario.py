@@ -8,12 +8,12 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     id, title, story            what and which real event
     [run]       duration, warmup, drain, seeds
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
-                latency, border_latency
+                latency, border_latency, late_users, alternate
     [traffic]   pairs, every, browse_every
     [control]   kind, servers
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix
-    [pass]      delivery, within, eventual, control_max
+    [pass]      delivery, within, eventual, control_max, joined, join_within
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -32,7 +32,8 @@ from p2pmsg.errors import P2PMsgError
 ACTIONS: Final = ("drop", "blocklist_add")
 """Censor actions this runner carries out (SCENARIOS.md lists more to come)."""
 TARGETS: Final = ("bootstrap", "servers", "learned")
-CONTROLS: Final = ("fixed_servers",)
+CONTROLS: Final = ("fixed_servers", "bootstrap_only")
+ALTERNATES: Final = ("invite", "none")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 MAX_USERS: Final = 10_000
@@ -61,6 +62,10 @@ class Topology:
     web: int = 6
     latency: float = 0.02
     border_latency: float = 0.08
+    late_users: int = 0
+    """Users who first start at t0, after the censor's first actions."""
+    alternate: str = "invite"
+    """What late users have besides the bootstrap list: a friend's invite, or none."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,9 @@ class Pass:
     within: float = 30.0
     eventual: float = 1.0
     control_max: float = 0.05
+    joined: float = 0.0
+    """Share of late users that must have joined within ``join_within``."""
+    join_within: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class Scenario:
 
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
-    "at", "until", "propagation", "within",
+    "at", "until", "propagation", "within", "join_within",
 }  # fmt: skip
 _TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
 
@@ -171,9 +179,12 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("pass", "delivery"): (0, 1),
     ("pass", "eventual"): (0, 1),
     ("pass", "control_max"): (0, 1),
+    ("pass", "joined"): (0, 1),
+    ("topology", "late_users"): (0, MAX_USERS),
 }
 _CHOICES: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("control", "kind"): CONTROLS,
+    ("topology", "alternate"): ALTERNATES,
     ("censor", "action"): ACTIONS,
     ("censor", "target"): TARGETS,
     ("censor", "scope"): ("country",),
@@ -235,6 +246,8 @@ def _check(where: _Where, s: Scenario) -> None:
         raise where.error("topology", "isps", "at most one per user")
     if s.traffic.pairs > s.topology.users * (s.topology.users - 1) // 2:
         raise where.error("traffic", "pairs", "at most one per two users")
+    if s.control.kind == "bootstrap_only" and not s.topology.late_users:
+        raise where.error("control", "kind", "bootstrap_only needs late_users in [topology]")
 
 
 def loads(text: str, path: str = "<scenario>") -> Scenario:

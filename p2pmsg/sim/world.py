@@ -33,8 +33,8 @@ from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.sim.net import SimHost, SimNetwork
+from p2pmsg.sim.transport import SimTransport
 from p2pmsg.store import Contact, run_inline
-from transports.sim import SimTransport
 
 EPOCH = 1_800_000_000.0
 """The wall-clock time at which simulated time 0 falls."""
