@@ -57,7 +57,7 @@ def run_demo(out: Out, out_dir: Path, *, progress: Out | None = None) -> bool:
     out("")
     sent = len(result.control_sent)
     got = sum(1 for k in result.control_sent if k in result.control_received)
-    share = f["control_delivered"].mean
+    share = f["control"].mean
     out(f"the control messenger (fixed servers) delivered {got} of {sent} messages ({share:.0%})")
     sent = len(result.sent)
     got = sum(1 for k in result.sent if k in result.received)
