@@ -54,8 +54,6 @@ class Blocklist:
     max_entries: int = 100_000
     entries: list[Entry] = field(default_factory=list)
     dropped_packets: int = 0
-    log: list[tuple[float, str, str]] = field(default_factory=list)
-    """(time, network, reason) of every addition, for the report."""
 
     def add(self, networks: Iterable[str], now: float, *, propagation: float, reason: str) -> int:
         """List ``networks`` (IPs or prefixes) from ``now``, each ISP after
@@ -70,7 +68,6 @@ class Blocklist:
                 break
             effective = {isp: now + self.rng.uniform(0, propagation) for isp in self.isps}
             self.entries.append(Entry(network, effective, reason))
-            self.log.append((now, str(network), reason))
             known.add(network)
             added += 1
         return added

@@ -236,6 +236,7 @@ def to_json(v: Verdict) -> dict[str, Any]:
                 "duplicates": r.duplicates,
                 "control_sent": len(r.control_sent),
                 "control_delivered": sum(1 for k in r.control_sent if k in r.control_received),
+                "control_duplicates": r.control_duplicates,
                 "latencies": sorted(
                     r.received[k] - t for k, t in r.sent.items() if k in r.received
                 ),

@@ -36,14 +36,12 @@ It returns a :class:`SeedResult`: raw counts and samples, judged by
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 import resource
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 import trio.testing
@@ -54,11 +52,9 @@ from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
-from p2pmsg.sim.net import Deliver, Packet, SimStream, Verdict
-from p2pmsg.sim.scenario import CensorRule, Scenario
+from p2pmsg.sim.net import Deliver, Packet, SimNetwork, SimStream, Verdict
+from p2pmsg.sim.scenario import CensorRule, Scenario, Topology
 from p2pmsg.sim.world import World, seeded_scheduler
-
-log = logging.getLogger(__name__)
 
 NODE_OPTIONS = NodeOptions(
     onion=OnionServiceOptions(mailbox_poll=1800.0),
@@ -106,15 +102,12 @@ class SeedResult:
     peak_rss_kib: int = 0
     t0: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class _Meter:
     """The network's policy: the censor, then latency; counts wire bytes."""
 
-    def __init__(self, censor: Censor, world: World, topology: Any) -> None:
-        self.censor, self.world, self.topology = censor, world, topology
+    def __init__(self, censor: Censor, net: SimNetwork, topology: Topology) -> None:
+        self.censor, self.net, self.topology = censor, net, topology
         self.wire_bytes = 0
 
     def __call__(self, packet: Packet) -> Verdict:
@@ -122,9 +115,7 @@ class _Meter:
         if not isinstance(verdict, Deliver):
             return verdict
         self.wire_bytes += len(packet.data)
-        hosts = self.world.net.hosts
-        src, dst = hosts.get(packet.src_host), hosts.get(packet.dst_host)
-        same = src is not None and dst is not None and src.country == dst.country
+        same = self.net.host(packet.src_host).country == self.net.host(packet.dst_host).country
         latency = self.topology.latency if same else self.topology.border_latency
         return Deliver(verdict.delay + latency)
 
@@ -194,7 +185,7 @@ class _Run:
         blocklist_rng = random.Random(seed + 1)  # noqa: S311 - a reproducible simulation
         self.blocklist = Blocklist(self.world.net.host, topo.country, isps, rng=blocklist_rng)
         self.censor_rng = random.Random(seed + 2)  # noqa: S311 - a reproducible simulation
-        self.meter = _Meter(Censor([self.learner, self.blocklist]), self.world, topo)
+        self.meter = _Meter(Censor([self.learner, self.blocklist]), self.world.net, topo)
         self.world.net.policy = self.meter
         self.result = SeedResult(seed)
         self.nodes: dict[str, Node] = {}
