@@ -40,6 +40,10 @@ def run_demo(out: Out, out_dir: Path, *, progress: Out | None = None) -> bool:
     """Run the demo; True when p2pmsg users delivered everything and the control failed."""
     scenario = demo_scenario()
     topo = scenario.topology
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise lab.ReportError(f"{out_dir}: {exc.strerror or exc}") from exc
     out(f"p2pmsg demo: {scenario.title.lower()} (S1, after Russia vs Telegram, April 2018)")
     out(
         f"  {topo.users} p2pmsg users in {topo.country} on {topo.isps} ISPs; in the cloud abroad: "

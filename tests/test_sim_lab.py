@@ -191,3 +191,44 @@ def test_newcomers_join_through_a_friends_invite_and_the_list_alone_fails() -> N
     verdict = report.judge(scenario, [result])
     assert verdict.control_failed
     assert verdict.figures["newcomers_joined_within"].mean == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--nodes", "1"], "--nodes: between 2 and"),
+        (["--nodes", "10001"], "--nodes: between 2 and"),
+        (["--seeds", "0"], "--seeds: between 1 and 1000"),
+    ],
+)
+def test_sim_run_refuses_impossible_sizes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    assert main(["sim", "run", "S1", "--out", str(tmp_path), *args]) == 1
+    err = capsys.readouterr().err
+    assert says in err
+    assert "Traceback" not in err
+
+
+def test_a_report_that_cannot_be_written_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["sim", "run", str(scenario), "--out", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("p2pmsg: The report cannot be written there.")  # before simulating
+    assert "Traceback" not in err
+
+
+def test_the_demo_refuses_an_unwritable_report_folder_before_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["demo", "--out", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("p2pmsg: The report cannot be written there.")
+    assert "Traceback" not in err

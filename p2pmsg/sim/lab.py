@@ -16,10 +16,15 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from p2pmsg.errors import P2PMsgError
 from p2pmsg.sim import plots, report, runner
-from p2pmsg.sim.scenario import Scenario, ScenarioError, load, loads
+from p2pmsg.sim.scenario import MAX_USERS, Scenario, ScenarioError, load, loads
 
 Out = Callable[[str], None]
+
+
+class ReportError(P2PMsgError):
+    """The report cannot be written there."""
 
 
 def shipped() -> list[Scenario]:
@@ -62,8 +67,8 @@ def run(
 ) -> int:
     scenario = find(name)
     if nodes is not None:
-        if nodes < 2:
-            raise ScenarioError("--nodes: at least 2")
+        if not 2 <= nodes <= MAX_USERS:
+            raise ScenarioError(f"--nodes: between 2 and {MAX_USERS}")
         pairs = min(scenario.traffic.pairs, nodes * (nodes - 1) // 2)
         scenario = dataclasses.replace(
             scenario,
@@ -75,14 +80,21 @@ def run(
     count = scenario.run.seeds if seeds is None else seeds
     if not 1 <= count <= 1000:
         raise ScenarioError("--seeds: between 1 and 1000")
+    try:  # before hours of simulation, not after
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{out_dir}: {exc.strerror or exc}") from exc
     results = []
     for seed in range(1, count + 1):
         hours, users = scenario.run.duration / 3600, scenario.topology.users
         progress(f"{scenario.id}: seed {seed} of {count} ({users} users, {hours:g} h simulated)")
         results.append(runner.run(scenario, seed, progress=progress))
     verdict = report.judge(scenario, results)
-    path = report.write(verdict, out_dir)
-    page = plots.write_all(verdict, out_dir)
+    try:
+        path = report.write(verdict, out_dir)
+        page = plots.write_all(verdict, out_dir)
+    except OSError as exc:
+        raise ReportError(f"{out_dir}: {exc.strerror or exc}") from exc
     if as_json:
         out(json.dumps(report.to_json(verdict)))
     else:
