@@ -232,3 +232,11 @@ def test_the_demo_refuses_an_unwritable_report_folder_before_it_runs(
     err = capsys.readouterr().err
     assert err.startswith("p2pmsg: The report cannot be written there.")
     assert "Traceback" not in err
+
+
+def test_the_control_clients_outbox_is_bounded_and_counts_what_it_drops() -> None:
+    client = control.Client(_net(), "a", ["cloud1"], max_queue=3)
+    for i in range(5):
+        client.send("b", f"m{i}")
+    assert [m for _, m in client.outbox] == ["m2", "m3", "m4"]
+    assert client.dropped == 2

@@ -108,9 +108,12 @@ class Client:
         self.received: dict[str, float] = {}
         self.duplicates = 0
         self.failures = 0
+        self.dropped = 0
         self._news = trio.Event()
 
     def send(self, recipient: str, message_id: str) -> None:
+        if len(self.outbox) == self.outbox.maxlen:
+            self.dropped += 1  # the deque drops the oldest
         self.outbox.append((recipient, message_id))
         self._news.set()
 
