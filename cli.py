@@ -38,6 +38,7 @@ from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, encode_key
 from p2pmsg.node import Node
 from p2pmsg.sim import lab
+from p2pmsg.sim.scenario import parse_time
 from p2pmsg.store import Database
 from transports.obfs import ObfsTransport, load_or_create_key
 from transports.pt import PtTransport
@@ -347,12 +348,20 @@ def cmd_sim_list(args: argparse.Namespace) -> int:
     return lab.list_scenarios(_out)
 
 
+def _sim_time(text: str) -> float:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_sim_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     return lab.run(
         args.scenario,
         seeds=args.seeds,
         nodes=args.nodes,
+        duration=args.duration,
         out_dir=Path(args.out),
         as_json=args.json,
         out=_out,
@@ -428,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", metavar="FILE_OR_ID")
     p.add_argument("--seeds", type=int, help="how many seeds (default: the scenario's)")
     p.add_argument("--nodes", type=int, help="users to simulate (default: the scenario's)")
+    p.add_argument(
+        "--duration",
+        type=_sim_time,
+        help="simulated time, like 5m or 1h: the scenario's timeline compressed or stretched",
+    )
     p.add_argument("--out", default="sim-results", help="where results.json goes")
     p.add_argument("--json", action="store_true", help="print results.json instead of the table")
     return parser

@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 Every node peels the Sphinx packets that reach it (:mod:`p2pmsg.onion.sphinx`).
 A relay's layer is keyed with its onion key of the packet's key epoch (one
-X25519 key per :data:`ONION_EPOCH`; the current and next epoch's public keys
-are in its peer record, the previous epoch's secret is kept for packets in
-flight across the boundary, older ones are deleted: forward secrecy per
-epoch). A destination's layer is keyed with its identity's X25519 key, which
+X25519 key per :data:`ONION_EPOCH`; the previous, current and next epoch's
+public keys are in its peer record, so senders whose clocks are a day off
+either way still find one; the previous epoch's secret is kept for them and
+for packets in flight across the boundary, older ones are deleted: forward
+secrecy per epoch). A destination's layer is keyed with its identity's X25519 key, which
 does not rotate, so a packet waiting days in a mailbox still opens.
 
 Packets are handled in batches by one worker (:meth:`Relay.run`): peel each,
@@ -65,13 +66,13 @@ class OnionKeys:
         self._keys: dict[int, bytes] = {}
 
     async def refresh(self, now: float) -> bool:
-        """Hold keys for epochs e-1 (if we had it), e and e+1; delete older ones.
+        """Hold keys for epochs e-1, e and e+1 (made when missing); delete older ones.
 
         True when the published set changed (the peer record must be re-signed).
         """
         current = epoch_of(now)
         changed = False
-        for epoch in (current, current + 1):
+        for epoch in (current - 1, current, current + 1):
             if epoch not in self._keys:
                 stored = await self._store.get_secret(_KEY_SLOT.format(epoch))
                 if stored is None:
@@ -79,10 +80,6 @@ class OnionKeys:
                     await self._store.set_secret(_KEY_SLOT.format(epoch), stored)
                 self._keys[epoch] = stored
                 changed = True
-        if current - 1 not in self._keys:
-            previous = await self._store.get_secret(_KEY_SLOT.format(current - 1))
-            if previous is not None:
-                self._keys[current - 1] = previous
         for epoch in [e for e in self._keys if e < current - 1]:
             del self._keys[epoch]
             await self._store.delete_secret(_KEY_SLOT.format(epoch))
@@ -91,9 +88,10 @@ class OnionKeys:
         return changed
 
     def published(self) -> tuple[tuple[int, bytes], ...]:
-        """(epoch, public key) for the current and next epochs, for the peer record."""
-        newest = sorted(self._keys)[-2:]
-        return tuple((e, sphinx.public_key(self._keys[e])) for e in newest)
+        """(epoch, public key) for the previous (when held), current and next
+        epochs, for the peer record: a sender whose clock is up to one epoch
+        behind ours or ahead of it finds a key for its own epoch (S20)."""
+        return tuple((e, sphinx.public_key(self._keys[e])) for e in sorted(self._keys))
 
     def likeliest_first(self, now: float) -> list[tuple[int, bytes]]:
         """The current epoch's key first, then the previous, then the next:

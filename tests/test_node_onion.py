@@ -6,6 +6,7 @@ import os
 import statistics
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,8 +18,9 @@ from p2pmsg.dht.records import RecordType, prekey_key
 from p2pmsg.node import Node
 from p2pmsg.onion import sphinx
 from p2pmsg.onion_service import PREKEY_COPIES
+from p2pmsg.relay import OnionKeys
 from p2pmsg.sim.net import DELIVER, DROP, Packet, Verdict
-from p2pmsg.store import Database, OutboxState
+from p2pmsg.store import Database, OutboxState, Store, run_inline
 
 RELAYS = [f"relay{i}" for i in range(6)]
 SHORT = "through the onion"
@@ -124,8 +126,8 @@ async def test_sender_and_recipient_never_online_together(
 
 def _packet_through(relay: Node, bob: Node, now: float) -> bytes:
     """A packet for ``relay`` to forward to ``bob``, built with the relay's published key."""
-    epoch, key = relay.onion.keys.published()[0]
-    assert epoch == int(now // 86_400)
+    epoch = int(now // 86_400)
+    key = dict(relay.onion.keys.published())[epoch]
     route = [
         sphinx.Hop(relay.identity.node_id, key),
         sphinx.Hop(bob.identity.node_id, bob.identity.public.x25519),
@@ -315,3 +317,16 @@ async def test_a_packet_whose_first_relay_cannot_be_reached_takes_another_route(
         await path._send_part(b"no onion message", [blocked, *others], candidates, ends, dest)
         await until(lambda: bob.onion.receiver.stats.refused >= 1)  # it reached bob
         assert path.scores.failures(blocked.node_id, sim_wall_clock()) > 0
+
+
+async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path: Path) -> None:
+    """S20: a sender's clock may be a day off; its epoch's key must be in the record."""
+    async with await Store.open(tmp_path / "s.sqlite", offload=run_inline) as store:
+        keys = OnionKeys(store, os.urandom)
+        now = 100 * 86_400.0 + 5.0  # just after an epoch starts
+        await keys.refresh(now)
+        assert [epoch for epoch, _ in keys.published()] == [99, 100, 101]
+        await keys.refresh(now + 86_400.0)
+        published = dict(keys.published())
+        assert sorted(published) == [100, 101, 102]  # epoch 99's key is gone
+        assert await store.get_secret("onion:99") is None

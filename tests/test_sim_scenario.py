@@ -38,7 +38,20 @@ def test_a_minimal_scenario_takes_the_defaults() -> None:
         (HEAD + "[run]\nduration = '5 weeks'\n", "f.toml:4: run.duration: '5 weeks' is not a time"),
         (HEAD + "[run]\nspeed = 2\n", "f.toml:4: run.speed: unknown field"),
         (HEAD + "colour = 'red'\n", "f.toml:3: colour: unknown field"),
-        (HEAD + "[[censor]]\naction = 'drop'\n", "f.toml:3: censor[0]: missing target"),
+        (HEAD + "[[censor]]\n", "f.toml:3: censor[0]: missing action"),
+        (
+            HEAD + "[[censor]]\naction = 'drop'\ntarget = 'learned'\n",
+            "f.toml:5: censor[0].target: drop takes: bootstrap, servers, border, flows",
+        ),
+        (
+            HEAD + "[topology]\ntransports = ['sim', 'carrier-pigeon']\n",
+            "f.toml:4: topology.transports: 'carrier-pigeon' is not one this runner has",
+        ),
+        (HEAD + "[topology]\ntransports = []\n", "f.toml:4: topology.transports: at least one"),
+        (
+            HEAD + "[pass]\ncontrol_min = 0.5\ncontrol_max = 0.2\n",
+            "f.toml:4: pass.control_min: above control_max",
+        ),
         (
             HEAD + "[[censor]]\naction='drop'\ntarget='servers'\n[[censor]]\naction='nuke'\n",
             "f.toml:7: censor[1].action: 'nuke' is not one this runner has",

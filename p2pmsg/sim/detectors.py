@@ -197,6 +197,45 @@ def _is_dns_query(data: bytes) -> bool:
     return qtype != 0 and qclass in _DNS_CLASSES
 
 
+def dns_query_name(data: bytes) -> str | None:
+    """The name a DNS-over-TCP query asks for (lower case, no final dot), or
+    ``None`` when ``data`` is not one (see :func:`_is_dns_query`). S3's
+    injector reads it. Never raises."""
+    if not _is_dns_query(data):
+        return None
+    message, offset, labels = data[2:], _DNS_HEADER.size, []
+    while message[offset]:
+        labels.append(message[offset + 1 : offset + 1 + message[offset]])
+        offset += 1 + message[offset]
+    return b".".join(labels).decode("ascii", errors="replace").lower()
+
+
+def client_hello_sni(data: bytes) -> str | None:
+    """The server name (SNI, RFC 6066 section 3) of the TLS ClientHello that
+    starts ``data``, or ``None``: not a ClientHello, no name, or a malformed
+    one. Reads one record of at most :data:`MSS` bytes; never raises."""
+    data = data[:MSS]
+    if not _is_tls_client_hello(data):
+        return None
+    hello = data[9 : 5 + int.from_bytes(data[3:5], "big")]
+    offset = 2 + 32
+    for size in (1, 2, 1):  # session id, cipher suites, compression methods
+        if offset + size > len(hello):
+            return None
+        offset += size + int.from_bytes(hello[offset : offset + size], "big")
+    end = offset + 2 + int.from_bytes(hello[offset : offset + 2], "big")
+    offset += 2
+    while offset + 4 <= min(end, len(hello)):
+        kind = int.from_bytes(hello[offset : offset + 2], "big")
+        size = int.from_bytes(hello[offset + 2 : offset + 4], "big")
+        body = hello[offset + 4 : offset + 4 + size]
+        offset += 4 + size
+        if kind == 0 and len(body) >= 5 and body[2] == 0:  # server_name list, host_name
+            name = body[5 : 5 + int.from_bytes(body[3:5], "big")]
+            return name.decode("ascii", errors="replace").lower() or None
+    return None
+
+
 _FINGERPRINTS: Final[tuple[tuple[str, Callable[[bytes], bool]], ...]] = (
     ("dns", _is_dns_query),
     ("http", _is_http_request),

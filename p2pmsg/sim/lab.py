@@ -18,7 +18,7 @@ from pathlib import Path
 
 from p2pmsg.errors import P2PMsgError
 from p2pmsg.sim import plots, report, runner
-from p2pmsg.sim.scenario import MAX_USERS, Scenario, ScenarioError, load, loads
+from p2pmsg.sim.scenario import MAX_USERS, CensorRule, Scenario, ScenarioError, load, loads
 
 Out = Callable[[str], None]
 
@@ -55,6 +55,57 @@ def list_scenarios(out: Out) -> int:
     return 0
 
 
+def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> Scenario:
+    """``scenario`` with ``nodes`` users (pairs kept, as far as they fit), its
+    timeline compressed or stretched to ``duration`` simulated seconds.
+
+    A new timeline scales what the scenario times (when rules start, repeat,
+    end, flap and propagate; how often users write and browse) and keeps
+    what physics or a protocol fixes (latency, timeouts, residual blocks,
+    connection lifetimes, the pass deadlines); the warm-up and the drain are
+    cut to at most 5 and 10 minutes when compressed. Raises :class:`ScenarioError`.
+    """
+    if nodes is not None:
+        if not 2 <= nodes <= MAX_USERS:
+            raise ScenarioError(f"--nodes: between 2 and {MAX_USERS}")
+        users = nodes + scenario.topology.abroad
+        pairs = min(scenario.traffic.pairs, users * (users - 1) // 2)
+        scenario = dataclasses.replace(
+            scenario,
+            topology=dataclasses.replace(
+                scenario.topology, users=nodes, isps=min(scenario.topology.isps, nodes)
+            ),
+            traffic=dataclasses.replace(scenario.traffic, pairs=pairs),
+        )
+    if duration is None:
+        return scenario
+    if not 60 <= duration <= 30 * 86400:
+        raise ScenarioError("--duration: between 1 minute and 30 days")
+    k = duration / scenario.run.duration
+
+    def scaled(rule: CensorRule) -> CensorRule:
+        return dataclasses.replace(
+            rule, at=rule.at * k, every=rule.every * k, until=rule.until * k,
+            flap=rule.flap * k, propagation=rule.propagation * k,
+        )  # fmt: skip
+
+    run, traffic = scenario.run, scenario.traffic
+    cut = min(k, 1.0)
+    return dataclasses.replace(
+        scenario,
+        run=dataclasses.replace(
+            run,
+            duration=duration,
+            warmup=run.warmup if k >= 1 else min(run.warmup, 300.0),
+            drain=run.drain if k >= 1 else min(run.drain, 600.0),
+        ),
+        traffic=dataclasses.replace(
+            traffic, every=traffic.every * cut, browse_every=traffic.browse_every * cut
+        ),
+        censor=tuple(scaled(rule) for rule in scenario.censor),
+    )
+
+
 def run(
     name: str,
     *,
@@ -64,19 +115,9 @@ def run(
     as_json: bool,
     out: Out,
     progress: Out,
+    duration: float | None = None,
 ) -> int:
-    scenario = find(name)
-    if nodes is not None:
-        if not 2 <= nodes <= MAX_USERS:
-            raise ScenarioError(f"--nodes: between 2 and {MAX_USERS}")
-        pairs = min(scenario.traffic.pairs, nodes * (nodes - 1) // 2)
-        scenario = dataclasses.replace(
-            scenario,
-            topology=dataclasses.replace(
-                scenario.topology, users=nodes, isps=min(scenario.topology.isps, nodes)
-            ),
-            traffic=dataclasses.replace(scenario.traffic, pairs=pairs),
-        )
+    scenario = resize(find(name), nodes=nodes, duration=duration)
     count = scenario.run.seeds if seeds is None else seeds
     if not 1 <= count <= 1000:
         raise ScenarioError("--seeds: between 1 and 1000")
@@ -87,7 +128,7 @@ def run(
     results = []
     for seed in range(1, count + 1):
         hours, users = scenario.run.duration / 3600, scenario.topology.users
-        progress(f"{scenario.id}: seed {seed} of {count} ({users} users, {hours:g} h simulated)")
+        progress(f"{scenario.id}: seed {seed} of {count} ({users} users, {hours:.3g} h simulated)")
         results.append(runner.run(scenario, seed, progress=progress))
     verdict = report.judge(scenario, results)
     try:

@@ -12,7 +12,8 @@ A connection is a *flow* with two *directions* (``"c2s"`` from the dialler,
 * ``send`` waits while the direction holds ``queue_packets`` packets (the
   receive window: back-pressure), then hands a :class:`Packet` to
   ``net.policy``, which returns a :class:`Verdict`. :class:`Deliver` queues
-  the data, due ``delay`` seconds from now. :class:`Drop` black-holes the
+  the data (or the data it carries instead: a forged answer), due ``delay``
+  seconds from now. :class:`Drop` black-holes the
   packet and the rest of that direction, as a censor does to a TCP flow: the
   receiver stalls after the data queued before, and the lost packets keep
   occupying the window, so the sender blocks once it is full. :class:`Reset`
@@ -74,9 +75,11 @@ class Packet:
 
 @dataclass(frozen=True)
 class Deliver:
-    """Deliver the packet ``delay`` seconds after it was sent."""
+    """Deliver the packet ``delay`` seconds after it was sent; with ``data``,
+    deliver that instead (an on-path injector's answer, arriving first)."""
 
     delay: float = 0.0
+    data: bytes | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.delay) and self.delay >= 0):
@@ -399,8 +402,10 @@ class SimNetwork:
                 return
             case Drop():
                 out.blackholed = True
-            case Deliver(delay=delay) if not out.blackholed:
-                out.queue.append((trio.current_time() + delay, packet.data))
+            case Deliver(delay=delay, data=data) if not out.blackholed:
+                out.queue.append(
+                    (trio.current_time() + delay, packet.data if data is None else data)
+                )
                 self._record(packet)
         if out.blackholed:
             out.lost += 1

@@ -126,12 +126,17 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
     for r in results:
         got = {k: r.received[k] - t for k, t in r.sent.items() if k in r.received}
         latencies += got.values()
-        on_time.append((sum(1 for lag in got.values() if lag <= within), len(r.sent)))
+        inside = [k for k in r.sent if k not in r.cross_border]  # cross-border: in the end
+        on_time.append((sum(1 for k in inside if got.get(k, math.inf) <= within), len(inside)))
         eventual.append((len(got), len(r.sent)))
         if scenario.control.kind == "bootstrap_only":
             control.append(_joined_within(r.control_joined, scenario.passes.join_within))
         else:
-            delivered = sum(1 for k in r.control_sent if k in r.control_received)
+            delivered = sum(
+                1
+                for k, t in r.control_sent.items()
+                if r.control_received.get(k, math.inf) - t <= within
+            )
             control.append((delivered, len(r.control_sent)))
     late = [_joined_within(r.late_joined, scenario.passes.join_within) for r in results]
     joined = [t for r in results for t in r.joined.values()]
@@ -164,11 +169,15 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "failure_classes": failures,
         "collateral_damage": _ratio(browse),
         "censor_events": results[0].censor_events,
+        "dns_lookups": sum(r.dns_lookups for r in results),
+        "probes": sum(r.probes for r in results),
+        "probed_nodes_answering": sum(r.probed_nodes_answering for r in results),
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
     v.checks = [
-        Check(f"delivered within {within:g} s", in_time.text(), f">= {p.delivery:.1%}",
+        Check(f"{'domestic pairs ' * bool(scenario.topology.abroad)}delivered within {within:g} s",
+              in_time.text(), f">= {p.delivery:.1%}",
               in_time.mean >= p.delivery),
         Check("delivered in the end", in_end.text(), f">= {p.eventual:.1%}",
               in_end.mean >= p.eventual),
@@ -178,7 +187,16 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         newcomers = f["newcomers_joined_within"]
         v.checks.append(Check(f"newcomers joined within {p.join_within:g} s", newcomers.text(),
                               f">= {p.joined:.1%}", newcomers.mean >= p.joined))  # fmt: skip
-    v.control_failed = not f["control"].mean > p.control_max
+    if any(rule.action == "inject_dns" for rule in scenario.censor):
+        lookups = f["dns_lookups"]
+        v.checks.append(Check("cleartext DNS lookups by p2pmsg nodes", str(lookups), "0",
+                              lookups == 0))  # fmt: skip
+    if any(rule.action == "probe" for rule in scenario.censor):
+        answering = f["probed_nodes_answering"]
+        v.checks.append(Check(f"p2pmsg nodes answering probes (of {f['probes']} probes)",
+                              str(answering), "0", answering == 0))  # fmt: skip
+    v.checks += [Check(what, "not measured", "measured", False) for what in p.unmeasured]
+    v.control_failed = p.control_min <= f["control"].mean <= p.control_max
     return v
 
 
@@ -188,9 +206,9 @@ def table(v: Verdict) -> str:
     rows = [(c.name, c.value, c.wanted, "ok" if c.ok else "FAILED") for c in v.checks]
     rows.append(
         (
-            CONTROL_LABELS[v.scenario.control.kind],
+            _control_label(v.scenario),
             f["control"].text(),
-            f"<= {v.scenario.passes.control_max:.1%}",
+            _control_wanted(v.scenario),
             "failed as it must" if v.control_failed else "DID NOT FAIL",
         )
     )
@@ -211,6 +229,20 @@ def table(v: Verdict) -> str:
     lines += [""] + [f"  {n:<{width}}  {val}" for n, val in info]
     lines += ["", f"  verdict: {v.outcome}"]
     return "\n".join(lines)
+
+
+def _control_label(scenario: Scenario) -> str:
+    within = (
+        scenario.passes.join_within
+        if scenario.control.kind == "bootstrap_only"
+        else (scenario.passes.within)
+    )
+    return f"{CONTROL_LABELS[scenario.control.kind]} within {within:g} s"
+
+
+def _control_wanted(scenario: Scenario) -> str:
+    low, high = scenario.passes.control_min, scenario.passes.control_max
+    return f"{low:.1%} to {high:.1%}" if low else f"<= {high:.1%}"
 
 
 def to_json(v: Verdict) -> dict[str, Any]:

@@ -26,8 +26,14 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   exchanges a message every ``every`` seconds on average (exponential), in
   a random direction, through p2pmsg and through the control client alike,
   from ``t0`` for ``duration``; then ``drain`` seconds for late deliveries.
-* **latency**: every packet takes ``latency`` (both ends in one country) or
-  ``border_latency`` (across the border).
+* **latency and loss**: every packet takes ``latency`` (both ends in one
+  country) or ``border_latency`` (across the border); a packet lost (with
+  probability ``loss``) is resent after a retransmission timeout, and the
+  packets behind it wait, as in TCP.
+* **other censor actions** (``dpi``, ``learn_fingerprint``, ``police``,
+  ``reset_every``, ``inject_dns``, ``drop`` of the ``border`` or of ``flows``):
+  rules of :mod:`p2pmsg.sim.rules`, added to the censor at ``at`` and taken
+  away at ``until``.
 
 It returns a :class:`SeedResult`: raw counts and samples, judged by
 :mod:`p2pmsg.sim.report`.
@@ -49,10 +55,10 @@ import trio.testing
 from p2pmsg.dht.service import DhtOptions
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
-from p2pmsg.sim import control
+from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
-from p2pmsg.sim.censor import Censor
-from p2pmsg.sim.net import Deliver, Packet, SimNetwork, SimStream, Verdict
+from p2pmsg.sim.censor import Censor, ResetEvery, ResidualBlock, Rule
+from p2pmsg.sim.net import DROP, RESET, Deliver, Packet, SimNetwork, SimStream, Verdict
 from p2pmsg.sim.scenario import CensorRule, Scenario, Topology
 from p2pmsg.sim.world import World, seeded_scheduler
 
@@ -63,6 +69,14 @@ NODE_OPTIONS = NodeOptions(
 """Smaller DHT buckets than a deployment's, as in the churn tests: the
 simulation's cost is dominated by lookups."""
 JOIN_TIMEOUT = 300.0
+ABROAD = "DE"
+"""The country of users abroad."""
+PROBER = "probe0"
+PROBE_EVERY = 5.0
+PROBES_AT_ONCE = 16
+PROBE_TIMEOUT = 10.0
+RTO_MIN = 0.2
+"""Linux's minimum TCP retransmission timeout."""
 WEB_PORT = 80
 WEB_TIMEOUT = 10.0
 OONI: dict[str, str] = {
@@ -82,6 +96,8 @@ class SeedResult:
     sent: dict[str, float] = field(default_factory=dict)
     """Message id -> simulated time sent (after t0)."""
     received: dict[str, float] = field(default_factory=dict)
+    cross_border: set[str] = field(default_factory=set)
+    """Messages between a user in the country and one abroad."""
     duplicates: int = 0
     control_sent: dict[str, float] = field(default_factory=dict)
     control_received: dict[str, float] = field(default_factory=dict)
@@ -101,32 +117,68 @@ class SeedResult:
     payload_bytes: int = 0
     peak_rss_kib: int = 0
     t0: float = 0.0
+    probes: int = 0
+    probes_answered: int = 0
+    probed_nodes_answering: int = 0
+    """p2pmsg nodes that answered a probe with data (S8: must be 0)."""
+    dns_lookups: int = 0
+    """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
+
+
+def control_host(user: str) -> str:
+    """The host of ``user``'s control messenger."""
+    return f"{user}c"
+
+
+async def _answered(net: SimNetwork, server: str, port: int, probe: bytes) -> bool:
+    """Whether ``server`` answers ``probe`` on ``port`` with data within the probe timeout."""
+    with trio.move_on_after(PROBE_TIMEOUT):
+        try:
+            stream = await net.connect(PROBER, server, port)
+        except OSError:
+            return False
+        try:
+            await stream.send(probe)
+            return bool(await stream.receive())
+        except (trio.BrokenResourceError, trio.EndOfChannel):
+            return False
+        finally:
+            await stream.aclose()
+    return False
 
 
 class _Meter:
     """The network's policy: the censor, then latency; counts wire bytes."""
 
-    def __init__(self, censor: Censor, net: SimNetwork, topology: Topology) -> None:
-        self.censor, self.net, self.topology = censor, net, topology
+    def __init__(
+        self, censor: Censor, net: SimNetwork, topology: Topology, rng: random.Random
+    ) -> None:
+        self.censor, self.net, self.topology, self.rng = censor, net, topology, rng
         self.wire_bytes = 0
+        self.nodes: set[str] = set()
+        self.dns_lookups = 0
 
     def __call__(self, packet: Packet) -> Verdict:
+        if packet.kind == "syn" and packet.dst_port == rules.DNS_PORT:
+            self.dns_lookups += packet.src_host in self.nodes
         verdict = self.censor(packet)
         if not isinstance(verdict, Deliver):
             return verdict
         self.wire_bytes += len(packet.data)
         same = self.net.host(packet.src_host).country == self.net.host(packet.dst_host).country
         latency = self.topology.latency if same else self.topology.border_latency
-        return Deliver(verdict.delay + latency)
+        while self.rng.random() < self.topology.loss:  # resent after a timeout, as TCP does
+            latency += max(RTO_MIN, 4 * latency)
+        return Deliver(verdict.delay + latency, verdict.data)
 
 
 def _place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
     topo = s.topology
-    names = ("users", "late", "control", "bootstrap", "servers", "web", "bg")
+    names = ("users", "late", "control", "bootstrap", "servers", "web", "bg", "resolver")
     groups: dict[str, list[str]] = {name: [] for name in names}
     late = topo.late_users
-    control = late if s.control.kind == "bootstrap_only" else 0
-    for i in range(topo.users + late + control):
+    controls = late if s.control.kind == "bootstrap_only" else 0
+    for i in range(topo.users + late + controls):
         j = i % topo.isps
         if i < topo.users:
             group, letter = "users", "u"
@@ -136,16 +188,32 @@ def _place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
         ip = f"95.{j}.{i // 250}.{i % 250 + 1}"
         world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
         groups[group].append(name)
+    for i in range(topo.abroad):
+        name, ip = f"a{i:04d}", f"85.1.{i // 250}.{i % 250 + 1}"
+        world.add_host(name, ip=ip, asn=3320, country=ABROAD, isp="abroad")
+        groups["users"].append(name)
+    if s.control.kind == "fixed_servers":  # each user's control messenger: a device of theirs
+        for name in groups["users"]:
+            host = world.net.host(name)
+            a, b, c, d = host.ip.split(".")
+            ip = f"{int(a) + 1}.{b}.{c}.{d}"
+            world.add_host(
+                control_host(name), ip=ip, asn=host.asn, country=host.country, isp=host.isp
+            )
+    if any(rule.action == "probe" for rule in s.censor):
+        world.add_host(PROBER, ip="95.0.251.1", asn=64_500, country=topo.country, isp="isp0")
     for j in range(topo.isps):
         name = f"bg{j}"
         ip = f"95.{j}.250.1"
         world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
         groups["bg"].append(name)
     counts = {"bootstrap": topo.bootstrap, "servers": s.control.servers, "web": topo.web}
+    if s.control.resolve:
+        counts["resolver"] = 1
     k = 0
     for group, count in counts.items():
         for i in range(count):
-            name = f"{group[0]}{i}" if group != "web" else f"web{i}"
+            name = {"web": f"web{i}", "resolver": control.RESOLVER}.get(group, f"{group[0]}{i}")
             prefix = k % topo.cloud_prefixes
             ip = f"52.{prefix}.{k // 250}.{k % 250 + 1}"
             world.add_host(name, ip=ip, asn=16_509, country="cloud", isp="cloud")
@@ -176,7 +244,7 @@ class _Run:
     def __init__(self, scenario: Scenario, seed: int, root: Path) -> None:
         self.s, self.seed = scenario, seed
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
-        self.world = World(root, seed)
+        self.world = World(root, seed, transports=scenario.topology.transports)
         self.groups = _place_hosts(self.world, scenario)
         self.hosts = self.world.net.hosts
         topo = scenario.topology
@@ -185,18 +253,32 @@ class _Run:
         blocklist_rng = random.Random(seed + 1)  # noqa: S311 - a reproducible simulation
         self.blocklist = Blocklist(self.world.net.host, topo.country, isps, rng=blocklist_rng)
         self.censor_rng = random.Random(seed + 2)  # noqa: S311 - a reproducible simulation
-        self.meter = _Meter(Censor([self.learner, self.blocklist]), self.world.net, topo)
+        self.meter = _Meter(
+            Censor([self.learner, self.blocklist]),
+            self.world.net,
+            topo,
+            random.Random(seed + 3),  # noqa: S311 - a reproducible simulation
+        )
+        self.meter.nodes.update(self.groups["users"] + self.groups["late"])
         self.world.net.policy = self.meter
+        self.backend = control.Backend()
         self.result = SeedResult(seed)
         self.nodes: dict[str, Node] = {}
         self.t0 = trio.current_time() + scenario.run.warmup
         self.end = self.t0 + scenario.run.duration
         self.result.t0 = self.t0
         fixed = scenario.control.kind == "fixed_servers"
+        by_ip = {h.ip: name for name, h in self.hosts.items()}
+        c = scenario.control
         self.clients = {
-            u: control.Client(self.world.net, u, self.groups["servers"])
+            u: control.Client(
+                self.world.net, control_host(u), self.groups["servers"], name=u,
+                wire=c.wire, per_message=c.per_message,
+                media_kib=c.media_kib,
+                resolve=by_ip.get if c.resolve else None, rng=random.Random(f"{seed}/{u}"),  # noqa: S311
+            )
             for u in (self.groups["users"] if fixed else [])
-        }
+        }  # fmt: skip
 
     def make_homes(self) -> list[tuple[str, str]]:
         """Every node's home; the pairs of users who are contacts."""
@@ -217,7 +299,9 @@ class _Run:
         self, name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         started = trio.current_time()
-        async with self.world.node(name, options=NODE_OPTIONS) as node:
+        skew = self.s.topology.clock_skew
+        skew = self.rng.uniform(-skew, skew) if skew else 0.0
+        async with self.world.node(name, options=NODE_OPTIONS, skew=skew) as node:
             self.nodes[name] = node
             task_status.started()
             with trio.move_on_after(JOIN_TIMEOUT):
@@ -242,16 +326,25 @@ class _Run:
             text = f"{frm} to {to} at {now:.0f}"
             message_id = (await self.nodes[frm].send(to, text)).hex()
             self.result.sent[message_id] = self.result.control_sent[message_id] = now
+            if self.hosts[frm].country != self.hosts[to].country:
+                self.result.cross_border.add(message_id)
             self.result.payload_bytes += len(text)
             if frm in self.clients:
                 self.clients[frm].send(to, message_id)
+
+    async def start_control(self, client: control.Client) -> None:
+        """Run ``client`` from t0: the control messenger starts under the censor."""
+        await trio.sleep_until(self.t0 + 1.0)
+        await client.run()
 
     async def newcomer(self, name: str, joined: dict[str, float | None]) -> None:
         """Start ``name`` for the first time at t0 and time its join."""
         await trio.sleep_until(self.t0 + 1.0)  # after the censor's first actions
         joined[name] = None
         started = trio.current_time()
-        async with self.world.node(name, options=NODE_OPTIONS) as node:
+        skew = self.s.topology.clock_skew
+        skew = self.rng.uniform(-skew, skew) if skew else 0.0
+        async with self.world.node(name, options=NODE_OPTIONS, skew=skew) as node:
             await node.joined.wait()
             joined[name] = trio.current_time() - started
             await trio.sleep_forever()
@@ -273,8 +366,98 @@ class _Run:
                 self.result.browse_ok += ok
                 self.result.browse_broken += not ok
 
+    def make_rules(self, rule: CensorRule) -> list[Rule]:
+        """The censor rules that carry out ``rule`` (one not about addresses)."""
+        hosts, country = self.world.net.host, self.s.topology.country
+        verdict = DROP if rule.verdict == "drop" else RESET
+        rng = random.Random(self.censor_rng.random())  # noqa: S311 - a reproducible simulation
+        made: list[Rule] = []
+        residual = None
+        if rule.residual > 0:
+            made.append(residual := ResidualBlock(rule.residual, rule.residual_p, rng))
+        one: Rule
+        if rule.action == "dpi":
+            one = rules.Dpi(rules.payload_match(rule.match, (control.DOMAIN,)), verdict, residual)
+        elif rule.action == "learn_fingerprint":
+            one = rules.LearnFingerprint(rule.min_clients, verdict)
+        elif rule.action == "police":
+            one = rules.Policing(rule.kbps * 1000 / 8)
+        elif rule.action == "reset_every":
+            one = ResetEvery(rule.lifetime)
+        elif rule.action == "inject_dns":
+            one = rules.InjectDns((control.DOMAIN,))
+        elif rule.target == "border":
+            now, isps = trio.current_time(), sorted({h.isp for h in self.hosts.values()})
+            start = {isp: now + rng.uniform(0, rule.propagation) for isp in isps}
+            one = rules.BorderDrop(hosts, country, start)
+        else:
+            one = rules.DropAll()
+        if rule.probability < 1:
+            one = rules.Chance(one, rule.probability, rng)
+        made.append(rules.Scoped(one, hosts, country, rule.scope, rule.isp))
+        return made
+
+    async def switch_on(self, rule: CensorRule) -> None:
+        """Add ``rule``'s censor rules until its ``until``; off and on if it flaps."""
+        what = rule.action if rule.action != "drop" else f"drop ({rule.target})"
+        what += f" on {rule.isp}" if rule.isp else ""
+        end = min(self.t0 + rule.until, self.end)
+        while (now := trio.current_time()) < end:
+            made = self.make_rules(rule)
+            self.meter.censor.rules.extend(made)
+            self.result.censor_events.append((now - self.t0, what))
+            if rule.until == float("inf") and not rule.flap:
+                return
+            await trio.sleep_until(min(end, now + (rule.flap or float("inf"))))
+            for one in made:
+                self.meter.censor.rules.remove(one)
+            self.result.censor_events.append((trio.current_time() - self.t0, f"{what} lifted"))
+            await trio.sleep(rule.flap)
+
+    async def probe(self, rule: CensorRule) -> None:
+        """The active prober of S8 (see :class:`p2pmsg.sim.rules.Probe`): up to
+        :data:`PROBES_AT_ONCE` suspects probed at a time."""
+        hosts, country = self.world.net.host, self.s.topology.country
+        suspects = rules.Probe(PROBER)
+        self.meter.censor.rules.append(rules.Scoped(suspects, hosts, country, rule.scope))
+        rng = random.Random(self.seed + 4)  # noqa: S311 - a reproducible simulation
+        limit = trio.CapacityLimiter(PROBES_AT_ONCE)
+        async with trio.open_nursery() as nursery:
+            while trio.current_time() < self.end:
+                suspect = suspects.next_suspect()
+                if suspect is None:
+                    await trio.sleep(PROBE_EVERY)
+                    continue
+                await limit.acquire_on_behalf_of(suspect)
+                nursery.start_soon(self.probe_one, suspect, rules.probes(suspect[2], rng), limit)
+            nursery.cancel_scope.cancel()
+
+    async def probe_one(
+        self, suspect: tuple[str, int, bytes], probes: list[bytes], limit: trio.CapacityLimiter
+    ) -> None:
+        server, port, _ = suspect
+        try:
+            answered = 0
+            for probe in probes:
+                self.result.probes += 1
+                answered += await _answered(self.world.net, server, port, probe)
+        finally:
+            limit.release_on_behalf_of(suspect)
+        if answered:
+            self.result.probes_answered += answered
+            self.result.probed_nodes_answering += server in self.nodes
+            now = trio.current_time()
+            self.blocklist.add([self.hosts[server].ip], now, propagation=0, reason="probe")
+            self.result.censor_events.append((now - self.t0, "probe: 1 address blocked"))
+
     async def censor(self, rule: CensorRule) -> None:
         await trio.sleep_until(self.t0 + rule.at)
+        if rule.action == "probe":
+            await self.probe(rule)
+            return
+        if rule.target in ("border", "flows"):
+            await self.switch_on(rule)
+            return
         while (now := trio.current_time()) < min(self.end, self.t0 + rule.until):
             if rule.target == "learned":
                 addresses = self.learner.popular(rule.min_clients)
@@ -300,6 +483,9 @@ class _Run:
         for client in self.clients.values():
             self.result.control_received.update(client.received)
             self.result.control_duplicates += client.duplicates
+        if self.s.control.per_message:
+            self.result.control_received = dict(self.backend.accepted)
+        self.result.dns_lookups = self.meter.dns_lookups
         for node in self.nodes.values():
             status = await node.status()
             for health in status["transports"].values():
@@ -325,11 +511,17 @@ async def run_seed(
             await run.nodes[a].store.add_contact(run.world.contact_of(b))
             await run.nodes[b].store.add_contact(run.world.contact_of(a))
             nursery.start_soon(run.converse, a, b)
-        backend = control.Backend()
         for server in run.groups["servers"]:
-            nursery.start_soon(control.serve, run.world.net, server, backend)
+            nursery.start_soon(
+                control.serve, run.world.net, server, run.backend, scenario.control.wire
+            )
+        if scenario.control.resolve:
+            names = {
+                control.server_name(i): run.hosts[h].ip for i, h in enumerate(run.groups["servers"])
+            }
+            nursery.start_soon(control.resolver, run.world.net, control.RESOLVER, names)
         for client in run.clients.values():
-            nursery.start_soon(client.run)
+            nursery.start_soon(run.start_control, client)
         for site in run.groups["web"]:
             nursery.start_soon(_web_server, run.world, site)
         for j, bg in enumerate(run.groups["bg"]):

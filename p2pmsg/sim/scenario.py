@@ -8,12 +8,15 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     id, title, story            what and which real event
     [run]       duration, warmup, drain, seeds
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
-                latency, border_latency, late_users, alternate
+                latency, border_latency, loss, late_users, alternate,
+                transports, abroad, clock_skew
     [traffic]   pairs, every, browse_every
-    [control]   kind, servers
+    [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
-                propagation, min_clients, prefix
-    [pass]      delivery, within, eventual, control_max, joined, join_within
+                propagation, min_clients, prefix, match, verdict,
+                residual, residual_p, kbps, lifetime, isp, flap
+    [pass]      delivery, within, eventual, control_max, control_min,
+                joined, join_within, unmeasured
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -29,11 +32,17 @@ from typing import Any, Final
 
 from p2pmsg.errors import P2PMsgError
 
-ACTIONS: Final = ("drop", "blocklist_add")
-"""Censor actions this runner carries out (SCENARIOS.md lists more to come)."""
-TARGETS: Final = ("bootstrap", "servers", "learned")
+ACTIONS: Final = (
+    "drop", "blocklist_add", "dpi", "learn_fingerprint", "police", "reset_every", "inject_dns",
+    "probe",
+)  # fmt: skip
+"""Censor actions this runner carries out (see docs/scenarios.md)."""
+TARGETS: Final = ("bootstrap", "servers", "learned", "border", "flows")
+MATCHES: Final = ("any", "fully_encrypted", "not_allowlisted", "sni")
 CONTROLS: Final = ("fixed_servers", "bootstrap_only")
+WIRES: Final = ("plain", "random", "tls")
 ALTERNATES: Final = ("invite", "none")
+TRANSPORTS: Final = ("sim", "ws", "obfs")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 MAX_USERS: Final = 10_000
@@ -62,10 +71,18 @@ class Topology:
     web: int = 6
     latency: float = 0.02
     border_latency: float = 0.08
+    loss: float = 0.0
+    """Share of packets lost; each loss costs its stream a retransmission timeout."""
     late_users: int = 0
     """Users who first start at t0, after the censor's first actions."""
     alternate: str = "invite"
     """What late users have besides the bootstrap list: a friend's invite, or none."""
+    transports: tuple[str, ...] = ("sim",)
+    """What every p2pmsg node listens on and dials, in order of preference."""
+    abroad: int = 0
+    """Users outside the censor's country (in ``DE``): their pairs cross the border."""
+    clock_skew: float = 0.0
+    """Each node's wall clock is off by U(-skew, +skew) seconds."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +96,22 @@ class Traffic:
 class Control:
     kind: str = "fixed_servers"
     servers: int = 3
+    wire: str = "plain"
+    """How the control client's connections start: plain text, random bytes
+    (a fully encrypted protocol) or a TLS ClientHello naming its service."""
+    resolve: bool = False
+    """Look the servers up by name in cleartext DNS before each connection."""
+    per_message: bool = False
+    """One connection per message, never retried: counts what single
+    connections lose, not what patience recovers."""
+    media_kib: int = 0
+    """Each control message uploads a photo of this size first (S9)."""
 
 
 @dataclass(frozen=True)
 class CensorRule:
     action: str
-    target: str
+    target: str = "flows"
     at: float = 0.0
     every: float = 0.0
     until: float = float("inf")
@@ -93,6 +120,21 @@ class CensorRule:
     propagation: float = 0.0
     min_clients: int = 3
     prefix: int = 32
+    match: str = "any"
+    """For ``dpi``: which flows, by their first client payloads."""
+    verdict: str = "rst"
+    """For ``dpi`` and ``learn_fingerprint``: reset the flow, or drop it."""
+    residual: float = 0.0
+    """After a flow is condemned, its (client, server, port) is blocked this long."""
+    residual_p: float = 1.0
+    kbps: float = 130.0
+    """For ``police``: the rate each direction of a flow is held to."""
+    lifetime: float = 20.0
+    """For ``reset_every``: the age at which a connection is reset."""
+    isp: str = ""
+    """Only flows of this ISP's clients (``isp0``, ``isp1``...); all when empty."""
+    flap: float = 0.0
+    """Rules on flows: on for ``flap`` seconds, then off as long, and again."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +146,11 @@ class Pass:
     joined: float = 0.0
     """Share of late users that must have joined within ``join_within``."""
     join_within: float = 60.0
+    control_min: float = 0.0
+    """A control that delivers less than this failed differently than stated."""
+    unmeasured: tuple[str, ...] = ()
+    """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
+    reported as a failed check that says so."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +167,14 @@ class Scenario:
     path: str = ""
 
 
+_ACTION_TARGETS: Final = {
+    "drop": ("bootstrap", "servers", "border", "flows"),
+    "blocklist_add": ("learned", "bootstrap", "servers"),
+}
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
-    "at", "until", "propagation", "within", "join_within",
+    "at", "until", "propagation", "within", "join_within", "residual", "lifetime", "flap",
+    "clock_skew",
 }  # fmt: skip
 _TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
 
@@ -174,6 +226,13 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("run", "duration"): (1e-3, float("inf")),
     ("control", "servers"): (1, 1000),
     ("censor", "probability"): (0, 1),
+    ("censor", "residual_p"): (0, 1),
+    ("censor", "kbps"): (1, 1e7),
+    ("censor", "lifetime"): (0.1, float("inf")),
+    ("topology", "loss"): (0, 0.9),
+    ("topology", "abroad"): (0, MAX_USERS),
+    ("control", "media_kib"): (0, 16 * 1024),
+    ("pass", "control_min"): (0, 1),
     ("censor", "prefix"): (8, 32),
     ("censor", "min_clients"): (1, MAX_USERS),
     ("pass", "delivery"): (0, 1),
@@ -184,10 +243,14 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
 }
 _CHOICES: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("control", "kind"): CONTROLS,
+    ("control", "wire"): WIRES,
     ("topology", "alternate"): ALTERNATES,
+    ("topology", "transports"): TRANSPORTS,
     ("censor", "action"): ACTIONS,
     ("censor", "target"): TARGETS,
-    ("censor", "scope"): ("country",),
+    ("censor", "scope"): ("country", "border", "wan"),
+    ("censor", "match"): MATCHES,
+    ("censor", "verdict"): ("rst", "drop"),
 }
 
 
@@ -210,14 +273,19 @@ def _value(table: str, key: str, value: object, default: object) -> object:
         value = parse_time(value)
     elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    elif isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of text")
+        value = tuple(value)
     elif type(value) is not type(default):
         raise ValueError(f"expected {type(default).__name__}, got {type(value).__name__}")
     low, high = _RANGES.get((table, key), (-float("inf"), float("inf")))
     if isinstance(value, int | float) and not low <= value <= high:
         raise ValueError(f"{value!r} is out of range: {low:g} to {high:g}")
     choices = _CHOICES.get((table, key))
-    if choices is not None and value not in choices:
-        raise ValueError(f"{value!r} is not one this runner has: {', '.join(choices)}")
+    for one in value if isinstance(value, tuple) else (value,):
+        if choices is not None and one not in choices:
+            raise ValueError(f"{one!r} is not one this runner has: {', '.join(choices)}")
     return value
 
 
@@ -244,10 +312,20 @@ def _check(where: _Where, s: Scenario) -> None:
     """What one field's range cannot say."""
     if s.topology.isps > s.topology.users:
         raise where.error("topology", "isps", "at most one per user")
-    if s.traffic.pairs > s.topology.users * (s.topology.users - 1) // 2:
+    users = s.topology.users + s.topology.abroad
+    if s.traffic.pairs > users * (users - 1) // 2:
         raise where.error("traffic", "pairs", "at most one per two users")
     if s.control.kind == "bootstrap_only" and not s.topology.late_users:
         raise where.error("control", "kind", "bootstrap_only needs late_users in [topology]")
+    if not s.topology.transports:
+        raise where.error("topology", "transports", "at least one")
+    if s.passes.control_min > s.passes.control_max:
+        raise where.error("pass", "control_min", "above control_max")
+    for i, rule in enumerate(s.censor):
+        targets = _ACTION_TARGETS.get(rule.action, ("flows",))
+        if rule.target not in targets:
+            wanted = ", ".join(targets)
+            raise where.error("censor", "target", f"{rule.action} takes: {wanted}", i)
 
 
 def loads(text: str, path: str = "<scenario>") -> Scenario:

@@ -16,6 +16,12 @@ scheduler in its deterministic mode (the one trio's own Hypothesis plugin
 uses) with its shuffling seeded too. Stores run inline and the clock is
 trio's, so nothing else varies; runs in processes with different hash seeds
 were checked to agree.
+
+Nodes speak the ``transports`` the world was made with, each over the
+simulated network: ``sim`` (plain frames, port 1), ``ws`` (WebSocket on
+port 443, as a web server would listen) and ``obfs`` (our obfs4-like
+transport, port 8443, its server key made in the node's home). Every node
+listens on each, and its invites carry them all, in that order.
 """
 
 from __future__ import annotations
@@ -28,18 +34,25 @@ from pathlib import Path
 
 import trio
 
+from p2pmsg.abc import Transport
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.home import Config, Home
-from p2pmsg.keys import Identity
+from p2pmsg.keys import Identity, encode_key
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.sim.net import SimHost, SimNetwork
 from p2pmsg.sim.transport import SimTransport
 from p2pmsg.store import Contact, run_inline
+from transports.obfs import ObfsTransport, load_or_create_key
+from transports.ws import WsTransport
 
 EPOCH = 1_800_000_000.0
 """The wall-clock time at which simulated time 0 falls."""
 
 Rng = Callable[[int], bytes]
+TRANSPORTS = ("sim", "ws", "obfs")
+"""The transports a simulated node can speak."""
+WS_PORT = 443
+OBFS_PORT = 8443
 
 
 def sim_wall_clock() -> float:
@@ -72,10 +85,21 @@ def seeded_scheduler(seed: int) -> Iterator[None]:
 class World:
     """Homes and running nodes on one simulated network, drawn from ``seed``."""
 
-    def __init__(self, root: Path, seed: int, net: SimNetwork | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        seed: int,
+        net: SimNetwork | None = None,
+        *,
+        transports: Sequence[str] = ("sim",),
+    ) -> None:
+        unknown = set(transports) - set(TRANSPORTS)
+        if unknown or not transports:
+            raise ValueError(f"transports: one or more of {', '.join(TRANSPORTS)}")
         self.root = root
         self.seed = seed
         self.net = net or SimNetwork()
+        self.transports = tuple(transports)
         self.homes: dict[str, Home] = {}
         self._runs: dict[str, int] = {}
 
@@ -91,26 +115,68 @@ class World:
         """The home of node ``name``, made (with its seeded identity) on first use."""
         if name not in self.homes:
             home = Home(self.root / name)
-            endpoints = (Endpoint.parse(f"sim:{name}"),) if listen else ()
+            endpoints = self._endpoints(name, home) if listen else ()
             config = Config(listen=endpoints, bootstrap=tuple(bootstrap))
             home.init(config, Identity.generate(self.rng(f"identity/{name}")))
             self.homes[name] = home
         return self.homes[name]
 
+    def _endpoints(self, name: str, home: Home) -> tuple[Endpoint, ...]:
+        found = []
+        for transport in self.transports:
+            if transport == "sim":
+                found.append(Endpoint.parse(f"sim:{name}"))
+            elif transport == "ws":
+                found.append(Endpoint.parse(f"ws:{name}:{WS_PORT}/chat"))
+            else:
+                key = load_or_create_key(home.path / "obfs", rng=self.rng(f"obfs/{name}"))
+                found.append(
+                    Endpoint("obfs", f"{name}:{OBFS_PORT}", (("key", encode_key(key.public)),))
+                )
+        return tuple(found)
+
+    def _stack(self, name: str, runs: int, wall_clock: Callable[[], float]) -> list[Transport]:
+        """Node ``name``'s transports, each over the simulated network."""
+        made: list[Transport] = []
+        for transport in self.transports:
+            sim = SimTransport(self.net, name)
+            if transport == "sim":
+                made.append(sim)
+            elif transport == "ws":
+                rng = self.rng(f"ws/{name}/{runs}")
+                made.append(WsTransport(sim, rng=rng, wall_clock=wall_clock))
+            else:
+                made.append(
+                    ObfsTransport(
+                        sim,
+                        state_dir=self.homes[name].path / "obfs",
+                        rng=self.rng(f"obfs/{name}/{runs}"),
+                        wall_clock=wall_clock,
+                    )
+                )
+        return made
+
     @asynccontextmanager
-    async def node(self, name: str, *, options: NodeOptions | None = None) -> AsyncIterator[Node]:
-        """Run node ``name`` (its home must exist) for the ``async with`` block.
+    async def node(
+        self, name: str, *, options: NodeOptions | None = None, skew: float = 0.0
+    ) -> AsyncIterator[Node]:
+        """Run node ``name`` (its home must exist) for the ``async with`` block,
+        its wall clock ``skew`` seconds off.
 
         Each run draws from its own stream, so a restarted node does not
         repeat its earlier randomness."""
         home = self.homes[name]
         runs = self._runs[name] = self._runs.get(name, 0) + 1
+
+        def wall_clock() -> float:
+            return sim_wall_clock() + skew
+
         async with Node.open(
             home.path,
-            [SimTransport(self.net, name)],
+            self._stack(name, runs, wall_clock),
             options=options,
             offload=run_inline,
-            wall_clock=sim_wall_clock,
+            wall_clock=wall_clock,
             rng=self.rng(f"node/{name}/{runs}"),
         ) as node:
             yield node
