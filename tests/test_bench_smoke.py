@@ -38,3 +38,15 @@ def test_benchmark_runs_and_prints_its_table(
     for column in header:
         assert column in header_lines[0]
     assert "ratios (median of per-round ratios):" in lines
+
+
+def test_the_simulator_scale_benchmark_runs_and_prints_its_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the child process imports bench/ too
+    importlib.import_module("bench.sim_scale").main(["--nodes", "3", "--minutes", "0.5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["measurement", "wall", "s", "peak", "MiB", "x", "real", "time",
+                                "x", "goal", "delivered"]  # fmt: skip
+    assert lines[3].startswith("3 nodes, 0.5 min")

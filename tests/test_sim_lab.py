@@ -199,6 +199,7 @@ def test_newcomers_join_through_a_friends_invite_and_the_list_alone_fails() -> N
         (["--nodes", "1"], "--nodes: between 2 and"),
         (["--nodes", "10001"], "--nodes: between 2 and"),
         (["--seeds", "0"], "--seeds: between 1 and 1000"),
+        (["--duration", "10s"], "--duration: between 1 minute and 30 days"),
     ],
 )
 def test_sim_run_refuses_impossible_sizes_in_one_line(

@@ -241,9 +241,11 @@ class Client:
         await stream.send(f"{greeting}|{self.name}".encode())
 
     async def run(self) -> None:
+        """Connect and reconnect until cancelled, starting at a random server
+        (clients spread over the data centres) and trying the next after each failure."""
         if self.per_message:
             await self._run_per_message()
-        turn = 0
+        turn = self.rng.randrange(len(self.servers))
         while True:
             stream = await self._connect(turn)
             turn += 1

@@ -56,24 +56,27 @@ def list_scenarios(out: Out) -> int:
 
 
 def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> Scenario:
-    """``scenario`` with ``nodes`` users (pairs kept, as far as they fit), its
-    timeline compressed or stretched to ``duration`` simulated seconds.
+    """``scenario`` with ``nodes`` users (those abroad in proportion, pairs
+    kept as far as they fit), its timeline compressed or stretched to
+    ``duration`` simulated seconds.
 
     A new timeline scales what the scenario times (when rules start, repeat,
     end, flap and propagate; how often users write and browse) and keeps
     what physics or a protocol fixes (latency, timeouts, residual blocks,
     connection lifetimes, the pass deadlines); the warm-up and the drain are
-    cut to at most 5 and 10 minutes when compressed. Raises :class:`ScenarioError`.
+    cut to at most 2 minutes each when compressed. Raises :class:`ScenarioError`.
     """
     if nodes is not None:
         if not 2 <= nodes <= MAX_USERS:
             raise ScenarioError(f"--nodes: between 2 and {MAX_USERS}")
-        users = nodes + scenario.topology.abroad
+        topo = scenario.topology
+        abroad = round(topo.abroad * nodes / topo.users)
+        users = nodes + abroad
         pairs = min(scenario.traffic.pairs, users * (users - 1) // 2)
         scenario = dataclasses.replace(
             scenario,
             topology=dataclasses.replace(
-                scenario.topology, users=nodes, isps=min(scenario.topology.isps, nodes)
+                topo, users=nodes, isps=min(topo.isps, nodes), abroad=abroad
             ),
             traffic=dataclasses.replace(scenario.traffic, pairs=pairs),
         )
@@ -96,8 +99,8 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
         run=dataclasses.replace(
             run,
             duration=duration,
-            warmup=run.warmup if k >= 1 else min(run.warmup, 300.0),
-            drain=run.drain if k >= 1 else min(run.drain, 600.0),
+            warmup=run.warmup if k >= 1 else min(run.warmup, 120.0),
+            drain=run.drain if k >= 1 else min(run.drain, 120.0),
         ),
         traffic=dataclasses.replace(
             traffic, every=traffic.every * cut, browse_every=traffic.browse_every * cut

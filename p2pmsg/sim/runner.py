@@ -5,8 +5,10 @@ Theory of operation
 :func:`run_seed` builds the world of a :class:`~p2pmsg.sim.scenario.Scenario`
 and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
 
-* **hosts**: ``users`` p2pmsg users in ``country``, spread over ``isps``
-  residential prefixes (``95.ISP.x.y``); in the cloud, abroad, in
+* **hosts** (laid out by :mod:`p2pmsg.sim.topology`): ``users`` p2pmsg
+  users in ``country``, spread over ``isps`` residential prefixes
+  (``95.ISP.x.y``), each with a second device for the control messenger
+  (``96.ISP.x.y``), and ``abroad`` users in ``DE``; in the cloud, abroad, in
   ``cloud_prefixes`` /16s (``52.K.x.y``): the ``bootstrap`` nodes whose
   invites are every user's built-in bootstrap list, the control messenger's
   ``servers`` and ``web`` sites that have nothing to do with either (the
@@ -33,7 +35,7 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
 * **other censor actions** (``dpi``, ``learn_fingerprint``, ``police``,
   ``reset_every``, ``inject_dns``, ``drop`` of the ``border`` or of ``flows``):
   rules of :mod:`p2pmsg.sim.rules`, added to the censor at ``at`` and taken
-  away at ``until``.
+  away at ``until``; ``probe`` runs an active prober from a domestic host.
 
 It returns a :class:`SeedResult`: raw counts and samples, judged by
 :mod:`p2pmsg.sim.report`.
@@ -57,9 +59,21 @@ from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
-from p2pmsg.sim.censor import Censor, ResetEvery, ResidualBlock, Rule
-from p2pmsg.sim.net import DROP, RESET, Deliver, Packet, SimNetwork, SimStream, Verdict
-from p2pmsg.sim.scenario import CensorRule, Scenario, Topology
+from p2pmsg.sim.censor import Censor
+from p2pmsg.sim.scenario import CensorRule, Scenario
+from p2pmsg.sim.topology import (
+    PROBE_EVERY,
+    PROBER,
+    PROBES_AT_ONCE,
+    WEB_PORT,
+    WEB_TIMEOUT,
+    Meter,
+    answered,
+    censor_rules,
+    control_host,
+    place_hosts,
+    web_server,
+)
 from p2pmsg.sim.world import World, seeded_scheduler
 
 NODE_OPTIONS = NodeOptions(
@@ -69,16 +83,6 @@ NODE_OPTIONS = NodeOptions(
 """Smaller DHT buckets than a deployment's, as in the churn tests: the
 simulation's cost is dominated by lookups."""
 JOIN_TIMEOUT = 300.0
-ABROAD = "DE"
-"""The country of users abroad."""
-PROBER = "probe0"
-PROBE_EVERY = 5.0
-PROBES_AT_ONCE = 16
-PROBE_TIMEOUT = 10.0
-RTO_MIN = 0.2
-"""Linux's minimum TCP retransmission timeout."""
-WEB_PORT = 80
-WEB_TIMEOUT = 10.0
 OONI: dict[str, str] = {
     "timeout": "tcp_ip",
     "reset": "connection_reset",
@@ -125,119 +129,6 @@ class SeedResult:
     """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
 
 
-def control_host(user: str) -> str:
-    """The host of ``user``'s control messenger."""
-    return f"{user}c"
-
-
-async def _answered(net: SimNetwork, server: str, port: int, probe: bytes) -> bool:
-    """Whether ``server`` answers ``probe`` on ``port`` with data within the probe timeout."""
-    with trio.move_on_after(PROBE_TIMEOUT):
-        try:
-            stream = await net.connect(PROBER, server, port)
-        except OSError:
-            return False
-        try:
-            await stream.send(probe)
-            return bool(await stream.receive())
-        except (trio.BrokenResourceError, trio.EndOfChannel):
-            return False
-        finally:
-            await stream.aclose()
-    return False
-
-
-class _Meter:
-    """The network's policy: the censor, then latency; counts wire bytes."""
-
-    def __init__(
-        self, censor: Censor, net: SimNetwork, topology: Topology, rng: random.Random
-    ) -> None:
-        self.censor, self.net, self.topology, self.rng = censor, net, topology, rng
-        self.wire_bytes = 0
-        self.nodes: set[str] = set()
-        self.dns_lookups = 0
-
-    def __call__(self, packet: Packet) -> Verdict:
-        if packet.kind == "syn" and packet.dst_port == rules.DNS_PORT:
-            self.dns_lookups += packet.src_host in self.nodes
-        verdict = self.censor(packet)
-        if not isinstance(verdict, Deliver):
-            return verdict
-        self.wire_bytes += len(packet.data)
-        same = self.net.host(packet.src_host).country == self.net.host(packet.dst_host).country
-        latency = self.topology.latency if same else self.topology.border_latency
-        while self.rng.random() < self.topology.loss:  # resent after a timeout, as TCP does
-            latency += max(RTO_MIN, 4 * latency)
-        return Deliver(verdict.delay + latency, verdict.data)
-
-
-def _place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
-    topo = s.topology
-    names = ("users", "late", "control", "bootstrap", "servers", "web", "bg", "resolver")
-    groups: dict[str, list[str]] = {name: [] for name in names}
-    late = topo.late_users
-    controls = late if s.control.kind == "bootstrap_only" else 0
-    for i in range(topo.users + late + controls):
-        j = i % topo.isps
-        if i < topo.users:
-            group, letter = "users", "u"
-        else:
-            group, letter = ("late", "n") if i < topo.users + late else ("control", "c")
-        name = f"{letter}{i:04d}"
-        ip = f"95.{j}.{i // 250}.{i % 250 + 1}"
-        world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
-        groups[group].append(name)
-    for i in range(topo.abroad):
-        name, ip = f"a{i:04d}", f"85.1.{i // 250}.{i % 250 + 1}"
-        world.add_host(name, ip=ip, asn=3320, country=ABROAD, isp="abroad")
-        groups["users"].append(name)
-    if s.control.kind == "fixed_servers":  # each user's control messenger: a device of theirs
-        for name in groups["users"]:
-            host = world.net.host(name)
-            a, b, c, d = host.ip.split(".")
-            ip = f"{int(a) + 1}.{b}.{c}.{d}"
-            world.add_host(
-                control_host(name), ip=ip, asn=host.asn, country=host.country, isp=host.isp
-            )
-    if any(rule.action == "probe" for rule in s.censor):
-        world.add_host(PROBER, ip="95.0.251.1", asn=64_500, country=topo.country, isp="isp0")
-    for j in range(topo.isps):
-        name = f"bg{j}"
-        ip = f"95.{j}.250.1"
-        world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
-        groups["bg"].append(name)
-    counts = {"bootstrap": topo.bootstrap, "servers": s.control.servers, "web": topo.web}
-    if s.control.resolve:
-        counts["resolver"] = 1
-    k = 0
-    for group, count in counts.items():
-        for i in range(count):
-            name = {"web": f"web{i}", "resolver": control.RESOLVER}.get(group, f"{group[0]}{i}")
-            prefix = k % topo.cloud_prefixes
-            ip = f"52.{prefix}.{k // 250}.{k % 250 + 1}"
-            world.add_host(name, ip=ip, asn=16_509, country="cloud", isp="cloud")
-            groups[group].append(name)
-            k += 1
-    return groups
-
-
-async def _web_server(world: World, host: str) -> None:
-    listener = await world.net.listen(host, WEB_PORT)
-    async with listener, trio.open_nursery() as nursery:
-        while True:
-            nursery.start_soon(_answer, await listener.accept())
-
-
-async def _answer(stream: SimStream) -> None:
-    try:
-        await stream.send(b"HTTP/1.1 200 OK\r\n\r\n" + await stream.receive())
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-        pass
-    finally:
-        await stream.aclose()
-
-
 class _Run:
     """One seed's world, its parts and what they saw."""
 
@@ -245,7 +136,7 @@ class _Run:
         self.s, self.seed = scenario, seed
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
         self.world = World(root, seed, transports=scenario.topology.transports)
-        self.groups = _place_hosts(self.world, scenario)
+        self.groups = place_hosts(self.world, scenario)
         self.hosts = self.world.net.hosts
         topo = scenario.topology
         isps = tuple(f"isp{j}" for j in range(topo.isps))
@@ -253,7 +144,7 @@ class _Run:
         blocklist_rng = random.Random(seed + 1)  # noqa: S311 - a reproducible simulation
         self.blocklist = Blocklist(self.world.net.host, topo.country, isps, rng=blocklist_rng)
         self.censor_rng = random.Random(seed + 2)  # noqa: S311 - a reproducible simulation
-        self.meter = _Meter(
+        self.meter = Meter(
             Censor([self.learner, self.blocklist]),
             self.world.net,
             topo,
@@ -366,44 +257,14 @@ class _Run:
                 self.result.browse_ok += ok
                 self.result.browse_broken += not ok
 
-    def make_rules(self, rule: CensorRule) -> list[Rule]:
-        """The censor rules that carry out ``rule`` (one not about addresses)."""
-        hosts, country = self.world.net.host, self.s.topology.country
-        verdict = DROP if rule.verdict == "drop" else RESET
-        rng = random.Random(self.censor_rng.random())  # noqa: S311 - a reproducible simulation
-        made: list[Rule] = []
-        residual = None
-        if rule.residual > 0:
-            made.append(residual := ResidualBlock(rule.residual, rule.residual_p, rng))
-        one: Rule
-        if rule.action == "dpi":
-            one = rules.Dpi(rules.payload_match(rule.match, (control.DOMAIN,)), verdict, residual)
-        elif rule.action == "learn_fingerprint":
-            one = rules.LearnFingerprint(rule.min_clients, verdict)
-        elif rule.action == "police":
-            one = rules.Policing(rule.kbps * 1000 / 8)
-        elif rule.action == "reset_every":
-            one = ResetEvery(rule.lifetime)
-        elif rule.action == "inject_dns":
-            one = rules.InjectDns((control.DOMAIN,))
-        elif rule.target == "border":
-            now, isps = trio.current_time(), sorted({h.isp for h in self.hosts.values()})
-            start = {isp: now + rng.uniform(0, rule.propagation) for isp in isps}
-            one = rules.BorderDrop(hosts, country, start)
-        else:
-            one = rules.DropAll()
-        if rule.probability < 1:
-            one = rules.Chance(one, rule.probability, rng)
-        made.append(rules.Scoped(one, hosts, country, rule.scope, rule.isp))
-        return made
-
     async def switch_on(self, rule: CensorRule) -> None:
         """Add ``rule``'s censor rules until its ``until``; off and on if it flaps."""
         what = rule.action if rule.action != "drop" else f"drop ({rule.target})"
         what += f" on {rule.isp}" if rule.isp else ""
         end = min(self.t0 + rule.until, self.end)
         while (now := trio.current_time()) < end:
-            made = self.make_rules(rule)
+            rng = random.Random(self.censor_rng.random())  # noqa: S311 - a reproducible simulation
+            made = censor_rules(rule, self.world.net, self.s.topology.country, rng)
             self.meter.censor.rules.extend(made)
             self.result.censor_events.append((now - self.t0, what))
             if rule.until == float("inf") and not rule.flap:
@@ -437,14 +298,14 @@ class _Run:
     ) -> None:
         server, port, _ = suspect
         try:
-            answered = 0
+            hits = 0
             for probe in probes:
                 self.result.probes += 1
-                answered += await _answered(self.world.net, server, port, probe)
+                hits += await answered(self.world.net, server, port, probe)
         finally:
             limit.release_on_behalf_of(suspect)
-        if answered:
-            self.result.probes_answered += answered
+        if hits:
+            self.result.probes_answered += hits
             self.result.probed_nodes_answering += server in self.nodes
             now = trio.current_time()
             self.blocklist.add([self.hosts[server].ip], now, propagation=0, reason="probe")
@@ -523,7 +384,7 @@ async def run_seed(
         for client in run.clients.values():
             nursery.start_soon(run.start_control, client)
         for site in run.groups["web"]:
-            nursery.start_soon(_web_server, run.world, site)
+            nursery.start_soon(web_server, run.world, site)
         for j, bg in enumerate(run.groups["bg"]):
             nursery.start_soon(run.browse, bg, random.Random(seed * 1000 + j))  # noqa: S311
         for rule in scenario.censor:
