@@ -40,6 +40,7 @@ from p2pmsg.node import Node
 from p2pmsg.sim import lab
 from p2pmsg.sim.scenario import parse_time
 from p2pmsg.store import Database
+from transports import simstack
 from transports.obfs import ObfsTransport, load_or_create_key
 from transports.pt import PtTransport
 from transports.tcp import TcpTransport
@@ -362,6 +363,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         nodes=args.nodes,
         duration=args.duration,
+        wrappers=simstack.WRAPPERS,
         out_dir=Path(args.out),
         as_json=args.json,
         out=_out,

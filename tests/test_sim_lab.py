@@ -15,7 +15,7 @@ from p2pmsg.sim import control, report, runner
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.net import SimNetwork
-from p2pmsg.sim.scenario import loads
+from p2pmsg.sim.scenario import ScenarioError, loads
 
 TINY = """
 id = "T1"
@@ -241,3 +241,9 @@ def test_the_control_clients_outbox_is_bounded_and_counts_what_it_drops() -> Non
         client.send("b", f"m{i}")
     assert [m for _, m in client.outbox] == ["m2", "m3", "m4"]
     assert client.dropped == 2
+
+
+def test_a_transport_the_runner_was_not_given_is_a_clear_error() -> None:
+    scenario = loads(TINY.replace("bootstrap = 2", "bootstrap = 2\ntransports = ['ws']"), "t.toml")
+    with pytest.raises(ScenarioError, match=r"t.toml: topology.transports: .* only sim, not ws"):
+        runner.run(scenario, 1)

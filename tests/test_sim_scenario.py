@@ -49,6 +49,14 @@ def test_a_minimal_scenario_takes_the_defaults() -> None:
         ),
         (HEAD + "[topology]\ntransports = []\n", "f.toml:4: topology.transports: at least one"),
         (
+            HEAD + "[topology]\ntransports = ['ws', 'ws']\n",
+            "f.toml:4: topology.transports: each at most once",
+        ),
+        (
+            HEAD + "[[censor]]\naction = 'police'\nisp = 'isp3'\n",
+            "f.toml:5: censor[0].isp: 'isp3' is not one of isp0..isp2",
+        ),
+        (
             HEAD + "[pass]\ncontrol_min = 0.5\ncontrol_max = 0.2\n",
             "f.toml:4: pass.control_min: above control_max",
         ),

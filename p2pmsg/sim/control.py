@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from p2pmsg.sim.detectors import dns_query_name
 from p2pmsg.sim.net import SimNetwork, SimStream
 
 PORT = 443
@@ -77,8 +78,6 @@ def server_name(index: int) -> str:
 
 async def resolver(net: SimNetwork, host: str, addresses: dict[str, str]) -> None:
     """A DNS resolver on ``host``: answers ``A IP`` for the names in ``addresses``."""
-    from p2pmsg.sim.detectors import dns_query_name  # noqa: PLC0415 - one user
-
     listener = await net.listen(host, DNS_PORT)
     async with listener, trio.open_nursery() as nursery:
         while True:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 
 from p2pmsg.errors import P2PMsgError
 from p2pmsg.sim import plots, report, runner
 from p2pmsg.sim.scenario import MAX_USERS, CensorRule, Scenario, ScenarioError, load, loads
+from p2pmsg.sim.world import SimWrapper
 
 Out = Callable[[str], None]
 
@@ -119,6 +120,7 @@ def run(
     out: Out,
     progress: Out,
     duration: float | None = None,
+    wrappers: Mapping[str, SimWrapper] | None = None,
 ) -> int:
     scenario = resize(find(name), nodes=nodes, duration=duration)
     count = scenario.run.seeds if seeds is None else seeds
@@ -132,7 +134,7 @@ def run(
     for seed in range(1, count + 1):
         hours, users = scenario.run.duration / 3600, scenario.topology.users
         progress(f"{scenario.id}: seed {seed} of {count} ({users} users, {hours:.3g} h simulated)")
-        results.append(runner.run(scenario, seed, progress=progress))
+        results.append(runner.run(scenario, seed, progress=progress, wrappers=wrappers))
     verdict = report.judge(scenario, results)
     try:
         path = report.write(verdict, out_dir)

@@ -102,7 +102,6 @@ class BorderDrop:
     hosts: Callable[[str], SimHost]
     country: str
     start: dict[str, float]
-    dropped_packets: int = 0
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
         a, b = self.hosts(packet.src_host), self.hosts(packet.dst_host)
@@ -111,7 +110,6 @@ class BorderDrop:
         inside = a if a.country == self.country else b
         if now < self.start.get(inside.isp, float("inf")):
             return None
-        self.dropped_packets += 1
         flow.condemned = DROP
         return DROP
 
@@ -133,7 +131,6 @@ class LearnFingerprint:
     max_shapes: int = 4096
     seen: OrderedDict[int, set[str]] = field(default_factory=OrderedDict)
     learned: set[int] = field(default_factory=set)
-    condemned: int = 0
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
         del now
@@ -151,7 +148,6 @@ class LearnFingerprint:
             if len(clients) < self.min_clients:
                 return None
             self.learned.add(key)
-        self.condemned += 1
         flow.condemned = self.verdict
         return self.verdict
 
@@ -213,11 +209,8 @@ class Policing:
 class DropAll:
     """Drop every flow (the rule a scope narrows: all WAN traffic in S11)."""
 
-    dropped_packets: int = 0
-
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
         del packet, now
-        self.dropped_packets += 1
         flow.condemned = DROP
         return DROP
 
@@ -272,13 +265,14 @@ class Dpi:
 @dataclass
 class Probe:
     """Note the servers of flows whose first payload it cannot classify (S8):
-    fully encrypted, or no DNS, HTTP or TLS it knows.
+    no DNS, HTTP or TLS it knows (fully encrypted protocols among them).
 
     The GFW's prober then connects to each and sends a replay of that
     payload, the replay with a byte changed, and random bytes; a server that
     answers any of them with data is not a closed port, and is blocked.
     This rule only judges who is suspect (each server and port once, at most
-    ``max_suspects`` waiting); the runner's prober task does the probing."""
+    ``max_suspects`` waiting, and each server remembered once probed: at
+    most the world's hosts); the runner's prober task does the probing."""
 
     prober: str
     max_suspects: int = 1024
@@ -294,8 +288,10 @@ class Probe:
         if client == self.prober or key in self.probed or key in self.suspects:
             return None
         first = flow.first[0]
-        unknown = detectors.allowed_protocol([first], 443) is None
-        if (unknown or detectors.fully_encrypted(first)) and len(self.suspects) < self.max_suspects:
+        if (
+            detectors.allowed_protocol([first], 443) is None
+            and len(self.suspects) < self.max_suspects
+        ):
             self.suspects[key] = first
         return None
 

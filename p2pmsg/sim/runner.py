@@ -47,7 +47,7 @@ import itertools
 import random
 import resource
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,7 @@ from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
-from p2pmsg.sim.scenario import CensorRule, Scenario
+from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.topology import (
     PROBE_EVERY,
     PROBER,
@@ -74,7 +74,7 @@ from p2pmsg.sim.topology import (
     place_hosts,
     web_server,
 )
-from p2pmsg.sim.world import World, seeded_scheduler
+from p2pmsg.sim.world import SimWrapper, World, seeded_scheduler
 
 NODE_OPTIONS = NodeOptions(
     onion=OnionServiceOptions(mailbox_poll=1800.0),
@@ -122,7 +122,6 @@ class SeedResult:
     peak_rss_kib: int = 0
     t0: float = 0.0
     probes: int = 0
-    probes_answered: int = 0
     probed_nodes_answering: int = 0
     """p2pmsg nodes that answered a probe with data (S8: must be 0)."""
     dns_lookups: int = 0
@@ -132,10 +131,17 @@ class SeedResult:
 class _Run:
     """One seed's world, its parts and what they saw."""
 
-    def __init__(self, scenario: Scenario, seed: int, root: Path) -> None:
+    def __init__(
+        self, scenario: Scenario, seed: int, root: Path, wrappers: Mapping[str, SimWrapper] | None
+    ) -> None:
         self.s, self.seed = scenario, seed
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
-        self.world = World(root, seed, transports=scenario.topology.transports)
+        try:
+            self.world = World(
+                root, seed, transports=scenario.topology.transports, wrappers=wrappers
+            )
+        except ValueError as exc:
+            raise ScenarioError(f"{scenario.path}: topology.{exc}") from None
         self.groups = place_hosts(self.world, scenario)
         self.hosts = self.world.net.hosts
         topo = scenario.topology
@@ -305,7 +311,6 @@ class _Run:
         finally:
             limit.release_on_behalf_of(suspect)
         if hits:
-            self.result.probes_answered += hits
             self.result.probed_nodes_answering += server in self.nodes
             now = trio.current_time()
             self.blocklist.add([self.hosts[server].ip], now, propagation=0, reason="probe")
@@ -360,10 +365,18 @@ class _Run:
 
 
 async def run_seed(
-    scenario: Scenario, seed: int, root: Path, progress: Progress | None = None
+    scenario: Scenario,
+    seed: int,
+    root: Path,
+    progress: Progress | None = None,
+    wrappers: Mapping[str, SimWrapper] | None = None,
 ) -> SeedResult:
-    """Run ``scenario`` once, under trio's current (mock) clock. See the module docstring."""
-    run = _Run(scenario, seed, root)
+    """Run ``scenario`` once, under trio's current (mock) clock. See the module docstring.
+
+    ``wrappers`` build the transports other than ``sim`` that the scenario's
+    nodes speak (``transports.simstack.WRAPPERS``); a scenario that names one
+    it lacks is a :class:`ScenarioError`."""
+    run = _Run(scenario, seed, root, wrappers)
     pairs = run.make_homes()
     async with trio.open_nursery() as nursery:
         for name in run.groups["bootstrap"] + run.groups["users"]:
@@ -405,8 +418,13 @@ async def run_seed(
     return run.result
 
 
-def run(scenario: Scenario, seed: int, progress: Progress | None = None) -> SeedResult:
+def run(
+    scenario: Scenario,
+    seed: int,
+    progress: Progress | None = None,
+    wrappers: Mapping[str, SimWrapper] | None = None,
+) -> SeedResult:
     """:func:`run_seed` in a fresh trio run: autojump clock, seeded scheduler, temp homes."""
     with tempfile.TemporaryDirectory(prefix="p2pmsg-sim-") as tmp, seeded_scheduler(seed):
         clock = trio.testing.MockClock(autojump_threshold=0)
-        return trio.run(run_seed, scenario, seed, Path(tmp), progress, clock=clock)
+        return trio.run(run_seed, scenario, seed, Path(tmp), progress, wrappers, clock=clock)

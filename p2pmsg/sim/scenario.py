@@ -319,6 +319,8 @@ def _check(where: _Where, s: Scenario) -> None:
         raise where.error("control", "kind", "bootstrap_only needs late_users in [topology]")
     if not s.topology.transports:
         raise where.error("topology", "transports", "at least one")
+    if len(set(s.topology.transports)) < len(s.topology.transports):
+        raise where.error("topology", "transports", "each at most once")
     if s.passes.control_min > s.passes.control_max:
         raise where.error("pass", "control_min", "above control_max")
     for i, rule in enumerate(s.censor):
@@ -326,6 +328,9 @@ def _check(where: _Where, s: Scenario) -> None:
         if rule.target not in targets:
             wanted = ", ".join(targets)
             raise where.error("censor", "target", f"{rule.action} takes: {wanted}", i)
+        if rule.isp and rule.isp not in {f"isp{j}" for j in range(s.topology.isps)}:
+            last = f"isp{s.topology.isps - 1}"
+            raise where.error("censor", "isp", f"{rule.isp!r} is not one of isp0..{last}", i)
 
 
 def loads(text: str, path: str = "<scenario>") -> Scenario:

@@ -74,12 +74,16 @@ class Meter:
         self.wire_bytes += len(packet.data)
         same = self.net.host(packet.src_host).country == self.net.host(packet.dst_host).country
         latency = self.topology.latency if same else self.topology.border_latency
+        timeout = max(RTO_MIN, 4 * latency)
         while self.rng.random() < self.topology.loss:  # resent after a timeout, as TCP does
-            latency += max(RTO_MIN, 4 * latency)
+            latency += timeout
+            timeout *= 2  # backing off
         return Deliver(verdict.delay + latency, verdict.data)
 
 
 def place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
+    """Add the scenario's hosts to ``world``; their names by group (``users``, ``late``,
+    ``control``, ``bootstrap``, ``servers``, ``web``, ``bg``, ``resolver``)."""
     topo = s.topology
     names = ("users", "late", "control", "bootstrap", "servers", "web", "bg", "resolver")
     groups: dict[str, list[str]] = {name: [] for name in names}

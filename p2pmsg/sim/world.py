@@ -18,9 +18,9 @@ trio's, so nothing else varies; runs in processes with different hash seeds
 were checked to agree.
 
 Nodes speak the ``transports`` the world was made with, each over the
-simulated network: ``sim`` (plain frames, port 1), ``ws`` (WebSocket on
-port 443, as a web server would listen) and ``obfs`` (our obfs4-like
-transport, port 8443, its server key made in the node's home). Every node
+simulated network: ``sim`` (plain frames, port 1), and any other for which
+the world was given a :class:`SimWrapper` (``transports/simstack.py`` has
+``ws`` and ``obfs``; the library never imports ``transports``). Every node
 listens on each, and its invites carry them all, in that order.
 """
 
@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -37,22 +38,27 @@ import trio
 from p2pmsg.abc import Transport
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.home import Config, Home
-from p2pmsg.keys import Identity, encode_key
+from p2pmsg.keys import Identity
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.sim.net import SimHost, SimNetwork
 from p2pmsg.sim.transport import SimTransport
 from p2pmsg.store import Contact, run_inline
-from transports.obfs import ObfsTransport, load_or_create_key
-from transports.ws import WsTransport
 
 EPOCH = 1_800_000_000.0
 """The wall-clock time at which simulated time 0 falls."""
 
 Rng = Callable[[int], bytes]
-TRANSPORTS = ("sim", "ws", "obfs")
-"""The transports a simulated node can speak."""
-WS_PORT = 443
-OBFS_PORT = 8443
+
+
+@dataclass(frozen=True)
+class SimWrapper:
+    """A transport over the simulated network, as the world builds it for a node
+    (``transports/simstack.py`` has ws and obfs: the library cannot import them)."""
+
+    endpoint: Callable[[str, Path, Rng], Endpoint]
+    """(host, home, rng) -> what the node listens on; made once, with its home."""
+    wrap: Callable[[Transport, Path, Rng, Callable[[], float]], Transport]
+    """(the node's own SimTransport, home, rng, wall clock) -> the transport over it."""
 
 
 def sim_wall_clock() -> float:
@@ -92,10 +98,13 @@ class World:
         net: SimNetwork | None = None,
         *,
         transports: Sequence[str] = ("sim",),
+        wrappers: Mapping[str, SimWrapper] | None = None,
     ) -> None:
-        unknown = set(transports) - set(TRANSPORTS)
-        if unknown or not transports:
-            raise ValueError(f"transports: one or more of {', '.join(TRANSPORTS)}")
+        self.wrappers = dict(wrappers or {})
+        missing = [t for t in transports if t != "sim" and t not in self.wrappers]
+        if missing or not transports:
+            have = ", ".join(["sim", *self.wrappers])
+            raise ValueError(f"transports: this world has only {have}, not {', '.join(missing)}")
         self.root = root
         self.seed = seed
         self.net = net or SimNetwork()
@@ -122,39 +131,27 @@ class World:
         return self.homes[name]
 
     def _endpoints(self, name: str, home: Home) -> tuple[Endpoint, ...]:
-        found = []
-        for transport in self.transports:
-            if transport == "sim":
-                found.append(Endpoint.parse(f"sim:{name}"))
-            elif transport == "ws":
-                found.append(Endpoint.parse(f"ws:{name}:{WS_PORT}/chat"))
-            else:
-                key = load_or_create_key(home.path / "obfs", rng=self.rng(f"obfs/{name}"))
-                found.append(
-                    Endpoint("obfs", f"{name}:{OBFS_PORT}", (("key", encode_key(key.public)),))
-                )
-        return tuple(found)
+        return tuple(
+            Endpoint.parse(f"sim:{name}")
+            if transport == "sim"
+            else self.wrappers[transport].endpoint(name, home.path, self.rng(f"{transport}/{name}"))
+            for transport in self.transports
+        )
 
     def _stack(self, name: str, runs: int, wall_clock: Callable[[], float]) -> list[Transport]:
         """Node ``name``'s transports, each over the simulated network."""
-        made: list[Transport] = []
-        for transport in self.transports:
-            sim = SimTransport(self.net, name)
-            if transport == "sim":
-                made.append(sim)
-            elif transport == "ws":
-                rng = self.rng(f"ws/{name}/{runs}")
-                made.append(WsTransport(sim, rng=rng, wall_clock=wall_clock))
-            else:
-                made.append(
-                    ObfsTransport(
-                        sim,
-                        state_dir=self.homes[name].path / "obfs",
-                        rng=self.rng(f"obfs/{name}/{runs}"),
-                        wall_clock=wall_clock,
-                    )
-                )
-        return made
+        home = self.homes[name].path
+        return [
+            SimTransport(self.net, name)
+            if transport == "sim"
+            else self.wrappers[transport].wrap(
+                SimTransport(self.net, name),
+                home,
+                self.rng(f"{transport}/{name}/{runs}"),
+                wall_clock,
+            )
+            for transport in self.transports
+        ]
 
     @asynccontextmanager
     async def node(
