@@ -10,7 +10,7 @@ import trio
 from trio.testing import MockClock
 
 from p2pmsg.sim import detectors, rules
-from p2pmsg.sim.censor import Censor, ResidualBlock, Rule
+from p2pmsg.sim.censor import Censor, FlowView, ResidualBlock, Rule
 from p2pmsg.sim.control import client_hello, dns_query
 from p2pmsg.sim.net import DROP, RESET, Packet, SimNetwork, SimStream
 from p2pmsg.sim.scenario import loads
@@ -212,3 +212,40 @@ def test_a_scenario_timeline_compresses_but_physics_does_not() -> None:
     assert (rule.at, rule.until, rule.lifetime) == (60.0, 180.0, 20.0)
     assert small.traffic.every == 30.0
     assert small.passes.within == 30.0
+
+
+def test_every_rule_that_remembers_flows_forgets_the_oldest_past_its_bound() -> None:
+    """Bounded memory: each keeps at most its max_* entries, the oldest dropped."""
+
+    def flow(client: str, first: bytes) -> FlowView:
+        return FlowView(0.0, (client, "abroad", 443), first=[first], client_packets=1)
+
+    def data(n: int, port: int = 443) -> Packet:
+        return Packet("home", 5000 + n, "abroad", port, n, "c2s", b"x" * 10)
+
+    learner = rules.LearnFingerprint(min_clients=5, max_shapes=2)
+    for length in (10, 11, 12):
+        learner.judge(data(length), flow("home", bytes(length)), 0.0)
+    assert list(learner.seen) == [11, 12]
+
+    policing = rules.Policing(rate=1.0, max_flows=2)
+    for n in range(3):
+        policing.judge(data(n), flow("home", b"x"), 0.0)
+    assert len(policing._free_at) == 2 and (0, "c2s") not in policing._free_at
+
+    injector = rules.InjectDns(("messenger.example",), max_flows=2)
+    for n in range(3):
+        query = Packet(
+            "home", 5000, "abroad", rules.DNS_PORT, n, "c2s", dns_query("a.messenger.example")
+        )
+        injector.judge(query, flow("home", query.data), 0.0)
+    assert list(injector._poisoned) == [1, 2]
+
+    probe = rules.Probe(prober="prober", max_suspects=2)
+    for n in range(3):
+        probe.judge(
+            data(n, port=1000 + n),
+            FlowView(0.0, ("home", f"s{n}", 1), first=[bytes(40)], client_packets=1),
+            0.0,
+        )
+    assert len(probe.suspects) == 2
