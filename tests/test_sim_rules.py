@@ -10,7 +10,7 @@ import trio
 from trio.testing import MockClock
 
 from p2pmsg.sim import detectors, rules
-from p2pmsg.sim.censor import Censor, FlowView, ResidualBlock, Rule
+from p2pmsg.sim.censor import Censor, FlowView, MatchPayload, ResidualBlock, Rule
 from p2pmsg.sim.control import client_hello, dns_query
 from p2pmsg.sim.net import DROP, RESET, Packet, SimNetwork, SimStream
 from p2pmsg.sim.scenario import loads
@@ -141,7 +141,7 @@ async def test_dpi_condemns_what_it_matches_and_leaves_a_residual_block(
     autojump_clock: MockClock,
 ) -> None:
     residual = ResidualBlock(60.0)
-    dpi = rules.Dpi(rules.payload_match("not_allowlisted"), DROP, residual)
+    dpi = MatchPayload(rules.payload_match("not_allowlisted"), DROP, residual)
     net, _ = network(residual, dpi)
     assert await passes(net, "home", "abroad", 443, b"GET /chat HTTP/1.1\r\nHost: a\r\n\r\n")
     assert not await passes(net, "home", "abroad", 8443, b"GET / HTTP/1.1\r\n\r\n")  # port
@@ -150,11 +150,11 @@ async def test_dpi_condemns_what_it_matches_and_leaves_a_residual_block(
         await net.connect("home", "abroad", 443)
     await trio.sleep(61)
     assert await passes(net, "home", "abroad", 443, client_hello())
-    assert dpi.condemned >= 2
+    assert dpi.matched >= 2
 
 
 async def test_dpi_on_a_server_name_resets_only_that_name(autojump_clock: MockClock) -> None:
-    dpi = rules.Dpi(rules.payload_match("sni", ("messenger.example",)), RESET)
+    dpi = MatchPayload(rules.payload_match("sni", ("messenger.example",)), RESET)
     net, _ = network(dpi)
     assert not await passes(net, "home", "abroad", 443, client_hello("chat.messenger.example"))
     assert await passes(net, "home", "abroad", 444, client_hello("news.example"))

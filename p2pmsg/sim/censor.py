@@ -43,6 +43,8 @@ from p2pmsg.sim.net import DELIVER, RESET, Deliver, Packet, Verdict
 
 FIRST_PAYLOADS = 2
 """How many client payloads of a flow a rule may look at (S7 looks at two)."""
+Match = Callable[[Sequence[bytes], int], bool]
+"""A DPI match: the flow's first client payloads and its server port -> condemned?"""
 
 
 @dataclass
@@ -73,7 +75,7 @@ class MatchPayload:
     added mid-conversation kills the flows it matches at their next packet,
     as a censor that keeps per-flow state does."""
 
-    match: Callable[[Sequence[bytes]], bool]
+    match: Match
     verdict: Verdict = RESET
     residual: ResidualBlock | None = None
     matched: int = 0
@@ -89,20 +91,22 @@ class MatchPayload:
 
     def _matches(self, flow: FlowView) -> bool:
         """``match`` on the flow's first payloads, computed once they are all in."""
+        port = flow.client[2]
         if flow.client_packets < FIRST_PAYLOADS:
-            return self.match(flow.first)
+            return self.match(flow.first, port)
         if id(self) not in flow.settled:
-            flow.settled[id(self)] = self.match(flow.first)
+            flow.settled[id(self)] = self.match(flow.first, port)
         return flow.settled[id(self)]
 
 
-def contains(pattern: bytes) -> Callable[[Sequence[bytes]], bool]:
+def contains(pattern: bytes) -> Match:
     """A match for :class:`MatchPayload`: ``pattern`` in the first payloads."""
-    return lambda first: pattern in b"".join(first)
+    return lambda first, port: pattern in b"".join(first)
 
 
-def fully_encrypted_first(first: Sequence[bytes]) -> bool:
+def fully_encrypted_first(first: Sequence[bytes], port: int) -> bool:
     """A match for :class:`MatchPayload`: the S5 detector on the first payload."""
+    del port
     return detectors.fully_encrypted(first[0])
 
 

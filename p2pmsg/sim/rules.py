@@ -19,9 +19,9 @@ each to the censor at its ``at`` and takes it away at its ``until``):
   or drops every flow of that shape. Shapes that look like DNS, HTTP or TLS
   are never learned: blocking the web is the collateral damage a censor
   avoids.
-* :class:`Dpi` condemns flows by their first client payloads (``match``:
-  the S5 detector, S7's allowlist, a TLS server name) and can leave a
-  residual block on their (client, server, port), as the GFW does.
+* :func:`payload_match` names the matches of ``dpi`` rules, which are
+  :class:`~p2pmsg.sim.censor.MatchPayload` rules: the S5 detector, S7's
+  allowlist (it needs the server port), a TLS server name.
 * :class:`Policing` holds each flow direction to a rate (S9);
   :class:`DropAll` drops whatever its scope lets it see (S11).
 * :class:`Probe` notes the servers of flows it cannot classify for the
@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2pmsg.sim import detectors
-from p2pmsg.sim.censor import FIRST_PAYLOADS, FlowView, ResidualBlock, Rule
+from p2pmsg.sim.censor import FlowView, Match, Rule, fully_encrypted_first
 from p2pmsg.sim.net import DROP, RESET, Deliver, Packet, SimHost, Verdict
 
 DNS_PORT = 53
@@ -215,14 +215,11 @@ class DropAll:
         return DROP
 
 
-Match = Callable[[Sequence[bytes], int], bool]
-"""A DPI match: the first client payloads and the server port -> condemned?"""
-
-
 def payload_match(name: str, domains: tuple[str, ...] = ()) -> Match:
-    """The match of a ``dpi`` rule called ``name`` (see ``MATCHES`` of the scenario schema)."""
+    """The :class:`~p2pmsg.sim.censor.MatchPayload` match of a ``dpi`` rule called
+    ``name`` (see ``MATCHES`` of the scenario schema)."""
     if name == "fully_encrypted":
-        return lambda first, port: detectors.fully_encrypted(first[0])
+        return fully_encrypted_first
     if name == "not_allowlisted":
         return lambda first, port: detectors.allowed_protocol(first, port) is None
     if name == "sni":
@@ -232,34 +229,6 @@ def payload_match(name: str, domains: tuple[str, ...] = ()) -> Match:
 
 def _under_any(name: str | None, domains: tuple[str, ...]) -> bool:
     return name is not None and any(_under(name, d) for d in domains)
-
-
-@dataclass
-class Dpi:
-    """Condemn a flow whose first client payloads ``match``; then block its
-    (client, server, port) in ``residual``. Settled once both first payloads
-    are in (before, each packet is judged on what came so far)."""
-
-    match: Match
-    verdict: Verdict = RESET
-    residual: ResidualBlock | None = None
-    condemned: int = 0
-
-    def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
-        if not flow.first:
-            return None
-        settled = flow.settled.get(id(self))
-        if settled is None:
-            settled = self.match(flow.first, flow.client[2])
-            if flow.client_packets >= FIRST_PAYLOADS:
-                flow.settled[id(self)] = settled
-        if not settled:
-            return None
-        self.condemned += 1
-        flow.condemned = self.verdict
-        if self.residual is not None:
-            self.residual.block(flow.client, now)
-        return self.verdict
 
 
 @dataclass

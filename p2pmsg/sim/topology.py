@@ -15,7 +15,7 @@ import random
 import trio
 
 from p2pmsg.sim import control, rules
-from p2pmsg.sim.censor import Censor, ResetEvery, ResidualBlock, Rule
+from p2pmsg.sim.censor import Censor, MatchPayload, ResetEvery, ResidualBlock, Rule
 from p2pmsg.sim.net import DROP, RESET, Deliver, Packet, SimNetwork, SimStream, Verdict
 from p2pmsg.sim.scenario import CensorRule, Scenario, Topology
 from p2pmsg.sim.world import World
@@ -159,7 +159,8 @@ def censor_rules(rule: CensorRule, net: SimNetwork, country: str, rng: random.Ra
         made.append(residual := ResidualBlock(rule.residual, rule.residual_p, rng))
     one: Rule
     if rule.action == "dpi":
-        one = rules.Dpi(rules.payload_match(rule.match, (control.DOMAIN,)), verdict, residual)
+        match = rules.payload_match(rule.match, (control.DOMAIN,))
+        one = MatchPayload(match, verdict, residual)
     elif rule.action == "learn_fingerprint":
         one = rules.LearnFingerprint(rule.min_clients, verdict)
     elif rule.action == "police":
