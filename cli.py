@@ -32,7 +32,7 @@ from p2pmsg import control
 from p2pmsg.abc import Transport
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.demo import run_demo
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, HomeError, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, encode_key
@@ -177,6 +177,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise BadEndpoint(f"--mdns takes an interface's IP address, not {args.mdns!r}") from exc
     if args.bridge and (not listen or args.mdns is not None):
         raise BadEndpoint("a bridge needs --listen (its invite is how it is found) and no --mdns")
+    use_bridges = tuple(Invite.parse(text) for text in args.use_bridge)
+    if args.bridge and use_bridges:
+        raise BadEndpoint("a bridge reaches the network itself: --bridge and --use-bridge conflict")
     if home.exists():
         raise HomeError(f"{home.path} already holds a node")
     if any(e.transport == PtTransport.name for e in listen):
@@ -184,7 +187,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         listen = run_trio(_with_obfs4_certs, home, listen)
     listen = tuple(_with_key_args(home, e) for e in listen)
     config = Config(
-        listen=listen, bootstrap=tuple(args.bootstrap), mdns=args.mdns, bridge=args.bridge
+        listen=listen,
+        bootstrap=tuple(args.bootstrap),
+        mdns=args.mdns,
+        bridge=args.bridge,
+        use_bridges=use_bridges,
     )
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
@@ -391,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--bridge",
         action="store_true",
         help="run unlisted: never published in the DHT, reachable only through its invite",
+    )
+    p.add_argument(
+        "--use-bridge",
+        action="append",
+        default=[],
+        metavar="LINK",
+        help="reach every peer through this bridge's invite (repeat for more bridges)",
     )
     add("invite", cmd_invite, "print this node's invite link").add_argument(
         "--qr", action="store_true", help="also print a QR code"

@@ -47,6 +47,8 @@ def seeds() -> dict[str, bytes]:
         "array": b"[]",
         "truncated": b'{"listen": ["tcp:h:1"',
         "not_utf8": b'{"listen": ["tcp:h\xe9:1"]}',
+        "bad_bridge_invite": b'{"listen": [], "use_bridges": ["p2pmsg://x@tcp:h:1"]}',
+        "bridges_not_a_list": b'{"listen": [], "use_bridges": "p2pmsg://x"}',
     }
 
 

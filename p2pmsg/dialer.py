@@ -38,10 +38,17 @@ from typing import Any
 
 import trio
 
-from p2pmsg.abc import Transport
-from p2pmsg.endpoint import Endpoint
-from p2pmsg.errors import BadEndpoint, HandshakeError, RemoteProtocolError, UnsupportedEndpoint
+from p2pmsg.abc import Link, Transport
+from p2pmsg.endpoint import Endpoint, Invite
+from p2pmsg.errors import (
+    BadEndpoint,
+    HandshakeError,
+    RemoteProtocolError,
+    TunnelRefused,
+    UnsupportedEndpoint,
+)
 from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link import tunnel
 from p2pmsg.link.secure import HANDSHAKE_TIMEOUT, SecureLink, connect_secure
 from p2pmsg.pathscore import (
     STAGGER_DELAY,
@@ -53,6 +60,9 @@ from p2pmsg.pathscore import (
     classify,
     stagger,
 )
+
+TUNNEL_OPEN_TIMEOUT = 30.0
+"""How long a bridge may take to reach a tunnel's target."""
 
 #: What a failed attempt on one endpoint may raise; the next endpoint is tried.
 DIAL_ERRORS = (
@@ -75,6 +85,14 @@ class TransportHealth:
     failures: dict[str, int] = field(default_factory=dict)
     last_failure: str | None = None
     residual_skips: int = 0
+
+
+@dataclass
+class TunnelStats:
+    """Links opened through bridges, and the attempts a bridge or the target refused."""
+
+    opened: int = 0
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,14 @@ def _hung_up(exc: BaseException) -> bool:
     return False
 
 
+def _parses(text: str) -> bool:
+    try:
+        Endpoint.parse(text)
+    except BadEndpoint:
+        return False
+    return True
+
+
 def _three_tuple(endpoint: Endpoint) -> ThreeTuple | None:
     """("", server host, port) for the residual guard; None without a port."""
     try:
@@ -127,6 +153,7 @@ class Dialer:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         stagger_delay: float = STAGGER_DELAY,
         network: str = "default",
+        bridges: Sequence[Invite] = (),
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -137,6 +164,10 @@ class Dialer:
         self.stagger_delay = stagger_delay
         self.network = network
         """The label of the network we are on: paths are scored per network."""
+        self.bridges = list(bridges)
+        """Invites of the bridges every other peer is reached through (none: direct)."""
+        self.tunnels = TunnelStats()
+        self._last_bridge = b""
         self.scores = PathScores()
         self.residual = ResidualGuard()
         self.health: dict[str, TransportHealth] = {}
@@ -164,9 +195,13 @@ class Dialer:
     ) -> tuple[SecureLink, Endpoint]:
         """A secure link over the first endpoint to complete, and that endpoint.
 
-        Raises the last failure, or :class:`UnsupportedEndpoint` if none was
-        dialable. Cancellation leaves nothing open.
+        With bridges, every peer but a bridge is reached through one of them
+        (:mod:`p2pmsg.link.tunnel`). Raises the last failure, or
+        :class:`UnsupportedEndpoint` if none was dialable. Cancellation leaves
+        nothing open.
         """
+        if self.bridges and all(b.identity.key != peer.key for b in self.bridges):
+            return await self._through_bridge(endpoints, peer)
         candidates = self._candidates(endpoints)
         if not candidates:
             raise UnsupportedEndpoint("no dialable endpoint")
@@ -182,6 +217,73 @@ class Dialer:
         if race.winner is None:
             raise race.errors[-1]
         return race.winner
+
+    async def _through_bridge(
+        self, endpoints: Sequence[str], peer: PublicIdentity
+    ) -> tuple[SecureLink, Endpoint]:
+        """A secure link to ``peer`` inside a link to the first bridge that opens
+        one; the bridge that worked last is asked first."""
+        targets = [text for text in dict.fromkeys(endpoints) if _parses(text)]
+        targets = targets[: tunnel.MAX_TARGET_ENDPOINTS]
+        if not targets:
+            raise UnsupportedEndpoint("no endpoint a bridge could dial")
+        errors: list[Exception] = []
+        for bridge in sorted(self.bridges, key=lambda b: b.identity.key != self._last_bridge):
+            try:
+                carrier, _ = await self.connect([str(e) for e in bridge.endpoints], bridge.identity)
+            except DIAL_ERRORS as exc:
+                errors.append(exc)
+                continue
+            try:
+                found = await self._open_tunnel(carrier, targets, peer)
+            except DIAL_ERRORS as exc:
+                self.tunnels.failed += 1
+                errors.append(exc)
+                with trio.CancelScope(shield=True):
+                    await carrier.aclose()
+                continue
+            self.tunnels.opened += 1
+            self._last_bridge = bridge.identity.key
+            return found
+        raise errors[-1] if errors else UnsupportedEndpoint("no bridge")
+
+    async def _open_tunnel(
+        self, carrier: SecureLink, targets: list[str], peer: PublicIdentity
+    ) -> tuple[SecureLink, Endpoint]:
+        with trio.fail_after(TUNNEL_OPEN_TIMEOUT):
+            await carrier.send(tunnel.encode_open(tunnel.Open(peer.key, tuple(targets))))
+            reply = tunnel.decode_reply(await carrier.receive())
+        if reply.status is not tunnel.Status.OPENED or reply.index >= len(targets):
+            raise TunnelRefused(reply.status.name.lower().replace("_", " "))
+        secure = await connect_secure(
+            tunnel.TunnelLink(carrier),
+            self.identity,
+            peer,
+            wall_clock=self._wall_clock,
+            rng=self._rng,
+            timeout=self.handshake_timeout,
+        )
+        return secure, Endpoint.parse(targets[reply.index])
+
+    async def dial_raw(self, endpoints: Sequence[str]) -> tuple[Link, int]:
+        """A bridge's dial for a tunnel: a transport link (no handshake) to the
+        first of ``endpoints`` that connects, best path first, each scored, and
+        that endpoint's index. Raises :class:`UnsupportedEndpoint` (from the
+        last failure) when none connects within half the client's wait."""
+        errors: list[Exception] = []
+        with trio.move_on_after(TUNNEL_OPEN_TIMEOUT / 2):
+            for candidate in self._candidates(endpoints):
+                try:
+                    with trio.fail_after(self.dial_timeout):
+                        link = await candidate.transport.dial(candidate.endpoint)
+                except DIAL_ERRORS as exc:
+                    self._failed(candidate, classify(exc, stage="dial"), censored=False)
+                    errors.append(exc)
+                    continue
+                self._health(candidate).successes += 1
+                return link, list(endpoints).index(candidate.text)
+        last = errors[-1] if errors else None
+        raise UnsupportedEndpoint("no endpoint of the target answered in time") from last
 
     def _candidates(self, endpoints: Sequence[str]) -> list[_Candidate]:
         """The dialable endpoints, best path first, residual blocks left out."""

@@ -35,6 +35,10 @@ class UnsupportedEndpoint(P2PMsgError):
     """No transport here can reach that endpoint."""
 
 
+class TunnelRefused(P2PMsgError, ConnectionError):
+    """The bridge could not open a link to that peer."""
+
+
 class BadEndpoint(P2PMsgError):
     """That endpoint is malformed."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from p2pmsg.endpoint import Endpoint, Invite
-from p2pmsg.errors import BadEndpoint, BadKey, HomeError
+from p2pmsg.errors import BadEndpoint, BadInvite, BadKey, HomeError
 from p2pmsg.keys import Identity, load_identity, save_identity, write_private_file
 
 KEY_FILE = "identity.key"
@@ -40,6 +40,9 @@ class Config:
     mdns: str | None = None
     #: An unlisted node (a bridge): reachable only through its invite.
     bridge: bool = False
+    #: Invites of bridges that every connection goes through (Tor's
+    #: ``UseBridges``); empty: peers are dialled directly.
+    use_bridges: tuple[Invite, ...] = ()
 
     def to_json(self) -> str:
         data = {
@@ -48,6 +51,7 @@ class Config:
             "bootstrap": self.bootstrap,
             "mdns": self.mdns,
             "bridge": self.bridge,
+            "use_bridges": [str(b) for b in self.use_bridges],
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -68,9 +72,18 @@ class Config:
         bridge = data.get("bridge", False)
         if not isinstance(bridge, bool):
             raise HomeError("config.json is damaged: bridge is true or false")
+        use_bridges = data.get("use_bridges", [])
+        if not _str_list(use_bridges):
+            raise HomeError("config.json is damaged: use_bridges is a list of invites")
         try:
-            return cls(tuple(Endpoint.parse(e) for e in listen), tuple(bootstrap), mdns, bridge)
-        except BadEndpoint as exc:
+            return cls(
+                tuple(Endpoint.parse(e) for e in listen),
+                tuple(bootstrap),
+                mdns,
+                bridge,
+                tuple(Invite.parse(b) for b in use_bridges),
+            )
+        except (BadEndpoint, BadInvite) as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc
 
 

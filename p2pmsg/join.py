@@ -119,7 +119,8 @@ class Joiner:
     async def seeds(self) -> list[Peer]:
         cached = seeds_from_cache(await self.store.get_meta(CACHE_KEY))
         contacts = seeds_from_contacts(await self.store.list_contacts())
-        invites = seeds_from_invites(self.config.bootstrap)
+        bridges = [str(b) for b in self.config.use_bridges]
+        invites = seeds_from_invites([*bridges, *self.config.bootstrap])
         return unique(invites + cached + contacts, exclude=self.dht.identity.node_id)
 
     async def stay_joined(self, cache_every: float, retry_every: float = 30.0) -> None:

@@ -38,7 +38,7 @@ from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import (
     HandshakeError,
     ListenError,
@@ -47,6 +47,7 @@ from p2pmsg.errors import (
 )
 from p2pmsg.home import Home
 from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link import tunnel
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import SecureLink, accept_secure
 from p2pmsg.onion_service import OnionService, OnionServiceOptions
@@ -55,6 +56,9 @@ from p2pmsg.store import InboxMessage, Offload, OutboxMessage, Store
 log = logging.getLogger(__name__)
 
 _LINK_ERRORS = DIAL_ERRORS
+BRIDGED_MAILBOX_POLL = 60.0
+"""How often a node that uses bridges fetches its mailbox: nobody can dial it,
+so every message and ack for it waits there."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class NodeOptions:
     poll_interval: float = 60.0
     cache_every: float = 600.0
     capabilities: frozenset[str] = frozenset()
+    bridge: bool = False
+    """Unlisted (set with ``dht.unlisted`` from the config), and carries
+    tunnels for the nodes that hold our invite (:mod:`p2pmsg.link.tunnel`)."""
+    max_tunnels: int = 128
+    max_tunnels_per_peer: int = 16
     dht: DhtOptions = field(default_factory=DhtOptions)
     onion: OnionServiceOptions = field(default_factory=OnionServiceOptions)
 
@@ -119,6 +128,7 @@ class Node:
         options: NodeOptions,
         wall_clock: Callable[[], float],
         rng: Callable[[int], bytes],
+        bridges: Sequence[Invite] = (),
     ) -> None:
         self.identity = identity
         self.store = store
@@ -142,8 +152,17 @@ class Node:
             transports,
             dial_timeout=options.dial_timeout,
             handshake_timeout=options.handshake_timeout,
+            bridges=bridges,
             wall_clock=wall_clock,
             rng=rng,
+        )
+        self.tunnels = tunnel.TunnelServer(
+            identity.public,
+            self._dialer.dial_raw,
+            enabled=options.bridge,
+            max_tunnels=options.max_tunnels,
+            max_per_peer=options.max_tunnels_per_peer,
+            idle=options.idle_timeout,
         )
         self.dht = Dht(
             identity, self._dialer.connect, options=options.dht, wall_clock=wall_clock, rng=rng
@@ -201,7 +220,11 @@ class Node:
             await store.set_identity(identity.public.key, wall_clock())
             options = options or NodeOptions()
             if config.bridge:
-                options = replace(options, dht=replace(options.dht, unlisted=True))
+                options = replace(options, bridge=True, dht=replace(options.dht, unlisted=True))
+            if config.use_bridges:  # nobody can dial us: no relaying; replies via a gateway
+                poll = min(options.onion.mailbox_poll, BRIDGED_MAILBOX_POLL)
+                onion = replace(options.onion, mailbox_poll=poll, gateway=True, relay=False)
+                options = replace(options, onion=onion)
             node = cls(
                 identity,
                 store,
@@ -209,6 +232,7 @@ class Node:
                 options=options,
                 wall_clock=wall_clock,
                 rng=rng,
+                bridges=config.use_bridges,
             )
             async with trio.open_nursery() as nursery:
                 for endpoint in config.listen:
@@ -291,6 +315,8 @@ class Node:
             "relayed": self.onion.relay.stats.relayed,
             "mailbox_entries": len(self.dht.mailboxes.store),
             "transports": self._dialer.health_report(),
+            "tunnels": vars(self._dialer.tunnels).copy(),
+            "tunnels_carried": vars(self.tunnels.stats).copy(),
             "onion": self.onion.stats(),
             "dht": self.dht.stats(),
         }
@@ -337,6 +363,7 @@ class Node:
         except _LINK_ERRORS as exc:
             log.debug("inbound link ended: %r", exc)
         finally:
+            self.onion.links.detach(secure)
             await secure.aclose()
 
     async def _serve_peer(self, link: SecureLink) -> None:
@@ -349,6 +376,13 @@ class Node:
             if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
                 self._take_packet(data)
                 continue
+            if data == onion_frames.GATEWAY_MESSAGE:
+                self.onion.links.attach(link)
+                continue
+            if len(data) > 1 and data[1] == tunnel.OPEN_TYPE:
+                self.onion.links.detach(link)
+                await self.tunnels.serve(link, link.peer, data)
+                return
             try:
                 frame = frames.decode(data)
             except RemoteProtocolError:

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from p2pmsg.delivery import onion_frames
 from p2pmsg.delivery.mailbox_onion import OnionMailbox
 from p2pmsg.delivery.onion_path import OnionOptions, OnionPath
 from p2pmsg.delivery.receiver import Receiver
@@ -38,9 +39,10 @@ from p2pmsg.dht import mailbox
 from p2pmsg.dht import records as rec
 from p2pmsg.dht.linkpool import Connect
 from p2pmsg.dht.service import Dht
+from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.e2e import prekeys
 from p2pmsg.keys import Identity
-from p2pmsg.onion.route import RELAY_CAPABILITY, RelayScores
+from p2pmsg.onion.route import RELAY_CAPABILITY, NoRoute, RelayScores, select_route
 from p2pmsg.relay import OnionKeys, PacketLinks, Relay, RelayOptions, Resolver, epoch_of
 from p2pmsg.store import InboxMessage, Store
 
@@ -55,6 +57,10 @@ PREKEY_RETRY = 30.0
 """The first wait before publishing a poorly stored bundle again; it doubles."""
 PENDING_CLEAR = "mailbox_pending_clear"
 MAX_PENDING = 4 * mailbox.DEFAULT_MAX_PER_KEY
+GATEWAY_REFRESH = 30.0
+"""Seconds between a gateway request and the next: within the relay's idle
+timeout and our packet links' reuse window."""
+GATEWAY_RETRY = 5.0
 MAILBOX_EPOCHS = 31
 """Epochs fetched back: a message waits at most 30 days in a mailbox."""
 
@@ -64,6 +70,9 @@ class OnionServiceOptions:
     relay: bool = True
     """Offer to relay others' packets (the ``relay`` capability)."""
     mailbox_poll: float = 300.0
+    gateway: bool = False
+    """Nobody can dial us (we use bridges): hold a link open to a gateway
+    relay, the last hop of our reply blocks, and take packets back over it."""
     key_check: float = 600.0
     route: OnionOptions = field(default_factory=OnionOptions)
     relay_options: RelayOptions = field(default_factory=RelayOptions)
@@ -106,6 +115,7 @@ class OnionService:
             identity, store, self.keys, self.links, dht, self.resolver, self.receiver.deliver,
             options=options.relay_options, wall_clock=wall_clock,
         )  # fmt: skip
+        self.links.on_packet = self.relay.submit
         self._endpoints: list[str] = []
         self._capabilities: frozenset[str] = frozenset()
         self._fetched: OrderedDict[bytes, int] = OrderedDict()
@@ -156,6 +166,8 @@ class OnionService:
                 nursery.start_soon(self._key_upkeep)
                 nursery.start_soon(self._prekey_upkeep, joined)
                 nursery.start_soon(self._mailbox_poll, joined)
+                if self.options.gateway:
+                    nursery.start_soon(self._keep_gateway, joined)
                 task_status.started()
         finally:
             await self.links.close_all()
@@ -169,6 +181,35 @@ class OnionService:
                 self._publish_peer_record()
                 self.relay.replay.drop_epochs_before(epoch_of(now) - 1)
                 await self.store.drop_replay_tags_before(epoch_of(now) - 1)
+
+    async def _keep_gateway(self, joined: trio.Event) -> None:
+        """Keep a link open to one relay and ask it, every
+        :data:`GATEWAY_REFRESH` seconds, to send our packets back over it; pick
+        another when it fails. Without one, replies wait in our mailbox."""
+        await joined.wait()
+        while True:
+            gateway = self.path.gateway
+            try:
+                if gateway is None:
+                    now = self._wall_clock()
+                    pick = select_route(
+                        self.path.candidates(now), hops=1, exclude=(self.identity.node_id,),
+                        scores=self.scores, now=now, rng=self._rng,
+                    )  # fmt: skip
+                    gateway = pick[0]
+                peer = await self.resolver.resolve(gateway.node_id)
+                if peer is None:
+                    raise NoRoute("the gateway is gone")
+                await self.links.send(peer, onion_frames.GATEWAY_MESSAGE)
+            except (*DIAL_ERRORS, NoRoute) as exc:
+                log.debug("no gateway relay: %r", exc)
+                if gateway is not None:
+                    self.scores.route_failed([gateway.node_id], self._wall_clock())
+                self.path.gateway = None
+                await trio.sleep(GATEWAY_RETRY)
+            else:
+                self.path.gateway = gateway
+                await trio.sleep(GATEWAY_REFRESH)
 
     # -- prekeys -----------------------------------------------------------------
 

@@ -132,17 +132,23 @@ class Resolver:
 class PacketLinks:
     """Secure links reused for packets, per next hop: bounded, idle ones closed.
 
-    A link only carries packets one way, but a task reads each one (from
-    :meth:`run`'s nursery) so that a link the peer closed, or a peer that
-    died, is dropped at once: a send on a dead TCP connection succeeds into
-    the kernel's buffer and the packet is lost without a word.
+    A task reads each link we opened (from :meth:`run`'s nursery) so that a
+    link the peer closed, or a peer that died, is dropped at once: a send on
+    a dead TCP connection succeeds into the kernel's buffer and the packet is
+    lost without a word. Packets that come back on it go to
+    :attr:`on_packet`: a node nobody can dial (behind a bridge or a NAT)
+    holds a link open to its *gateway* relay, the last hop of its reply
+    blocks, which sends them back over it (:meth:`attach`), as a Nym
+    client's gateway does.
     """
 
     def __init__(self, connect: Connect, *, max_links: int = 64, idle: float = 60.0) -> None:
         self._connect = connect
         self.max_links = max_links
         self.idle = idle
+        self.on_packet: Callable[[bytes], object] = lambda packet: None
         self._links: OrderedDict[bytes, tuple[SecureLink, float]] = OrderedDict()
+        self._reverse: dict[bytes, SecureLink] = {}
         self._watchers: trio.Nursery | None = None
 
     def __len__(self) -> int:
@@ -163,16 +169,28 @@ class PacketLinks:
         finally:
             await self.close_all()
 
+    def attach(self, link: SecureLink) -> None:
+        """An inbound link whose peer asked for its packets over it."""
+        self._reverse[link.peer.node_id] = link
+
+    def detach(self, link: SecureLink) -> None:
+        if self._reverse.get(link.peer.node_id) is link:
+            del self._reverse[link.peer.node_id]
+
     async def _watch(self, node_id: bytes, link: SecureLink) -> None:
         try:
             while True:
-                await link.receive()  # nothing is expected; an end or an error is news
+                data = await link.receive()
+                if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
+                    self.on_packet(onion_frames.decode_packet_message(data))
         except (*DIAL_ERRORS, trio.ClosedResourceError):
             pass
         await self._drop(node_id, link)
 
     async def send(self, peer: Peer, data: bytes) -> None:
-        """Send one link message to ``peer``. Raises what dialling raises."""
+        """Send one link message to ``peer``: over our link to it, else over the
+        link it holds to us as its gateway, else a new one. Raises what
+        dialling raises."""
         now = trio.current_time()
         cached = self._links.get(peer.node_id)
         if cached is not None and now - cached[1] < self.idle:
@@ -186,6 +204,14 @@ class PacketLinks:
                 return
         elif cached is not None:
             await self._drop(peer.node_id, cached[0])
+        reverse = self._reverse.get(peer.node_id)
+        if reverse is not None:
+            try:
+                await reverse.send(data)
+            except (*DIAL_ERRORS, trio.ClosedResourceError):
+                self.detach(reverse)
+            else:
+                return
         link, _ = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
         try:
             await link.send(data)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from p2pmsg.endpoint import Endpoint
+from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity
 from p2pmsg.node import Node, NodeOptions
@@ -39,11 +39,17 @@ class SimWorld:
         listen: bool = True,
         bootstrap: Sequence[str] = (),
         bridge: bool = False,
+        use_bridges: Sequence[str] = (),
     ) -> Home:
         if name not in self.homes:
             home = Home(self.root / name)
             endpoints = (Endpoint.parse(f"sim:{name}"),) if listen else ()
-            config = Config(listen=endpoints, bootstrap=tuple(bootstrap), bridge=bridge)
+            config = Config(
+                listen=endpoints,
+                bootstrap=tuple(bootstrap),
+                bridge=bridge,
+                use_bridges=tuple(Invite.parse(b) for b in use_bridges),
+            )
             home.init(config, Identity.generate())
             self.homes[name] = home
         return self.homes[name]

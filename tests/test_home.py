@@ -125,6 +125,7 @@ def test_config_known_answer() -> None:
         "bootstrap": ["tcp:seed.example:4001"],
         "mdns": None,
         "bridge": False,
+        "use_bridges": [],
     }
 
 
@@ -137,6 +138,16 @@ def test_a_config_from_before_bridges_loads_as_a_listed_node() -> None:
     assert Config.from_json('{"listen": [], "mdns": "127.0.0.1"}').mdns == "127.0.0.1"
     with pytest.raises(HomeError, match="mdns"):
         Config.from_json('{"listen": [], "mdns": 5}')
+
+
+def test_a_config_that_uses_bridges_keeps_their_invites_and_refuses_a_bad_one() -> None:
+    bridge = Invite(Identity.generate().public, (Endpoint.parse("tcp:192.0.2.7:443"),))
+    config = Config(use_bridges=(bridge,))
+    assert Config.from_json(config.to_json()) == config
+    with pytest.raises(HomeError, match="use_bridges"):
+        Config.from_json('{"listen": [], "use_bridges": "p2pmsg://x"}')
+    with pytest.raises(HomeError, match="damaged"):
+        Config.from_json('{"listen": [], "use_bridges": ["p2pmsg://not-a-key@tcp:1.2.3.4:5"]}')
 
 
 @pytest.mark.parametrize(

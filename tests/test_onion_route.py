@@ -52,6 +52,23 @@ def test_routes_are_distinct_diverse_and_exclude_the_ends(
     assert len({c.asn for c in route}) == hops
 
 
+@given(n=st.integers(3, 30), hops=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_a_gateway_ends_the_route_and_counts_for_its_diversity(
+    n: int, hops: int, seed: int
+) -> None:
+    candidates = [relay(i, f"p{i % 7}", asn=i % 5) for i in range(1, n + 1)]
+    gateway = candidates[n // 2]
+    try:
+        route = select_route(candidates, hops=hops, rng=seeded(seed), last=gateway)
+    except NoRoute:
+        return
+    assert route[-1] == gateway
+    assert len(route) == hops
+    assert len({c.node_id for c in route}) == hops
+    assert len({c.prefix for c in route}) == hops
+    assert len({c.asn for c in route}) == hops
+
+
 def test_no_route_when_too_few_networks() -> None:
     same_net = [relay(i, "10.1") for i in range(1, 10)]
     with pytest.raises(NoRoute):

@@ -89,3 +89,47 @@ async def test_a_send_that_completes_while_the_links_stop_keeps_no_link() -> Non
             linger.set()
     assert first.closed
     assert len(links) == 0
+
+
+class _Inbound(_Link):
+    """An inbound link whose peer is ``peer``; ``broken`` makes sends fail."""
+
+    def __init__(self, who: PublicIdentity, *, broken: bool = False) -> None:
+        super().__init__()
+        self.peer = who
+        self.broken = broken
+
+    async def send(self, data: bytes) -> None:
+        if self.broken:
+            raise trio.BrokenResourceError
+        await super().send(data)
+
+
+async def test_packets_for_a_node_that_chose_us_as_gateway_go_back_over_its_link() -> None:
+    """It cannot be dialled (it is behind a bridge); its own link is the way back,
+    until that link breaks or ends, and then we dial as for anyone."""
+    identity = Identity.generate()
+    target = Peer(identity.node_id, identity.public.key, ("sim:unreachable",), "x")
+    dialled = _Link()
+    dials: list[Sequence[str]] = []
+
+    async def connect(endpoints: Sequence[str], peer: PublicIdentity) -> tuple[Any, Any]:
+        dials.append(endpoints)
+        return dialled, None
+
+    links = PacketLinks(connect)
+    inbound = _Inbound(identity.public)
+    links.attach(inbound)  # type: ignore[arg-type]
+    await links.send(target, b"one")
+    assert inbound.sent == [b"one"]
+    assert dials == []
+    links.detach(_Inbound(identity.public))  # type: ignore[arg-type]  # not the attached one
+    await links.send(target, b"two")
+    assert inbound.sent == [b"one", b"two"]
+
+    broken = _Inbound(identity.public, broken=True)
+    links.attach(broken)  # type: ignore[arg-type]  # a newer link replaces the older
+    await links.send(target, b"three")  # it fails: we dial
+    assert dials == [("sim:unreachable",)]
+    assert dialled.sent == [b"three"]
+    await links.close_all()

@@ -466,6 +466,17 @@ async def test_a_bridge_is_made_only_with_a_listen_endpoint_and_says_so_in_its_c
     assert json.loads((home / "config.json").read_text())["bridge"] is True
 
 
+async def test_use_bridge_takes_bridge_invites_and_is_refused_to_a_bridge(base: Path) -> None:
+    bridge = (await ok(base / "b", "init", "--bridge", "--listen", "obfs:127.0.0.1:0")).lines[0]
+    home = base / "node"
+    assert_clean_error(await cli(home, "init", "--use-bridge", "obfs:127.0.0.1:9"))
+    assert_clean_error(await cli(home, "init", "--bridge", "--listen", "tcp:127.0.0.1:0",
+                                 "--use-bridge", bridge))  # fmt: skip
+    assert not home.exists()
+    await ok(home, "init", "--use-bridge", bridge)
+    assert json.loads((home / "config.json").read_text())["use_bridges"] == [bridge]
+
+
 @pytest.mark.parametrize(
     "endpoint",
     ["bogus", "tcp:127.0.0.1", "tcp:127.0.0.1:99999", "tcp:127.0.0.1:-1", "TCP!:127.0.0.1:0", ""],

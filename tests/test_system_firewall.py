@@ -136,3 +136,42 @@ async def test_a_blocked_transport_falls_back_to_the_peers_other_endpoint(
         transports = json.loads((await ok(alice, "status", "--json")).lines[0])["transports"]
     assert lab.counters()[0] > 0  # the censor met the first transport
     assert transports[fell_back_to]["successes"] >= 1
+
+
+async def test_with_every_listed_address_dropped_a_node_talks_through_its_bridge(
+    base: Path,
+) -> None:
+    """(e) Tor's bridge users' case: the censor drops every listed node's
+    address (the seed, and Bob, a friend abroad); only the unlisted bridge,
+    on obfs, is let through. Alice, told to use the bridge, joins through it
+    and her message reaches Bob, and she never sent a packet to a listed
+    address: the drop rule counts nothing, the bridge's rule does."""
+    lab = Lab()
+    try:
+        lab.build(inside=["alice"], outside=["bob", "seed", "bridge"])
+        ip = {name: lab.hosts[name][1] for name in ("alice", "bob", "seed", "bridge")}
+        lab.block(f"ip saddr {ip['alice']} ip daddr {{ {ip['seed']}, {ip['bob']} }} counter drop")
+        lab.block(f"ip saddr {ip['alice']} ip daddr {ip['bridge']} counter accept")
+        homes = {name: base / name for name in ("seed", "bridge", "bob", "alice")}
+        seed = await _init(lab, homes["seed"], "seed", "--listen", f"tcp:{ip['seed']}:0")
+        bridge = await _init(
+            lab, homes["bridge"], "bridge", "--listen", f"obfs:{ip['bridge']}:0",
+            "--bridge", "--bootstrap", seed,
+        )  # fmt: skip
+        bob = await _init(
+            lab, homes["bob"], "bob", "--listen", f"tcp:{ip['bob']}:0", "--bootstrap", seed
+        )
+        await _init(lab, homes["alice"], "alice", "--use-bridge", bridge)
+        await ok(homes["alice"], "contacts", "add", "bob", bob)
+        order = ("seed", "bridge", "bob", "alice")
+        prefixes = tuple(lab.exec_prefix(name) for name in order)
+        async with running(*(homes[n] for n in order), prefixes=prefixes) as nodes:
+            message_id = (await ok(homes["alice"], "send", "--direct", "bob", "hi")).lines[0]
+            await _delivered(homes["alice"], message_id, nodes)
+            status = json.loads((await ok(homes["alice"], "status", "--json")).lines[0])
+        dropped, through_bridge = lab.counters()
+        assert dropped == 0
+        assert through_bridge > 0
+        assert status["tunnels"]["opened"] >= 1
+    finally:
+        lab.close()

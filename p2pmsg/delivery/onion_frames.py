@@ -1,9 +1,14 @@
 """What onion delivery puts in a link message and in a Sphinx message.
 
 Link message carrying one Sphinx packet (shares the link-message space with
-the delivery frames, types 1-2, and DHT RPCs, types 3-4)::
+the delivery frames, types 1-2, DHT RPCs, types 3-4, and tunnels, 6-7)::
 
     version(1) type=5 packet(PACKET_BYTES)
+
+and the one a node that nobody can dial sends its gateway relay, every
+:data:`p2pmsg.onion_service.GATEWAY_REFRESH` seconds: "send packets for me back over this link"::
+
+    version(1) type=8
 
 Sphinx message of a forward packet, as its destination reads it::
 
@@ -57,6 +62,8 @@ from p2pmsg.onion import sphinx
 
 VERSION: Final = 1
 PACKET_TYPE: Final = 5
+GATEWAY_TYPE: Final = 8
+GATEWAY_MESSAGE: Final = bytes([VERSION, GATEWAY_TYPE])
 MAX_ACKS: Final = 32
 _ENVELOPE_LEN: Final = struct.Struct(">I")
 _FORWARD_HEAD: Final = 2 + sphinx.SURB_BYTES + _ENVELOPE_LEN.size

@@ -109,6 +109,9 @@ class OnionPath:
         self._hurried: OrderedDict[bytes, None] = OrderedDict()  # message ids
         self.on_retry: Callable[[], None] = lambda: None
         """Called when a message became due sooner (the node wakes its sender)."""
+        self.gateway: Candidate | None = None
+        """The relay that holds a link we opened (a node nobody can dial): the
+        last hop of our reply blocks, so replies come back over that link."""
 
     # -- sending ---------------------------------------------------------------
 
@@ -117,7 +120,7 @@ class OnionPath:
         now = self._wall_clock()
         candidates = self.candidates(now)
         ends = (self.identity.node_id, recipient.node_id)
-        back = self._route(candidates, ends, now)
+        back = self._route(candidates, ends, now, last=self.gateway)
         envelope = await self._encrypt(recipient, message)
         surb_id = self._rng(sphinx.SURB_ID_BYTES)
         me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
@@ -169,7 +172,8 @@ class OnionPath:
         remembered under ``tag`` (what a reply through it answers). Raises
         :class:`NoRoute`."""
         now = self._wall_clock()
-        back = self._route(self.candidates(now), (self.identity.node_id, avoid), now)
+        ends = (self.identity.node_id, avoid)
+        back = self._route(self.candidates(now), ends, now, last=self.gateway)
         surb_id = self._rng(sphinx.SURB_ID_BYTES)
         me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
         surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
@@ -212,8 +216,15 @@ class OnionPath:
         return found
 
     def _route(
-        self, candidates: Sequence[Candidate], ends: tuple[bytes, bytes], now: float
+        self,
+        candidates: Sequence[Candidate],
+        ends: tuple[bytes, bytes],
+        now: float,
+        *,
+        last: Candidate | None = None,
     ) -> list[Candidate]:
+        if last is not None and last.node_id in ends:
+            last = None  # the gateway is the peer itself: any route will do
         return select_route(
             candidates,
             hops=self.options.hops,
@@ -221,6 +232,7 @@ class OnionPath:
             scores=self.scores,
             now=now,
             rng=self._rng,
+            last=last,
         )
 
     async def _encrypt(self, recipient: PublicIdentity, message: OutboxMessage) -> bytes:

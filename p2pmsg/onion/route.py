@@ -117,23 +117,26 @@ def select_route(
     now: float = 0.0,
     rng: Callable[[int], bytes],
     floor: float = 0.05,
+    last: Candidate | None = None,
 ) -> list[Candidate]:
     """``hops`` distinct relays in route order. Raises :class:`NoRoute`.
 
     Never picks a node in ``exclude`` (the sender and recipient), two relays
     with the same prefix or known ASN, or the same relay twice. Relays whose
     score weight is below ``floor`` are used only when too few others remain.
+    ``last``, when given, is the route's last relay (a node's gateway).
     """
     if not 1 <= hops <= MAX_RELAYS:
         raise ValueError(f"a route has 1 to {MAX_RELAYS} relays")
-    banned = set(exclude)
+    fixed = [] if last is None else [last]
+    banned = set(exclude) | {c.node_id for c in fixed}
     unique = {c.node_id: c for c in candidates if c.node_id not in banned}
     weights = {node_id: scores.weight(node_id, now) if scores else 1.0 for node_id in unique}
     good = [c for c in unique.values() if weights[c.node_id] >= floor]
     for pool in (good, list(unique.values())):
-        route = _sample(pool, weights, hops, rng)
+        route = _sample(pool, weights, hops - len(fixed), rng, fixed)
         if route is not None:
-            return route
+            return route + fixed
     raise NoRoute(f"fewer than {hops} usable relays on distinct networks")
 
 
@@ -142,12 +145,14 @@ def _sample(
     weights: dict[bytes, float],
     hops: int,
     rng: Callable[[int], bytes],
+    fixed: list[Candidate],
 ) -> list[Candidate] | None:
-    """Weighted sampling without replacement under the diversity rule, or None."""
+    """Weighted sampling without replacement under the diversity rule (which
+    ``fixed`` relays, already in the route, count for), or None."""
     chosen: list[Candidate] = []
     remaining = sorted(pool, key=lambda c: c.node_id)  # rng alone decides the order
     while len(chosen) < hops:
-        allowed = [c for c in remaining if _compatible(c, chosen)]
+        allowed = [c for c in remaining if _compatible(c, [*fixed, *chosen])]
         if not allowed:
             return None
         total = sum(weights[c.node_id] for c in allowed)
