@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pmsg.errors import LocalProtocolError, RemoteProtocolError
+from p2pmsg.pathscore import Failure, classify
 from transports.pt_proto import (
     MAX_LINE,
     CMethod,
@@ -331,6 +332,21 @@ def test_every_reply_code_is_a_clear_error(code: int) -> None:
         == f"{REPLY_MESSAGES.get(code, 'an unassigned reply code')} (SOCKS reply {code})"
     )
     assert "(" in info.value.user_message()
+
+
+@pytest.mark.parametrize(
+    ("code", "failure"),
+    [(5, Failure.RESET), (3, Failure.TIMEOUT), (4, Failure.TIMEOUT), (6, Failure.TIMEOUT),
+     (1, Failure.TIMEOUT), (99, Failure.TIMEOUT)],
+)  # fmt: skip
+def test_a_refusal_through_the_proxy_is_scored_as_a_refusal(code: int, failure: Failure) -> None:
+    """The proxy's reply carries what happened at its end: a refusal (the peer
+    is down, or a censor's RST) is RESET, unreachable or expired TIMEOUT, like
+    the same errors on a direct dial; the other codes say nothing (TIMEOUT)."""
+    client = connected_client()
+    with pytest.raises(SocksReplyError) as info:
+        client.receive_data(bytes([5, code, 0, 1]) + bytes(6))
+    assert classify(info.value, stage="dial") is failure
 
 
 def test_reply_messages_follow_rfc_1928() -> None:

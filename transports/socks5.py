@@ -16,6 +16,7 @@ environment) shares this module's error class and escaping.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -38,6 +39,9 @@ class SocksReplyError(P2PMsgError, OSError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        # the errno the reply stands for, so a refusal through the proxy is
+        # scored as one (p2pmsg.pathscore.classify), not as silence
+        self.errno = REPLY_ERRNOS.get(code or 0)
 
 
 def _escape(text: str, special: frozenset[str]) -> str:
@@ -115,6 +119,13 @@ REPLY_MESSAGES = {
     6: "TTL expired",
     7: "command not supported",
     8: "address type not supported",
+}
+
+REPLY_ERRNOS = {
+    3: errno.ENETUNREACH,
+    4: errno.EHOSTUNREACH,
+    5: errno.ECONNREFUSED,
+    6: errno.ETIMEDOUT,
 }
 
 
