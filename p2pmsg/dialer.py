@@ -30,6 +30,7 @@ deduplication shows nothing twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -61,8 +62,12 @@ from p2pmsg.pathscore import (
     stagger,
 )
 
+NETWORK_CHECK = 10.0
+"""Seconds between two looks at which network we are on."""
 TUNNEL_OPEN_TIMEOUT = 30.0
 """How long a bridge may take to reach a tunnel's target."""
+
+log = logging.getLogger(__name__)
 
 #: What a failed attempt on one endpoint may raise; the next endpoint is tried.
 DIAL_ERRORS = (
@@ -152,7 +157,7 @@ class Dialer:
         dial_timeout: float = 10.0,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         stagger_delay: float = STAGGER_DELAY,
-        network: str = "default",
+        network: str | Callable[[], str] = "default",
         bridges: Sequence[Invite] = (),
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
@@ -162,8 +167,12 @@ class Dialer:
         self.dial_timeout = dial_timeout
         self.handshake_timeout = handshake_timeout
         self.stagger_delay = stagger_delay
-        self.network = network
-        """The label of the network we are on: paths are scored per network."""
+        self._label = network if callable(network) else None
+        self.network = network if isinstance(network, str) else network()
+        """The label of the network we are on: paths are scored per network.
+        Given a function (:func:`p2pmsg.network.local_network_label`), it is
+        asked again before a dial, at most every :data:`NETWORK_CHECK` seconds."""
+        self._checked = -NETWORK_CHECK
         self.bridges = list(bridges)
         """Invites of the bridges every other peer is reached through (none: direct)."""
         self.tunnels = TunnelStats()
@@ -187,6 +196,16 @@ class Dialer:
             }
         return report
 
+    def _check_network(self) -> None:
+        now = trio.current_time()
+        if self._label is None or now - self._checked < NETWORK_CHECK:
+            return
+        self._checked = now
+        label = self._label()
+        if label != self.network:
+            log.info("the network changed: paths are scored as known for the new one")
+            self.network = label
+
     def transport_for(self, endpoint: Endpoint) -> Transport | None:
         return next((t for t in self.transports if t.can_dial(endpoint)), None)
 
@@ -200,6 +219,7 @@ class Dialer:
         :class:`UnsupportedEndpoint` if none was dialable. Cancellation leaves
         nothing open.
         """
+        self._check_network()
         if self.bridges and all(b.identity.key != peer.key for b in self.bridges):
             return await self._through_bridge(endpoints, peer)
         candidates = self._candidates(endpoints)

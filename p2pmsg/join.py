@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
 
@@ -110,11 +110,21 @@ def unique(peers: Iterable[Peer], exclude: bytes) -> list[Peer]:
 class Joiner:
     """Keeps a node's DHT joined; ``joined`` is set on the first success."""
 
-    def __init__(self, dht: Dht, store: Store, joined: trio.Event, config: Config) -> None:
+    def __init__(
+        self,
+        dht: Dht,
+        store: Store,
+        joined: trio.Event,
+        config: Config,
+        *,
+        on_cache: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.dht = dht
         self.store = store
         self.joined = joined
         self.config = config
+        self.on_cache = on_cache
+        """Also run each time the routing table is cached (the node saves its path scores)."""
 
     async def seeds(self) -> list[Peer]:
         cached = seeds_from_cache(await self.store.get_meta(CACHE_KEY))
@@ -139,6 +149,8 @@ class Joiner:
                 self.joined.set()
                 cache = encode_cache(self.dht.table.peers())
                 await self.store.set_meta(CACHE_KEY, cache)
+                if self.on_cache is not None:
+                    await self.on_cache()
             await trio.sleep(cache_every if len(self.dht.table) else retry_every)
 
     async def mdns(self, interface: str, *, task_status: trio.TaskStatus[None]) -> None:

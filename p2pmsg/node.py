@@ -17,6 +17,7 @@ on either side.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -50,12 +51,15 @@ from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link import tunnel
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import SecureLink, accept_secure
+from p2pmsg.network import local_network_label
 from p2pmsg.onion_service import OnionService, OnionServiceOptions
+from p2pmsg.pathscore import PathScores
 from p2pmsg.store import InboxMessage, Offload, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
 
 _LINK_ERRORS = DIAL_ERRORS
+PATHS_KEY = "path_scores"
 BRIDGED_MAILBOX_POLL = 60.0
 """How often a node that uses bridges fetches its mailbox: nobody can dial it,
 so every message and ack for it waits there."""
@@ -129,6 +133,7 @@ class Node:
         wall_clock: Callable[[], float],
         rng: Callable[[int], bytes],
         bridges: Sequence[Invite] = (),
+        network: str | Callable[[], str] = "default",
     ) -> None:
         self.identity = identity
         self.store = store
@@ -153,6 +158,7 @@ class Node:
             dial_timeout=options.dial_timeout,
             handshake_timeout=options.handshake_timeout,
             bridges=bridges,
+            network=network,
             wall_clock=wall_clock,
             rng=rng,
         )
@@ -201,12 +207,14 @@ class Node:
         offload: Offload | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
+        network: str | Callable[[], str] = local_network_label,
     ) -> AsyncIterator[Node]:
         """Open the node in ``home`` and run it for the ``async with`` block.
 
         Raises :class:`HomeError` or :class:`StoreError` when the home cannot
         be used. ``offload`` runs the store's blocking calls (default: a
-        worker thread).
+        worker thread). ``network`` labels the network we are on (path scores
+        are kept per network): a fixed label, or a function asked now and then.
         """
         where = Home(Path(home))
         identity = where.load_identity()
@@ -233,7 +241,9 @@ class Node:
                 wall_clock=wall_clock,
                 rng=rng,
                 bridges=config.use_bridges,
+                network=network,
             )
+            await node._load_paths()
             async with trio.open_nursery() as nursery:
                 for endpoint in config.listen:
                     await node._listen(nursery, endpoint)
@@ -241,13 +251,17 @@ class Node:
                 await node.onion.start(listening, node.options.capabilities)
                 await nursery.start(node.dht.run)
                 await nursery.start(node.onion.run, node.joined)
-                joiner = join.Joiner(node.dht, node.store, node.joined, config)
+                joiner = join.Joiner(
+                    node.dht, node.store, node.joined, config, on_cache=node._save_paths
+                )
                 nursery.start_soon(joiner.stay_joined, node.options.cache_every)
                 if config.mdns is not None and not config.bridge:
                     await nursery.start(joiner.mdns, config.mdns)
                 await nursery.start(node._sender.run)
                 yield node
                 nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await node._save_paths()
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()
@@ -314,12 +328,35 @@ class Node:
             "stats": vars(self.stats).copy(),
             "relayed": self.onion.relay.stats.relayed,
             "mailbox_entries": len(self.dht.mailboxes.store),
+            "network": self._dialer.network,
             "transports": self._dialer.health_report(),
             "tunnels": vars(self._dialer.tunnels).copy(),
             "tunnels_carried": vars(self.tunnels.stats).copy(),
             "onion": self.onion.stats(),
             "dht": self.dht.stats(),
         }
+
+    # -- path scores -----------------------------------------------------------
+
+    async def _load_paths(self) -> None:
+        """The path scores saved last time, aged by the time we were away."""
+        raw = await self.store.get_meta(PATHS_KEY)
+        if raw is None:
+            return
+        try:
+            saved = json.loads(raw)
+            away = max(0.0, self._wall_clock() - float(saved["saved"]))
+            scores = PathScores.from_dict(saved["scores"], now=trio.current_time() - away)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("the saved path scores are unreadable; starting afresh (%s)", exc)
+            return
+        self._dialer.scores = scores
+
+    async def _save_paths(self) -> None:
+        scores = self._dialer.scores.to_dict(trio.current_time())
+        await self.store.set_meta(
+            PATHS_KEY, json.dumps({"saved": self._wall_clock(), "scores": scores})
+        )
 
     # -- listening -----------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class SimWorld:
         options: NodeOptions | None = None,
         listen: bool = True,
         bootstrap: Sequence[str] = (),
+        network: str | Callable[[], str] = "sim",
     ) -> AsyncIterator[Node]:
         home = self.home(name, listen=listen, bootstrap=bootstrap)
         async with Node.open(
@@ -70,6 +71,7 @@ class SimWorld:
             options=options,
             offload=run_inline,
             wall_clock=sim_wall_clock,
+            network=network,
         ) as node:
             yield node
 

@@ -175,6 +175,7 @@ class World:
             offload=run_inline,
             wall_clock=wall_clock,
             rng=self.rng(f"node/{name}/{runs}"),
+            network="sim",
         ) as node:
             yield node
 
