@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import nacl.bindings as sodium
+import pytest
 import trio
 from dhtworld import as_seed, serve_rpc
 from simworld import sim_wall_clock
@@ -603,6 +604,7 @@ SCALE_NODES = 1000
 SCALE_LOOKUPS = 1000
 
 
+@pytest.mark.timeout(900)  # about 4 minutes alone: the suite's 300 s is too tight beside others
 async def test_lookups_of_random_nodes_succeed_at_scale(autojump_clock: MockClock) -> None:
     """SCALE_NODES nodes, each on its own /16, join one after the other through a
     random earlier node; lookups of random nodes from random nodes find them
