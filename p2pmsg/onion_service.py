@@ -133,6 +133,7 @@ class OnionService:
             },
             "replay_tags": len(self.relay.replay),
             "packet_links": len(self.links),
+            "ack_timeout": round(self.path.timer.rto(), 3),
         }
 
     async def start(self, endpoints: list[str], capabilities: frozenset[str]) -> None:

@@ -116,10 +116,11 @@ def retry_delay(attempts: int, jitter: float) -> float:
     return base * (0.75 + 0.5 * jitter)
 
 
-def onion_retry_delay(attempts: int, jitter: float) -> float:
-    """Seconds before onion attempt ``attempts + 1``: from 15 s (three relays
-    there and three back), doubling to at most an hour, +-25% jitter. The cap
-    is longer than for direct links: an unreachable recipient's retries land
-    in its mailbox, and each costs the mailbox holders storage."""
-    base = min(3600.0, 15.0 * 2.0 ** min(attempts, 20))
+def onion_retry_delay(attempts: int, jitter: float, first: float = 15.0) -> float:
+    """Seconds before onion attempt ``attempts + 1``: from ``first`` (the
+    retransmission timeout, :mod:`p2pmsg.delivery.rto`), doubling to at most an
+    hour, +-25% jitter. The cap is longer than for direct links: an
+    unreachable recipient's retries land in its mailbox, and each costs the
+    mailbox holders storage."""
+    base = min(3600.0, first * 2.0 ** min(attempts, 20))
     return base * (0.75 + 0.5 * jitter)

@@ -21,7 +21,9 @@ after a lost packet or a bad relay takes other relays, and the recipient
 deduplicates by message id. When an ack arrives through a SURB
 (:meth:`OnionPath.open_reply`), the SURB is taken (single use), the message
 marked delivered and the route's relays credited; when an attempt times out
-the relays of its unanswered SURBs take a failure.
+the relays of its unanswered SURBs take a failure. Each ack's round trip
+feeds the retransmission timer (:mod:`p2pmsg.delivery.rto`) that tells the
+sender when to try again.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
+import trio
+
 from p2pmsg.delivery import fragments, frames, onion_frames
 from p2pmsg.delivery.frames import MessageKind, MsgFrame
+from p2pmsg.delivery.rto import RetransmitTimer
 from p2pmsg.dht import records as rec
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS
@@ -109,6 +114,8 @@ class OnionPath:
         self._hurried: OrderedDict[bytes, None] = OrderedDict()  # message ids
         self.on_retry: Callable[[], None] = lambda: None
         """Called when a message became due sooner (the node wakes its sender)."""
+        self.timer = RetransmitTimer()
+        self._sent: OrderedDict[bytes, float] = OrderedDict()  # SURB id -> when
         self.gateway: Candidate | None = None
         """The relay that holds a link we opened (a node nobody can dial): the
         last hop of our reply blocks, so replies come back over that link."""
@@ -137,6 +144,9 @@ class OnionPath:
         dest = sphinx.Hop(recipient.node_id, recipient.x25519)
         for part, forward in zip(parts, forwards, strict=True):
             await self._send_part(part, forward, candidates, ends, dest)
+        self._sent[surb_id] = trio.current_time()
+        while len(self._sent) > MAX_REMEMBERED:
+            self._sent.popitem(last=False)
 
     async def _send_part(
         self,
@@ -292,6 +302,9 @@ class OnionPath:
         secret = sphinx.SurbSecret.from_bytes(record.secret)
         reply = onion_frames.decode(sphinx.open_reply(secret, payload))
         self.scores.route_succeeded(record.relays, self._wall_clock())
+        sent = self._sent.pop(surb_id, None)
+        if sent is not None:
+            self.timer.sample(trio.current_time() - sent)
         return record.message, reply
 
     async def unreadable(self, message_id: bytes) -> None:

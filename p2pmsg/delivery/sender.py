@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from p2pmsg.delivery import frames
+from p2pmsg.delivery import frames, rto
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.onion_path import NoPrekeys, OnionPath
 from p2pmsg.dht.service import Dht
@@ -100,10 +100,13 @@ class Sender:
                 for m in await self.store.pending_for_peer(peer, limit=self.batch)
                 if m.direct or m.next_attempt <= now
             ]
+            first = self.onion.timer.rto() if self.onion is not None else rto.INITIAL_RTO
             for message in batch:
                 jitter = int.from_bytes(self._rng(2), "big") / 65536
-                delay = (frames.retry_delay if message.direct else frames.onion_retry_delay)(
-                    message.attempts, jitter
+                delay = (
+                    frames.retry_delay(message.attempts, jitter)
+                    if message.direct
+                    else frames.onion_retry_delay(message.attempts, jitter, first)
                 )
                 await self.store.mark_attempt(message.id, now + delay)
             contact = await self.store.contact_by_node_id(peer)
