@@ -86,8 +86,8 @@ class NodeOptions:
     bridge: bool = False
     """Unlisted (set with ``dht.unlisted`` from the config), and carries
     tunnels for the nodes that hold our invite (:mod:`p2pmsg.link.tunnel`)."""
-    max_tunnels: int = 128
-    max_tunnels_per_peer: int = 16
+    max_tunnels: int = 192
+    max_tunnels_per_peer: int = 64
     dht: DhtOptions = field(default_factory=DhtOptions)
     onion: OnionServiceOptions = field(default_factory=OnionServiceOptions)
 

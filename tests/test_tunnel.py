@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from simworld import SimWorld, sim_wall_clock
@@ -119,7 +120,7 @@ async def test_a_bridge_carries_a_secure_link_to_the_target_that_sees_only_the_b
         assert dialer.tunnels.opened == 1
         await direct.aclose()
         await link.aclose()
-        await trio.sleep(5.0)
+        await trio.testing.wait_all_tasks_blocked()  # the bridge winds the tunnel down
         assert not at.nodes["bridge"].tunnels.open  # closing the link ended the tunnel
 
 
@@ -158,7 +159,7 @@ async def test_a_bridge_carries_at_most_its_limit_of_tunnels_per_client(
         with pytest.raises(TunnelRefused, match="busy"):
             await dialer.connect(*at.target("target"))
         await held[0][0].aclose()
-        await trio.sleep(5.0)
+        await trio.testing.wait_all_tasks_blocked()  # the bridge winds the tunnel down
         again, _ = await dialer.connect(*at.target("target"))  # room again
         for link in (again, held[1][0]):
             await link.aclose()
@@ -172,4 +173,5 @@ async def test_an_idle_tunnel_is_closed(world: SimWorld, autojump_clock: MockClo
         link, _ = await dialer.connect(*at.target("target"))
         with trio.fail_after(60.0), pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):
             await link.receive()
+        await trio.testing.wait_all_tasks_blocked()  # the bridge winds the tunnel down
         assert not at.nodes["bridge"].tunnels.open
