@@ -40,7 +40,7 @@ from typing import Any
 import trio
 
 from p2pmsg.abc import Link, Transport
-from p2pmsg.endpoint import Endpoint, Invite
+from p2pmsg.endpoint import MAX_ENDPOINT_CHARS, Endpoint, Invite
 from p2pmsg.errors import (
     BadEndpoint,
     HandshakeError,
@@ -129,12 +129,13 @@ def _hung_up(exc: BaseException) -> bool:
     return False
 
 
-def _parses(text: str) -> bool:
+def _tunnelable(text: str) -> bool:
+    """Whether a bridge can be asked for ``text``: it parses and fits the request."""
     try:
         Endpoint.parse(text)
     except BadEndpoint:
         return False
-    return True
+    return len(text.encode()) <= MAX_ENDPOINT_CHARS
 
 
 def _three_tuple(endpoint: Endpoint) -> ThreeTuple | None:
@@ -243,7 +244,7 @@ class Dialer:
     ) -> tuple[SecureLink, Endpoint]:
         """A secure link to ``peer`` inside a link to the first bridge that opens
         one; the bridge that worked last is asked first."""
-        targets = [text for text in dict.fromkeys(endpoints) if _parses(text)]
+        targets = [text for text in dict.fromkeys(endpoints) if _tunnelable(text)]
         targets = targets[: tunnel.MAX_TARGET_ENDPOINTS]
         if not targets:
             raise UnsupportedEndpoint("no endpoint a bridge could dial")

@@ -124,6 +124,18 @@ async def test_a_bridge_carries_a_secure_link_to_the_target_that_sees_only_the_b
         assert not at.nodes["bridge"].tunnels.open  # closing the link ended the tunnel
 
 
+async def test_endpoints_a_request_cannot_carry_are_left_out(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Printable but over the request's byte bound once in UTF-8, or malformed."""
+    async with lab(world) as at:
+        endpoints, target = at.target("target")
+        unfit = ["sim:" + "é" * 1500, "no colon here"]
+        link, endpoint = await at.client(via="bridge").connect([*unfit, *endpoints], target)
+        assert str(endpoint) == endpoints[0]
+        await link.aclose()
+
+
 async def test_a_listed_node_is_not_a_bridge_and_says_so(
     world: SimWorld, autojump_clock: MockClock
 ) -> None:

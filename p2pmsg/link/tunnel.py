@@ -141,8 +141,6 @@ class TunnelLink:
     A stream: bytes arrive in order, cut where the bridge read them.
     """
 
-    framed = False
-
     def __init__(self, carrier: Link) -> None:
         self._carrier = carrier
 
