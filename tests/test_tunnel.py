@@ -187,3 +187,22 @@ async def test_an_idle_tunnel_is_closed(world: SimWorld, autojump_clock: MockClo
             await link.receive()
         await trio.testing.wait_all_tasks_blocked()  # the bridge winds the tunnel down
         assert not at.nodes["bridge"].tunnels.open
+
+
+async def test_a_bridge_carries_at_most_its_limit_in_all_and_never_back_to_a_client(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    options = NodeOptions(max_tunnels=2, max_tunnels_per_peer=16)
+    async with lab(world, options) as at:
+        first, second = at.client(via="bridge"), at.client(via="bridge")
+        with pytest.raises(TunnelRefused, match="refused"):  # to the client itself
+            await first.connect(["sim:client:1"], first.identity.public)
+        held = [
+            await first.connect(*at.target("target")),
+            await second.connect(*at.target("plain")),
+        ]
+        with pytest.raises(TunnelRefused, match="busy"):  # a third client's worth is none left
+            await at.client(via="bridge").connect(*at.target("target"))
+        assert at.nodes["bridge"].tunnels.stats.refused == 2
+        for link, _ in held:
+            await link.aclose()
