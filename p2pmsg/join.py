@@ -7,21 +7,25 @@ we know. The DHT pings them all with staggered starts and is joined on the
 first answer. The cache holds keys and endpoints only (no signed records),
 so it still works after the peers' records have expired, e.g. after two
 weeks offline. With mDNS on, the node also advertises its signed peer record
-on one chosen LAN interface and pings every node it sees there.
+on one chosen LAN interface and pings every node it sees there; those that
+answer are its LAN peers (:class:`LanPeers`), to whom messages go straight
+over the LAN (:mod:`p2pmsg.delivery.sender`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import trio
 
+from p2pmsg.abc import Discovery
 from p2pmsg.dht import records
 from p2pmsg.dht.peer import Peer, prefix_of_endpoint
 from p2pmsg.dht.service import Dht
-from p2pmsg.discovery.mdns import MdnsDiscovery
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadInvite
 from p2pmsg.home import Config
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CACHE_KEY = "dht_peers"
 MAX_CACHED = 200
+MAX_LAN_PEERS = 256
 
 
 def _peer(public_key: bytes, endpoints: Sequence[str]) -> Peer | None:
@@ -107,6 +112,50 @@ def unique(peers: Iterable[Peer], exclude: bytes) -> list[Peer]:
     return out
 
 
+@dataclass(frozen=True)
+class LanPeer:
+    peer: Peer
+    first_seen: float
+    """trio time it first answered on the LAN."""
+    last_seen: float
+
+
+class LanPeers:
+    """The nodes seen on our LAN that answered a ping, newest last.
+
+    Bounded (the least recently seen go first) and forgetful: an entry lasts
+    ``ttl`` seconds after its last sighting, and :meth:`forget` drops one that
+    could not be reached (it left the LAN); it comes back when seen again.
+    """
+
+    def __init__(self, ttl: float, capacity: int = MAX_LAN_PEERS) -> None:
+        self.ttl, self.capacity = ttl, capacity
+        self._peers: OrderedDict[bytes, LanPeer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def seen(self, peer: Peer) -> None:
+        now = trio.current_time()
+        old = self._peers.pop(peer.node_id, None)
+        self._peers[peer.node_id] = LanPeer(peer, old.first_seen if old else now, now)
+        while len(self._peers) > self.capacity:
+            self._peers.popitem(last=False)
+
+    def get(self, node_id: bytes) -> Peer | None:
+        """The peer with ``node_id`` if it is on our LAN, as far as we know."""
+        entry = self._peers.get(node_id)
+        if entry is None or trio.current_time() - entry.last_seen > self.ttl:
+            return None
+        return entry.peer
+
+    def forget(self, node_id: bytes) -> None:
+        self._peers.pop(node_id, None)
+
+    def entries(self) -> list[LanPeer]:
+        return list(self._peers.values())
+
+
 class Joiner:
     """Keeps a node's DHT joined; ``joined`` is set on the first success."""
 
@@ -125,6 +174,7 @@ class Joiner:
         self.config = config
         self.on_cache = on_cache
         """Also run each time the routing table is cached (the node saves its path scores)."""
+        self.lan_peers = LanPeers(ttl=dht.options.record_ttl)
 
     async def seeds(self) -> list[Peer]:
         cached = seeds_from_cache(await self.store.get_meta(CACHE_KEY))
@@ -153,11 +203,14 @@ class Joiner:
                     await self.on_cache()
             await trio.sleep(cache_every if len(self.dht.table) else retry_every)
 
-    async def mdns(self, interface: str, *, task_status: trio.TaskStatus[None]) -> None:
+    async def lan(
+        self, discovery: Callable[[], Discovery], *, task_status: trio.TaskStatus[None]
+    ) -> None:
         """Advertise our peer record on the LAN and ping every node seen there.
 
-        The advertisement is renewed every half record lifetime with our
-        newest record, so it never carries an expired one.
+        ``discovery`` makes a fresh discovery (mDNS on one interface) for each
+        advertisement, renewed every half record lifetime with our newest
+        record, so it never carries an expired one.
         """
         send, receive = trio.open_memory_channel[bytes](64)
         async with trio.open_nursery() as nursery:
@@ -168,8 +221,7 @@ class Joiner:
                 assert record is not None
                 with trio.move_on_after(self.dht.options.record_ttl / 2):
                     async with trio.open_nursery() as advert:
-                        discovery = MdnsDiscovery(interface)
-                        await advert.start(discovery.run, records.encode(record), send)
+                        await advert.start(discovery().run, records.encode(record), send)
                         if not started:
                             task_status.started()
                             started = True
@@ -180,4 +232,5 @@ class Joiner:
             peer = self.dht.consider(data)
             if peer is not None and await self.dht.ping(peer):
                 log.info("found a peer on the LAN")
+                self.lan_peers.seen(peer)
                 self.joined.set()

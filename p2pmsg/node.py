@@ -24,13 +24,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from p2pmsg import join
-from p2pmsg.abc import Link, Transport
+from p2pmsg.abc import Discovery, Link, Transport
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
@@ -39,6 +40,7 @@ from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.discovery.mdns import MdnsDiscovery
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import (
     HandshakeError,
@@ -83,6 +85,9 @@ class NodeOptions:
     poll_interval: float = 60.0
     cache_every: float = 600.0
     capabilities: frozenset[str] = frozenset()
+    lan_direct: bool = True
+    """Send to contacts found on our LAN straight over it, as Briar does,
+    instead of over an onion route (only with LAN discovery on)."""
     bridge: bool = False
     """Unlisted (set with ``dht.unlisted`` from the config), and carries
     tunnels for the nodes that hold our invite (:mod:`p2pmsg.link.tunnel`)."""
@@ -192,6 +197,7 @@ class Node:
             rng=rng,
         )
         self.onion.path.on_retry = self._sender.wake
+        self._joiner: join.Joiner | None = None
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
@@ -208,6 +214,7 @@ class Node:
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
         network: str | Callable[[], str] = local_network_label,
+        lan: Callable[[], Discovery] | None = None,
     ) -> AsyncIterator[Node]:
         """Open the node in ``home`` and run it for the ``async with`` block.
 
@@ -215,6 +222,8 @@ class Node:
         be used. ``offload`` runs the store's blocking calls (default: a
         worker thread). ``network`` labels the network we are on (path scores
         are kept per network): a fixed label, or a function asked now and then.
+        ``lan`` makes the LAN discovery to run (default: mDNS on the
+        interface of the config's ``mdns`` address, when it has one).
         """
         where = Home(Path(home))
         identity = where.load_identity()
@@ -251,12 +260,16 @@ class Node:
                 await node.onion.start(listening, node.options.capabilities)
                 await nursery.start(node.dht.run)
                 await nursery.start(node.onion.run, node.joined)
-                joiner = join.Joiner(
+                joiner = node._joiner = join.Joiner(
                     node.dht, node.store, node.joined, config, on_cache=node._save_paths
                 )
                 nursery.start_soon(joiner.stay_joined, node.options.cache_every)
-                if config.mdns is not None and not config.bridge:
-                    await nursery.start(joiner.mdns, config.mdns)
+                if lan is None and config.mdns is not None:
+                    lan = partial(MdnsDiscovery, config.mdns)
+                if lan is not None and not config.bridge:
+                    if node.options.lan_direct:
+                        node._sender.lan = joiner.lan_peers
+                    await nursery.start(joiner.lan, lan)
                 await nursery.start(node._sender.run)
                 yield node
                 nursery.cancel_scope.cancel()
@@ -276,6 +289,10 @@ class Node:
         counted in ``stats.app_queue_overflow``.
         """
         return self._app_receive
+
+    def lan_peers(self) -> list[join.LanPeer]:
+        """The nodes found on our LAN (empty with LAN discovery off)."""
+        return self._joiner.lan_peers.entries() if self._joiner is not None else []
 
     def deliveries(self) -> trio.MemoryReceiveChannel[bytes]:
         """Ids of sent messages as their acks arrive (bounded like :meth:`messages`)."""
@@ -324,6 +341,8 @@ class Node:
             "queued": await self.store.count_queued(),
             "inbox": await self.store.count_inbox(),
             "contacts": len(await self.store.list_contacts()),
+            "lan_peers": len(self.lan_peers()),
+            "lan_sent": self._sender.lan_sent,
             "uptime": round(self._wall_clock() - self.started, 3),
             "stats": vars(self.stats).copy(),
             "relayed": self.onion.relay.stats.relayed,

@@ -40,3 +40,9 @@ async def test_lan_only_nodes_find_each_other_and_deliver(tmp_path: Path) -> Non
             got = await bob.messages().receive()
             assert got.id == sent
             assert await alice.deliveries().receive() == sent
+            # an ordinary (onion-bound) message: two nodes are too few for an
+            # onion route, so it is the LAN that carries it
+            sent = await alice.send("bob", "nearby")
+            got = await bob.messages().receive()
+            assert (got.id, got.text) == (sent, "nearby")
+            assert (await alice.status())["lan_sent"] == 1

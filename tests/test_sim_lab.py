@@ -211,6 +211,15 @@ def test_sim_run_refuses_impossible_sizes_in_one_line(
     assert "Traceback" not in err
 
 
+def test_a_size_that_leaves_no_pair_on_one_lan_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sim", "run", "S11", "--out", str(tmp_path), "--nodes", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--nodes: 3 users leave no two on one network" in err
+    assert "Traceback" not in err
+
+
 def test_a_report_that_cannot_be_written_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

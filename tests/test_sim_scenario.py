@@ -64,6 +64,10 @@ def test_a_minimal_scenario_takes_the_defaults() -> None:
             HEAD + "[[censor]]\naction='drop'\ntarget='servers'\n[[censor]]\naction='nuke'\n",
             "f.toml:7: censor[1].action: 'nuke' is not one this runner has",
         ),
+        (
+            HEAD + "[topology]\nusers = 6\nisps = 3\n[traffic]\npairs = 4\nlocal = true\n",
+            "f.toml:7: traffic.pairs: at most one per two users of one ISP",
+        ),
         (HEAD + "[pass]\ndelivery = 1.5\n", "f.toml:4: pass.delivery: 1.5 is out of range"),
         (HEAD + "censor = 3\n", "f.toml:3: censor: must be an array of tables"),
         ('title = "t"\n', "f.toml:1: id: missing"),

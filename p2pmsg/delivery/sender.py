@@ -8,18 +8,26 @@ when its ack returns through a reply block. A crash at any point leaves
 messages that will be retried. Contacts known only by node id, or whose known endpoints
 fail, are resolved through the DHT's peer records. At most
 ``max_parallel_peers`` peers are worked on at once, one attempt per peer.
+
+A contact found on our LAN (``lan``, see :class:`p2pmsg.join.LanPeers`) gets
+even its onion-bound messages over a secure link on the LAN, as Briar
+delivers to contacts nearby: it works with the WAN gone (SCENARIOS S11),
+where one LAN is too few networks for an onion route. When that link
+fails, the contact is forgotten as a LAN peer and the onion route is tried.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import trio
 
 from p2pmsg.delivery import frames, rto
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.onion_path import NoPrekeys, OnionPath
+from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.e2e.primitives import NoSession
@@ -29,6 +37,12 @@ from p2pmsg.onion.route import NoRoute
 from p2pmsg.store import Contact, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
+
+
+class LanPeers(Protocol):
+    def get(self, node_id: bytes) -> Peer | None: ...
+
+    def forget(self, node_id: bytes) -> None: ...
 
 
 class Sender:
@@ -62,6 +76,10 @@ class Sender:
         self._rng = rng
         self._wake = trio.Event()
         self._busy: set[bytes] = set()
+        self.lan: LanPeers | None = None
+        """Contacts on our LAN, reached straight over it."""
+        self.lan_sent = 0
+        """Messages sent over the LAN instead of an onion route."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -124,6 +142,15 @@ class Sender:
                 await self._push_or_resolve(contact, direct)
             except DIAL_ERRORS as exc:
                 log.info("direct delivery failed: %s", type(exc).__name__)
+        if routed and self.lan is not None and (near := self.lan.get(contact.node_id)):
+            try:
+                await self._push(near.public_key, near.endpoints, routed)
+            except DIAL_ERRORS as exc:
+                log.info("LAN delivery failed: %s", type(exc).__name__)
+                self.lan.forget(contact.node_id)
+            else:
+                self.lan_sent += len(routed)
+                return
         if routed:
             try:
                 await self._send_routed(contact, routed)

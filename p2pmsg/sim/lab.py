@@ -18,7 +18,15 @@ from pathlib import Path
 
 from p2pmsg.errors import P2PMsgError
 from p2pmsg.sim import plots, report, runner
-from p2pmsg.sim.scenario import MAX_USERS, CensorRule, Scenario, ScenarioError, load, loads
+from p2pmsg.sim.scenario import (
+    MAX_USERS,
+    CensorRule,
+    Scenario,
+    ScenarioError,
+    load,
+    loads,
+    local_pairs,
+)
 from p2pmsg.sim.world import SimWrapper
 
 Out = Callable[[str], None]
@@ -73,12 +81,14 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
         topo = scenario.topology
         abroad = round(topo.abroad * nodes / topo.users)
         users = nodes + abroad
-        pairs = min(scenario.traffic.pairs, users * (users - 1) // 2)
+        topo = dataclasses.replace(topo, users=nodes, isps=min(topo.isps, nodes), abroad=abroad)
+        room = local_pairs(topo) if scenario.traffic.local else users * (users - 1) // 2
+        if not room:
+            raise ScenarioError(f"--nodes: {nodes} users leave no two on one network")
+        pairs = min(scenario.traffic.pairs, room)
         scenario = dataclasses.replace(
             scenario,
-            topology=dataclasses.replace(
-                topo, users=nodes, isps=min(topo.isps, nodes), abroad=abroad
-            ),
+            topology=topo,
             traffic=dataclasses.replace(scenario.traffic, pairs=pairs),
         )
     if duration is None:

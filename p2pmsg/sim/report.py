@@ -170,6 +170,12 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "collateral_damage": _ratio(browse),
         "censor_events": results[0].censor_events,
         "dns_lookups": sum(r.dns_lookups for r in results),
+        "lan_found_within": _ratio(
+            [
+                (sum(t <= scenario.passes.lan_discovery for t in r.lan_found), len(r.lan_found))
+                for r in results
+            ]
+        ),
         "probes": sum(r.probes for r in results),
         "probed_nodes_answering": sum(r.probed_nodes_answering for r in results),
     }
@@ -187,6 +193,10 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         newcomers = f["newcomers_joined_within"]
         v.checks.append(Check(f"newcomers joined within {p.join_within:g} s", newcomers.text(),
                               f">= {p.joined:.1%}", newcomers.mean >= p.joined))  # fmt: skip
+    if scenario.topology.lan:
+        found = f["lan_found_within"]
+        v.checks.append(Check(f"LAN neighbours found within {p.lan_discovery:g} s", found.text(),
+                              ">= 100.0%", found.mean >= 1.0))  # fmt: skip
     if any(rule.action == "inject_dns" for rule in scenario.censor):
         lookups = f["dns_lookups"]
         v.checks.append(Check("cleartext DNS lookups by p2pmsg nodes", str(lookups), "0",

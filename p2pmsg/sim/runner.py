@@ -24,7 +24,10 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
 * **newcomers**: ``late_users`` start for the first time at t0, with the
   bootstrap list and (``alternate = "invite"``) a friend's invite; a
   ``bootstrap_only`` control starts as many with the list alone (S2).
-* **traffic**: ``pairs`` random pairs of users are contacts; each pair
+* **LANs** (``topology.lan``): each ISP's users share a
+  :class:`~p2pmsg.sim.lan.SimLan`, their nodes' mDNS; when each first saw
+  each of its neighbours is collected at the end.
+* **traffic**: ``pairs`` random pairs of users (``local``: of one ISP) are contacts; each pair
   exchanges a message every ``every`` seconds on average (exponential), in
   a random direction, through p2pmsg and through the control client alike,
   from ``t0`` for ``duration``; then ``drain`` seconds for late deliveries.
@@ -44,6 +47,7 @@ It returns a :class:`SeedResult`: raw counts and samples, judged by
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import resource
 import tempfile
@@ -54,12 +58,14 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from p2pmsg.abc import Discovery
 from p2pmsg.dht.service import DhtOptions
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
+from p2pmsg.sim.lan import SimLan
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.topology import (
     PROBE_EVERY,
@@ -126,6 +132,9 @@ class SeedResult:
     """p2pmsg nodes that answered a probe with data (S8: must be 0)."""
     dns_lookups: int = 0
     """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
+    lan_found: list[float] = field(default_factory=list)
+    """Per user and LAN neighbour: seconds from both being up to the first
+    sighting (inf if never)."""
 
 
 class _Run:
@@ -161,6 +170,8 @@ class _Run:
         self.backend = control.Backend()
         self.result = SeedResult(seed)
         self.nodes: dict[str, Node] = {}
+        self.started: dict[str, float] = {}
+        self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.t0 = trio.current_time() + scenario.run.warmup
         self.end = self.t0 + scenario.run.duration
         self.result.t0 = self.t0
@@ -189,16 +200,26 @@ class _Run:
             friend = self.world.invite(self.rng.choice(self.groups["users"]))
             extra = [friend] if self.s.topology.alternate == "invite" else []
             self.world.home(name, bootstrap=[*invites, *extra])
-        pairs = list(itertools.combinations(self.groups["users"], 2))
+        pairs = [
+            (a, b)
+            for a, b in itertools.combinations(self.groups["users"], 2)
+            if not self.s.traffic.local or self.hosts[a].isp == self.hosts[b].isp
+        ]
         return self.rng.sample(pairs, self.s.traffic.pairs)
+
+    def lan(self, name: str) -> Callable[[], Discovery] | None:
+        segment = self.lans.get(self.hosts[name].isp)
+        return segment.discovery if segment is not None else None
 
     async def run_node(
         self, name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        started = trio.current_time()
+        started = self.started[name] = trio.current_time()
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
-        async with self.world.node(name, options=NODE_OPTIONS, skew=skew) as node:
+        async with self.world.node(
+            name, options=NODE_OPTIONS, skew=skew, lan=self.lan(name)
+        ) as node:
             self.nodes[name] = node
             task_status.started()
             with trio.move_on_after(JOIN_TIMEOUT):
@@ -241,7 +262,9 @@ class _Run:
         started = trio.current_time()
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
-        async with self.world.node(name, options=NODE_OPTIONS, skew=skew) as node:
+        async with self.world.node(
+            name, options=NODE_OPTIONS, skew=skew, lan=self.lan(name)
+        ) as node:
             await node.joined.wait()
             joined[name] = trio.current_time() - started
             await trio.sleep_forever()
@@ -361,7 +384,18 @@ class _Run:
                         self.result.failure_classes.get(key, 0) + count
                     )
         self.result.wire_bytes = self.meter.wire_bytes
+        self.collect_lan()
         self.result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def collect_lan(self) -> None:
+        users = [u for u in self.groups["users"] if self.lan(u) is not None]
+        for u in users:
+            seen = {e.peer.node_id: e.first_seen for e in self.nodes[u].lan_peers()}
+            for v in users:
+                if v != u and self.hosts[u].isp == self.hosts[v].isp:
+                    first = seen.get(self.nodes[v].identity.node_id, math.inf)
+                    up = max(self.started[u], self.started[v])
+                    self.result.lan_found.append(first - up)
 
 
 async def run_seed(

@@ -9,14 +9,14 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [run]       duration, warmup, drain, seeds
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
-                transports, abroad, clock_skew
-    [traffic]   pairs, every, browse_every
+                transports, abroad, clock_skew, lan
+    [traffic]   pairs, every, browse_every, local
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
                 residual, residual_p, kbps, lifetime, isp, flap
     [pass]      delivery, within, eventual, control_max, control_min,
-                joined, join_within, unmeasured
+                joined, join_within, lan_discovery, unmeasured
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -83,6 +83,8 @@ class Topology:
     """Users outside the censor's country (in ``DE``): their pairs cross the border."""
     clock_skew: float = 0.0
     """Each node's wall clock is off by U(-skew, +skew) seconds."""
+    lan: bool = False
+    """Each ISP's users share one LAN, where they find each other by (simulated) mDNS."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Traffic:
     pairs: int = 15
     every: float = 1800.0
     browse_every: float = 900.0
+    local: bool = False
+    """Pairs only of users on one ISP's network."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,9 @@ class Pass:
     join_within: float = 60.0
     control_min: float = 0.0
     """A control that delivers less than this failed differently than stated."""
+    lan_discovery: float = 5.0
+    """With ``topology.lan``: every user finds each LAN neighbour this soon
+    after both are up."""
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
@@ -174,7 +181,7 @@ _ACTION_TARGETS: Final = {
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
     "at", "until", "propagation", "within", "join_within", "residual", "lifetime", "flap",
-    "clock_skew",
+    "clock_skew", "lan_discovery",
 }  # fmt: skip
 _TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
 
@@ -315,6 +322,8 @@ def _check(where: _Where, s: Scenario) -> None:
     users = s.topology.users + s.topology.abroad
     if s.traffic.pairs > users * (users - 1) // 2:
         raise where.error("traffic", "pairs", "at most one per two users")
+    if s.traffic.local and s.traffic.pairs > local_pairs(s.topology):
+        raise where.error("traffic", "pairs", "at most one per two users of one ISP")
     if s.control.kind == "bootstrap_only" and not s.topology.late_users:
         raise where.error("control", "kind", "bootstrap_only needs late_users in [topology]")
     if not s.topology.transports:
@@ -331,6 +340,13 @@ def _check(where: _Where, s: Scenario) -> None:
         if rule.isp and rule.isp not in {f"isp{j}" for j in range(s.topology.isps)}:
             last = f"isp{s.topology.isps - 1}"
             raise where.error("censor", "isp", f"{rule.isp!r} is not one of isp0..{last}", i)
+
+
+def local_pairs(topology: Topology) -> int:
+    """How many pairs of users share an ISP (users are dealt to ISPs in turn)."""
+    users, isps = topology.users, topology.isps
+    sizes = [users // isps + (j < users % isps) for j in range(isps)]
+    return sum(n * (n - 1) // 2 for n in sizes)
 
 
 def loads(text: str, path: str = "<scenario>") -> Scenario:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from p2pmsg.abc import Transport
+from p2pmsg.abc import Discovery, Transport
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity
@@ -155,10 +155,16 @@ class World:
 
     @asynccontextmanager
     async def node(
-        self, name: str, *, options: NodeOptions | None = None, skew: float = 0.0
+        self,
+        name: str,
+        *,
+        options: NodeOptions | None = None,
+        skew: float = 0.0,
+        lan: Callable[[], Discovery] | None = None,
     ) -> AsyncIterator[Node]:
         """Run node ``name`` (its home must exist) for the ``async with`` block,
-        its wall clock ``skew`` seconds off.
+        its wall clock ``skew`` seconds off, with ``lan`` its LAN discovery
+        (a :class:`~p2pmsg.sim.lan.SimLan`'s) if it is on one.
 
         Each run draws from its own stream, so a restarted node does not
         repeat its earlier randomness."""
@@ -176,6 +182,7 @@ class World:
             wall_clock=wall_clock,
             rng=self.rng(f"node/{name}/{runs}"),
             network="sim",
+            lan=lan,
         ) as node:
             yield node
 
