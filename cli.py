@@ -326,8 +326,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(json.dumps(reply))
     else:
         for key, value in reply.items():
-            _out(f"{key}: {value}")
+            _out(f"{key}: {_clock_text(value) if key == 'clock' else value}")
     return 0
+
+
+def _clock_text(clock: dict[str, Any]) -> str:
+    """The status's clock check in words: the error or warning, else how far off."""
+    if clock["error"] or clock["warning"]:
+        return f"{'ERROR' if clock['error'] else 'warning'}: {clock['error'] or clock['warning']}"
+    if clock["offset"] is None:
+        return f"not checked yet ({clock['peers']} peers heard)"
+    return f"ok (peers' clocks {clock['offset']:+.1f} s from ours, median of {clock['peers']})"
 
 
 def cmd_peers(args: argparse.Namespace) -> int:

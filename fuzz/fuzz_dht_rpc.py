@@ -7,7 +7,7 @@ implies (a request's FIND_NODE target or FIND_VALUE key, a response's node
 or value reply), and the raw input goes to every body decoder as well, so the
 fuzzer reaches them without having to build a valid header first. Each body
 that decodes must encode back to the bytes it came from (the mailbox bodies
-too: DEPOSIT, FETCH and its reply, CLEAR). Only
+too: DEPOSIT, FETCH and its reply, CLEAR; PING's reply). Only
 :class:`RemoteProtocolError` may come out; anything else is a bug.
 
 Run under atheris (see fuzz/README.md)::
@@ -51,6 +51,7 @@ def _message(data: bytes) -> None:
         assert rpc.encode_response(message) == data, "response does not round-trip"
         _replies(message.body)
         _fetch_reply(message.body)
+        _pong(message.body)
 
 
 def _target(body: bytes) -> None:
@@ -110,6 +111,14 @@ def _mailbox_request(body: bytes) -> None:
     assert rpc.encode_clear_body(key, request) == body, "clear does not round-trip"
 
 
+def _pong(body: bytes) -> None:
+    try:
+        clock_ms, record = rpc.decode_pong(body)
+    except RemoteProtocolError:
+        return
+    assert rpc.encode_pong(clock_ms, record) == body, "pong does not round-trip"
+
+
 def _fetch_reply(body: bytes) -> None:
     try:
         blobs, more = rpc.decode_fetch_reply(body)
@@ -125,6 +134,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
     _find_value(data)
     _mailbox_request(data)
     _fetch_reply(data)
+    _pong(data)
 
 
 def seeds() -> dict[str, bytes]:
@@ -164,7 +174,9 @@ def seeds() -> dict[str, bytes]:
         "find_node": find_node,
         "find_value": request(rpc.Method.FIND_VALUE, rpc.encode_find_value(1, key)),
         "store": request(rpc.Method.STORE, record),
-        "ping_reply": response(record),
+        "ping_reply": response(rpc.encode_pong(NOW * 1000, record)),
+        "ping_reply_unlisted": response(rpc.encode_pong(NOW * 1000, b"")),
+        "ping_reply_cut": response(rpc.encode_pong(NOW * 1000, b""))[:-1],
         "node_reply": node_reply,
         "node_reply_empty": response(rpc.encode_records([])),
         "value_reply": value_reply,

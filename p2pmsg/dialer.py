@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 from p2pmsg.abc import Link, Transport
+from p2pmsg.clock import ClockCheck
 from p2pmsg.endpoint import MAX_ENDPOINT_CHARS, Endpoint, Invite
 from p2pmsg.errors import (
     BadEndpoint,
@@ -147,6 +148,11 @@ def _three_tuple(endpoint: Endpoint) -> ThreeTuple | None:
     return ("", host, port)
 
 
+SILENT_AFTER = 2.0
+"""Seconds a handshake may go unanswered (and at least four round trips)
+before a cancellation counts as silence for the clock check."""
+
+
 class Dialer:
     """Dials peers for the node; keeps the path scores and per-transport health."""
 
@@ -181,6 +187,9 @@ class Dialer:
         self.scores = PathScores()
         self.residual = ResidualGuard()
         self.health: dict[str, TransportHealth] = {}
+        self.clock = ClockCheck()
+        """Handshakes that met silence tell of a clock too far off (the DHT's
+        PINGs add the peers' clocks to the same check)."""
         self._wall_clock = wall_clock
         self._rng = rng
 
@@ -352,12 +361,16 @@ class Dialer:
         race.nursery.cancel_scope.cancel()
 
     async def _dial(self, candidate: _Candidate, peer: PublicIdentity) -> SecureLink:
-        """One attempt, scored unless cancelled. Raises what the dial raised."""
+        """One attempt, scored unless cancelled. Raises what the dial raised.
+
+        A handshake that meets silence, or is cancelled after waiting well
+        past the round trip the connection took, is told to :attr:`clock`."""
         stage = "dial"
+        started = trio.current_time()
         try:
             with trio.fail_after(self.dial_timeout):
                 link = await candidate.transport.dial(candidate.endpoint)
-            stage = "handshake"
+            stage, connected = "handshake", trio.current_time()
             secure = await connect_secure(
                 link,
                 self.identity,
@@ -368,8 +381,18 @@ class Dialer:
             )
         except DIAL_ERRORS as exc:
             censored = stage == "handshake" and not _hung_up(exc)
-            self._failed(candidate, classify(exc, stage=stage), censored=censored)
+            failure = classify(exc, stage=stage)
+            self._failed(candidate, failure, censored=censored)
+            if failure is Failure.SILENCE:
+                self.clock.handshake(peer.node_id, completed=False)
             raise
+        except trio.Cancelled:
+            if stage == "handshake":
+                waited, rtt = trio.current_time() - connected, connected - started
+                if waited > max(SILENT_AFTER, 4 * rtt):
+                    self.clock.handshake(peer.node_id, completed=False)
+            raise
+        self.clock.handshake(peer.node_id, completed=True)
         now = trio.current_time()
         self.scores.succeeded(self.network, candidate.endpoint.transport, candidate.text, now)
         if candidate.three_tuple is not None:

@@ -184,8 +184,9 @@ class Joiner:
         return unique(invites + cached + contacts, exclude=self.dht.identity.node_id)
 
     async def stay_joined(self, cache_every: float, retry_every: float = 30.0) -> None:
-        """Join from every seed source; then keep our record stored and the
-        routing table cached, retrying the join while the table is empty."""
+        """Join from every seed source; then keep our record stored, the
+        routing table cached and enough peers' clocks read, retrying the join
+        while the table is empty."""
         while True:
             if not len(self.dht.table):
                 seeds = await self.seeds()
@@ -197,6 +198,7 @@ class Joiner:
             if len(self.dht.table):
                 # A seed node nobody lists joins when the first peer reaches it.
                 self.joined.set()
+                await self.dht.read_clocks()
                 cache = encode_cache(self.dht.table.peers())
                 await self.store.set_meta(CACHE_KEY, cache)
                 if self.on_cache is not None:

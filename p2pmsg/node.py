@@ -176,8 +176,9 @@ class Node:
             idle=options.idle_timeout,
         )
         self.dht = Dht(
-            identity, self._dialer.connect, options=options.dht, wall_clock=wall_clock, rng=rng
-        )
+            identity, self._dialer.connect, options=options.dht, wall_clock=wall_clock, rng=rng,
+            clock=self._dialer.clock,
+        )  # fmt: skip
         self.joined = trio.Event()
         self.onion = OnionService(
             identity, store, self.dht, self._dialer.connect, self._received, self._acked,
@@ -341,6 +342,7 @@ class Node:
             "queued": await self.store.count_queued(),
             "inbox": await self.store.count_inbox(),
             "contacts": len(await self.store.list_contacts()),
+            "clock": self._clock(),
             "lan_peers": len(self.lan_peers()),
             "lan_sent": self._sender.lan_sent,
             "uptime": round(self._wall_clock() - self.started, 3),
@@ -356,6 +358,11 @@ class Node:
         }
 
     # -- path scores -----------------------------------------------------------
+
+    def _clock(self) -> dict[str, Any]:
+        v = self.dht.clock.verdict()
+        offset = None if v.offset is None else round(v.offset, 1)
+        return {"offset": offset, "peers": v.peers, "error": v.error, "warning": v.warning}
 
     async def _load_paths(self) -> None:
         """The path scores saved last time, aged by the time we were away."""

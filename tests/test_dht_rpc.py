@@ -123,6 +123,17 @@ def test_records_round_trip_at_an_offset(records: list[bytes], before: bytes, af
     assert data[end:] == after
 
 
+@given(st.integers(0, 2**64 - 1), st.binary(max_size=rpc.MAX_RECORD))
+def test_pong_round_trip(clock_ms: int, record: bytes) -> None:
+    assert rpc.decode_pong(rpc.encode_pong(clock_ms, record)) == (clock_ms, record)
+
+
+@pytest.mark.parametrize("body", [b"", bytes(7), bytes(8 + rpc.MAX_RECORD + 1)])
+def test_a_pong_without_a_clock_or_too_long_is_refused(body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="PING reply"):
+        rpc.decode_pong(body)
+
+
 @settings(max_examples=200)
 @given(record_lists, record_lists)
 def test_value_reply_round_trip(values: list[bytes], closer: list[bytes]) -> None:

@@ -120,6 +120,24 @@ async def test_the_learning_censor_blocks_a_popular_shape_but_never_the_web(
     assert learner.learned == {40}
 
 
+async def test_a_learned_shape_kills_the_flows_that_began_before_it_was_learned(
+    autojump_clock: MockClock,
+) -> None:
+    learner = rules.LearnFingerprint(min_clients=2)
+    net, _ = network(learner)
+    raw = bytes(range(40))
+    client, server = await pair(net, "home", "abroad", 1)
+    await client.send(raw)
+    assert await server.receive() == raw
+    await server.send(b"welcome")  # the flow lives on: one client is not enough
+    assert await client.receive() == b"welcome"
+    assert not await passes(net, "neighbour", "abroad", 2, raw)  # the second: learned
+    with trio.fail_after(60):
+        await server.send(b"and again")  # the old flow's next packet: it is reset
+        with pytest.raises(trio.BrokenResourceError):
+            await client.receive()
+
+
 async def test_dns_answers_for_listed_names_are_forged(autojump_clock: MockClock) -> None:
     injector = rules.InjectDns(("messenger.example",))
     net, _ = network(injector)

@@ -540,6 +540,7 @@ async def test_a_second_run_never_takes_over_a_running_node(base: Path) -> None:
         still = await cli(home, "status")
     assert not took_over, "the second run replaced the first's control socket"
     assert still.code == 0, str(still)
+    assert "clock: not checked yet (0 peers heard)" in still.lines, str(still)
     assert second.process is not None
     assert second.process.returncode not in (0, None)
     errors = second.log.read_text().splitlines()

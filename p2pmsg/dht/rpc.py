@@ -11,7 +11,10 @@ bytes; :mod:`p2pmsg.dht.records` decodes and validates them. The link already
 authenticates and encrypts, so nothing here is signed except the records.
 
 One encoder and one decoder per message, side by side, with hard caps; the
-decoders raise :class:`RemoteProtocolError` and nothing else. Mailbox bodies::
+decoders raise :class:`RemoteProtocolError` and nothing else. PING's reply
+is ``clock u64 | record``: the responder's wall clock in milliseconds (as
+Tor's NETINFO carries one, so a node can tell that its own clock is off)
+and its own signed peer record (may be empty). Mailbox bodies::
 
     DEPOSIT  key 32 | expires u64 | blob (1..MAX_BLOB)   -> empty
     FETCH    key 32 | limit u8 | after (empty or id 16)  -> more u8 | count u8 | (len u16 | blob)*
@@ -149,6 +152,22 @@ def decode_target(body: bytes) -> bytes:
     if len(body) != ID_BYTES:
         raise RemoteProtocolError("FIND_NODE needs a 32-byte target")
     return body
+
+
+_CLOCK = struct.Struct(">Q")
+
+
+def encode_pong(clock_ms: int, record: bytes) -> bytes:
+    if len(record) > MAX_RECORD:
+        raise ValueError("record too long")
+    return _CLOCK.pack(clock_ms) + record
+
+
+def decode_pong(body: bytes) -> tuple[int, bytes]:
+    """PING's reply: (the responder's clock in ms, its record or empty)."""
+    if not _CLOCK.size <= len(body) <= _CLOCK.size + MAX_RECORD:
+        raise RemoteProtocolError("a PING reply is a clock and at most one record")
+    return _CLOCK.unpack_from(body)[0], body[_CLOCK.size :]
 
 
 def encode_find_value(record_type: int, key: bytes) -> bytes:

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from p2pmsg.clock import MIN_PEERS, ClockCheck
 from p2pmsg.dht import records as rec
 from p2pmsg.dht import rpc
 from p2pmsg.dht.driver import LookupRun
@@ -114,6 +115,7 @@ class Dht:
         options: DhtOptions | None = None,
         wall_clock: Callable[[], float],
         rng: Callable[[int], bytes],
+        clock: ClockCheck | None = None,
     ) -> None:
         self.identity = identity
         self.options = options = options or DhtOptions()
@@ -128,6 +130,8 @@ class Dht:
         )
         self.records = RecordStore(own=[identity.public.key])
         self.limiter = RateLimiter(options.rate, options.burst)
+        self.clock = clock or ClockCheck()
+        """How far our wall clock is from our peers' (PING replies feed it)."""
         self.own_record: rec.Record | None = None
         self.known = KnownPeers(
             identity.node_id, self.table.__contains__, capacity=options.known_records
@@ -236,7 +240,8 @@ class Dht:
     def _answer(self, requester: PublicIdentity, request: rpc.Request, now: float) -> bytes:
         match request.method:
             case rpc.Method.PING:
-                return rec.encode(self.shared_record) if self.shared_record else b""
+                own = rec.encode(self.shared_record) if self.shared_record else b""
+                return rpc.encode_pong(max(0, int(now * 1000)), own)
             case rpc.Method.FIND_NODE:
                 target = rpc.decode_target(request.body)
                 closer = self._closer_records(target, requester.node_id)
@@ -334,14 +339,32 @@ class Dht:
             self.table.ping_result(result.oldest.node_id, True, trio.current_time())
 
     async def ping(self, peer: Peer) -> bool:
-        """True when ``peer`` answered; its record is remembered."""
+        """True when ``peer`` answered; its record is remembered and its
+        clock compared with ours (:attr:`clock`)."""
+        sent = self._wall_clock()
         try:
             body = await self.call(peer, rpc.Method.PING)
         except RpcFailed:
             return False
-        if body:
-            self._peer_from_bytes(body)
+        try:
+            clock_ms, record = rpc.decode_pong(body)
+        except RemoteProtocolError as exc:
+            log.debug("a bad PING reply: %s", exc)
+            return True
+        self.clock.sample(peer.node_id, sent, self._wall_clock(), clock_ms / 1000)
+        if record:
+            self._peer_from_bytes(record)
         return True
+
+    async def read_clocks(self, want: int = MIN_PEERS) -> None:
+        """Ping peers of the routing table whose clocks we have not read, so
+        that the clock check has at least ``want`` (joins and verifications
+        alone may ping too few)."""
+        missing = want - self.clock.verdict().peers
+        unread = [p for p in self.table.peers() if not self.clock.read(p.node_id)]
+        async with trio.open_nursery() as nursery:
+            for peer in unread[: max(0, missing)]:
+                nursery.start_soon(self.ping, peer)
 
     # -- lookups ---------------------------------------------------------------
 

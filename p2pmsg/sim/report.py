@@ -193,6 +193,13 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         newcomers = f["newcomers_joined_within"]
         v.checks.append(Check(f"newcomers joined within {p.join_within:g} s", newcomers.text(),
                               f">= {p.joined:.1%}", newcomers.mean >= p.joined))  # fmt: skip
+    if scenario.topology.bad_clocks:
+        told = sum(sum(r.clock_errors) for r in results)
+        skewed = sum(len(r.clock_errors) for r in results)
+        false = sum(r.clock_false_alarms for r in results)
+        v.checks.append(Check("a clear error beyond 24 h of skew",
+                              f"{told} of {skewed}, {false} false alarms",
+                              "all, 0 false", told == skewed and not false))  # fmt: skip
     if scenario.topology.lan:
         found = f["lan_found_within"]
         v.checks.append(Check(f"LAN neighbours found within {p.lan_discovery:g} s", found.text(),

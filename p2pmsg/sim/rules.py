@@ -124,7 +124,11 @@ def shape(first: bytes) -> int | None:
 
 @dataclass
 class LearnFingerprint:
-    """Learn the shapes seen from ``min_clients`` clients; condemn their flows."""
+    """Learn the shapes seen from ``min_clients`` clients; condemn their flows.
+
+    Each flow counts once, at its first client payload; a learned shape
+    condemns every flow of that shape at its next packet, those that began
+    before it was learned too (as :class:`MatchPayload`)."""
 
     min_clients: int
     verdict: Verdict = RESET
@@ -134,12 +138,14 @@ class LearnFingerprint:
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
         del now
-        if packet.kind != "data" or packet.direction != "c2s" or len(flow.first) != 1:
+        if packet.kind != "data" or not flow.first:
             return None
         key = shape(flow.first[0])
         if key is None:
             return None
         if key not in self.learned:
+            if packet.direction != "c2s" or len(flow.first) != 1:
+                return None
             clients = self.seen.setdefault(key, set())
             clients.add(flow.client[0])
             self.seen.move_to_end(key)

@@ -132,6 +132,10 @@ class SeedResult:
     """p2pmsg nodes that answered a probe with data (S8: must be 0)."""
     dns_lookups: int = 0
     """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
+    clock_errors: list[bool] = field(default_factory=list)
+    """Per user with a bad clock (``topology.bad_clocks``): it reported a clock error."""
+    clock_false_alarms: int = 0
+    """Users with a good enough clock that reported a clock error."""
     lan_found: list[float] = field(default_factory=list)
     """Per user and LAN neighbour: seconds from both being up to the first
     sighting (inf if never)."""
@@ -194,7 +198,7 @@ class _Run:
         for i, name in enumerate(boot):
             self.world.home(name, bootstrap=[self.world.invite(boot[0])] if i else [])
         invites = [self.world.invite(b) for b in boot]
-        for name in self.groups["users"] + self.groups["control"]:
+        for name in self.groups["users"] + self.groups["control"] + self.groups["skewed"]:
             self.world.home(name, bootstrap=invites)
         for name in self.groups["late"]:  # a friend already in hands over an invite
             friend = self.world.invite(self.rng.choice(self.groups["users"]))
@@ -217,6 +221,8 @@ class _Run:
         started = self.started[name] = trio.current_time()
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
+        if name in self.groups["skewed"]:
+            skew = self.rng.choice((-1, 1)) * self.rng.uniform(36 * 3600.0, 48 * 3600.0)
         async with self.world.node(
             name, options=NODE_OPTIONS, skew=skew, lan=self.lan(name)
         ) as node:
@@ -385,6 +391,12 @@ class _Run:
                     )
         self.result.wire_bytes = self.meter.wire_bytes
         self.collect_lan()
+        for name, node in self.nodes.items():
+            alarm = node.dht.clock.verdict().error is not None
+            if name in self.groups["skewed"]:
+                self.result.clock_errors.append(alarm)
+            elif name in self.groups["users"]:
+                self.result.clock_false_alarms += alarm
         self.result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def collect_lan(self) -> None:
@@ -413,7 +425,7 @@ async def run_seed(
     run = _Run(scenario, seed, root, wrappers)
     pairs = run.make_homes()
     async with trio.open_nursery() as nursery:
-        for name in run.groups["bootstrap"] + run.groups["users"]:
+        for name in run.groups["bootstrap"] + run.groups["users"] + run.groups["skewed"]:
             await nursery.start(run.run_node, name)
         for a, b in pairs:
             await run.nodes[a].store.add_contact(run.world.contact_of(b))

@@ -9,7 +9,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [run]       duration, warmup, drain, seeds
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
-                transports, abroad, clock_skew, lan
+                transports, abroad, clock_skew, bad_clocks, lan
     [traffic]   pairs, every, browse_every, local
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
@@ -83,6 +83,9 @@ class Topology:
     """Users outside the censor's country (in ``DE``): their pairs cross the border."""
     clock_skew: float = 0.0
     """Each node's wall clock is off by U(-skew, +skew) seconds."""
+    bad_clocks: int = 0
+    """Extra users whose clocks are 36 to 48 h off either way: each must say
+    so with a clear error (and no other user may)."""
     lan: bool = False
     """Each ISP's users share one LAN, where they find each other by (simulated) mDNS."""
 
@@ -238,6 +241,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("censor", "lifetime"): (0.1, float("inf")),
     ("topology", "loss"): (0, 0.9),
     ("topology", "abroad"): (0, MAX_USERS),
+    ("topology", "bad_clocks"): (0, 250),
     ("control", "media_kib"): (0, 16 * 1024),
     ("pass", "control_min"): (0, 1),
     ("censor", "prefix"): (8, 32),

@@ -82,10 +82,12 @@ class Meter:
 
 
 def place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
-    """Add the scenario's hosts to ``world``; their names by group (``users``, ``late``,
+    """Add the scenario's hosts to ``world``; their names by group (``users``, ``late``, ``skewed``,
     ``control``, ``bootstrap``, ``servers``, ``web``, ``bg``, ``resolver``)."""
     topo = s.topology
-    names = ("users", "late", "control", "bootstrap", "servers", "web", "bg", "resolver")
+    names = (
+        "users", "late", "control", "bootstrap", "servers", "web", "bg", "resolver", "skewed",
+    )  # fmt: skip
     groups: dict[str, list[str]] = {name: [] for name in names}
     late = topo.late_users
     controls = late if s.control.kind == "bootstrap_only" else 0
@@ -99,6 +101,11 @@ def place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
         ip = f"95.{j}.{i // 250}.{i % 250 + 1}"
         world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
         groups[group].append(name)
+    for i in range(topo.bad_clocks):
+        j = i % topo.isps
+        name, ip = f"k{i:04d}", f"95.{j}.240.{i % 250 + 1}"
+        world.add_host(name, ip=ip, asn=64_500 + j, country=topo.country, isp=f"isp{j}")
+        groups["skewed"].append(name)
     for i in range(topo.abroad):
         name, ip = f"a{i:04d}", f"85.1.{i // 250}.{i % 250 + 1}"
         world.add_host(name, ip=ip, asn=3320, country=ABROAD, isp="abroad")
