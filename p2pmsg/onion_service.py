@@ -43,7 +43,8 @@ from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.e2e import prekeys
 from p2pmsg.keys import Identity
 from p2pmsg.onion.route import RELAY_CAPABILITY, NoRoute, RelayScores, select_route
-from p2pmsg.relay import OnionKeys, PacketLinks, Relay, RelayOptions, Resolver, epoch_of
+from p2pmsg.packet_links import PacketLinks
+from p2pmsg.relay import OnionKeys, Relay, RelayOptions, Resolver, epoch_of
 from p2pmsg.store import InboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class OnionService:
             },
             "replay_tags": len(self.relay.replay),
             "packet_links": len(self.links),
+            "packets_resent": self.links.resent,
             "ack_timeout": round(self.path.timer.rto(), 3),
         }
 

@@ -18,7 +18,7 @@ packet), and only then forward; so a packet replayed after a crash and
 restart is refused too (SCENARIOS S8, S17). The inbound queue is bounded:
 when it is full the packet is dropped and counted.
 
-Forwarding reuses secure links per next hop (:class:`PacketLinks`). When the
+Forwarding reuses secure links per next hop (:mod:`p2pmsg.packet_links`). When the
 last relay (command ``EXIT``) cannot reach the destination, it deposits the
 still-wrapped packet in the destination's DHT mailbox instead; the mailbox
 holders see a packet for a node id, never the sender, never plaintext.
@@ -35,15 +35,14 @@ from typing import TypeVar
 import trio
 
 from p2pmsg.delivery import onion_frames
-from p2pmsg.dht.linkpool import Connect
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.errors import RemoteProtocolError
-from p2pmsg.keys import Identity, PublicIdentity
-from p2pmsg.link.secure import SecureLink
+from p2pmsg.keys import Identity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.replay import ReplayTags
+from p2pmsg.packet_links import PacketLinks
 from p2pmsg.store import Store
 
 log = logging.getLogger(__name__)
@@ -127,119 +126,6 @@ class Resolver:
             while len(self._found) > self.capacity:
                 self._found.popitem(last=False)
         return found
-
-
-class PacketLinks:
-    """Secure links reused for packets, per next hop: bounded, idle ones closed.
-
-    A task reads each link we opened (from :meth:`run`'s nursery) so that a
-    link the peer closed, or a peer that died, is dropped at once: a send on
-    a dead TCP connection succeeds into the kernel's buffer and the packet is
-    lost without a word. Packets that come back on it go to
-    :attr:`on_packet`: a node nobody can dial (behind a bridge or a NAT)
-    holds a link open to its *gateway* relay, the last hop of its reply
-    blocks, which sends them back over it (:meth:`attach`), as a Nym
-    client's gateway does.
-    """
-
-    def __init__(self, connect: Connect, *, max_links: int = 64, idle: float = 60.0) -> None:
-        self._connect = connect
-        self.max_links = max_links
-        self.idle = idle
-        self.on_packet: Callable[[bytes], object] = lambda packet: None
-        self._links: OrderedDict[bytes, tuple[SecureLink, float]] = OrderedDict()
-        self._reverse: dict[bytes, SecureLink] = {}
-        self._watchers: trio.Nursery | None = None
-
-    def __len__(self) -> int:
-        return len(self._links)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Watch the links while this runs; closes them all when cancelled."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._watchers = nursery
-                task_status.started()
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    # Before the nursery closes to new arrivals: a send that
-                    # completes while the watchers wind down keeps no link.
-                    self._watchers = None
-        finally:
-            await self.close_all()
-
-    def attach(self, link: SecureLink) -> None:
-        """An inbound link whose peer asked for its packets over it."""
-        self._reverse[link.peer.node_id] = link
-
-    def detach(self, link: SecureLink) -> None:
-        if self._reverse.get(link.peer.node_id) is link:
-            del self._reverse[link.peer.node_id]
-
-    async def _watch(self, node_id: bytes, link: SecureLink) -> None:
-        try:
-            while True:
-                data = await link.receive()
-                if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
-                    self.on_packet(onion_frames.decode_packet_message(data))
-        except (*DIAL_ERRORS, trio.ClosedResourceError):
-            pass
-        await self._drop(node_id, link)
-
-    async def send(self, peer: Peer, data: bytes) -> None:
-        """Send one link message to ``peer``: over our link to it, else over the
-        link it holds to us as its gateway, else a new one. Raises what
-        dialling raises."""
-        now = trio.current_time()
-        cached = self._links.get(peer.node_id)
-        if cached is not None and now - cached[1] < self.idle:
-            try:
-                await cached[0].send(data)
-            except DIAL_ERRORS:
-                await self._drop(peer.node_id, cached[0])
-            else:
-                self._links[peer.node_id] = (cached[0], now)
-                self._links.move_to_end(peer.node_id)
-                return
-        elif cached is not None:
-            await self._drop(peer.node_id, cached[0])
-        reverse = self._reverse.get(peer.node_id)
-        if reverse is not None:
-            try:
-                await reverse.send(data)
-            except (*DIAL_ERRORS, trio.ClosedResourceError):
-                self.detach(reverse)
-            else:
-                return
-        link, _ = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
-        try:
-            await link.send(data)
-        except BaseException:
-            await link.aclose()
-            raise
-        if self._watchers is None:  # not running, or stopping: nobody would watch it
-            await link.aclose()
-            return
-        old = self._links.pop(peer.node_id, None)
-        self._links[peer.node_id] = (link, now)
-        self._watchers.start_soon(self._watch, peer.node_id, link)
-        if old is not None:
-            await old[0].aclose()
-        while len(self._links) > self.max_links:
-            _, (evicted, _) = self._links.popitem(last=False)
-            await evicted.aclose()
-
-    async def _drop(self, node_id: bytes, link: SecureLink) -> None:
-        if self._links.get(node_id, (None, 0.0))[0] is link:
-            del self._links[node_id]
-        await link.aclose()
-
-    async def close_all(self) -> None:
-        with trio.CancelScope(shield=True):
-            while self._links:
-                _, (link, _) = self._links.popitem()
-                await link.aclose()
 
 
 @dataclass

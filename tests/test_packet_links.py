@@ -9,7 +9,7 @@ import trio
 
 from p2pmsg.dht.peer import Peer
 from p2pmsg.keys import Identity, PublicIdentity
-from p2pmsg.relay import PacketLinks
+from p2pmsg.packet_links import RESEND_WINDOW, PacketLinks
 
 
 class _Link:
@@ -133,3 +133,46 @@ async def test_packets_for_a_node_that_chose_us_as_gateway_go_back_over_its_link
     assert dials == [("sim:unreachable",)]
     assert dialled.sent == [b"three"]
     await links.close_all()
+
+
+class _Breakable(_Link):
+    """A link whose reader raises as a reset connection's does once ``breaks`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.breaks = trio.Event()
+
+    async def receive(self) -> bytes:
+        await self.breaks.wait()
+        raise trio.BrokenResourceError("reset")
+
+
+async def test_packets_written_just_before_a_link_breaks_go_again_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A censor resets a connection on seeing a packet, which then never
+    arrives: what the link carried in the last RESEND_WINDOW seconds goes
+    again over a new link, once; older packets do not."""
+    dialled: list[_Breakable] = []
+
+    async def connect(endpoints: Sequence[str], peer: PublicIdentity) -> tuple[Any, Any]:
+        dialled.append(_Breakable())
+        return dialled[-1], None
+
+    identity = Identity.generate()
+    target = Peer(identity.node_id, identity.public.key, ("sim:next",), "x")
+    links = PacketLinks(connect)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        await links.send(target, b"old")
+        await trio.sleep(RESEND_WINDOW + 1)
+        await links.send(target, b"new")
+        dialled[0].breaks.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [link.sent for link in dialled] == [[b"old", b"new"], [b"new"]]
+        assert links.resent == 1
+        dialled[1].breaks.set()  # the resent packet is not sent a third time
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(dialled) == 2
+        assert len(links) == 0
+        nursery.cancel_scope.cancel()

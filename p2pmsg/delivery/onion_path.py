@@ -48,7 +48,8 @@ from p2pmsg.errors import P2PMsgError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.route import RELAY_CAPABILITY, Candidate, NoRoute, RelayScores, select_route
-from p2pmsg.relay import PacketLinks, Resolver, epoch_of
+from p2pmsg.packet_links import PacketLinks
+from p2pmsg.relay import Resolver, epoch_of
 from p2pmsg.store import OutboxMessage, Store, SurbRecord
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,199 @@
+"""Secure links reused for onion packets, per next hop (the relay's and the sender's).
+
+Theory of operation
+-------------------
+:class:`PacketLinks` keeps one link per next hop: bounded, idle ones closed.
+A task reads each link we opened (from :meth:`PacketLinks.run`'s nursery) so
+that a link the peer closed, or a peer that died, is dropped at once: a send
+on a dead TCP connection succeeds into the kernel's buffer and the packet is
+lost without a word.
+
+A link that *breaks* (reset, not closed by us) takes with it the packets we
+wrote in the last :data:`RESEND_WINDOW` seconds: a censor that resets
+connections does so on seeing a packet (SCENARIOS S17, S19), and that packet
+never arrives. Those packets are sent again over a new link, once. A copy
+that did arrive is harmless: the next relay refuses a Sphinx packet whose replay tag
+it has seen, and the destination shows a message once. At most
+:data:`MAX_RECENT` packets per link are kept for this, for that long only.
+
+Packets that come back on a link we opened go to
+:attr:`PacketLinks.on_packet`: a node nobody can dial (behind a bridge or a
+NAT) holds a link open to its *gateway* relay, the last hop of its reply
+blocks, which sends them back over it (:meth:`PacketLinks.attach`), as a Nym
+client's gateway does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from p2pmsg.delivery import onion_frames
+from p2pmsg.dht.linkpool import Connect
+from p2pmsg.dht.peer import Peer
+from p2pmsg.dialer import DIAL_ERRORS
+from p2pmsg.keys import PublicIdentity
+from p2pmsg.link.secure import SecureLink
+
+log = logging.getLogger(__name__)
+
+RESEND_WINDOW = 2.0
+"""Seconds after a write within which a link's break is taken to have lost it."""
+MAX_RECENT = 16
+
+
+@dataclass
+class _Held:
+    """One link of ours: its peer, when it last carried a packet, and the
+    packets it carried lately (when, what)."""
+
+    link: SecureLink
+    peer: Peer
+    used: float
+    recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+
+    def wrote(self, data: bytes | None, now: float) -> None:
+        """It carried ``data`` (None: a packet not to be sent again)."""
+        self.used = now
+        if data is not None:
+            self.recent.append((now, data))
+
+
+class PacketLinks:
+    """Secure links reused for packets, per next hop: see the module docstring."""
+
+    def __init__(self, connect: Connect, *, max_links: int = 64, idle: float = 60.0) -> None:
+        self._connect = connect
+        self.max_links = max_links
+        self.idle = idle
+        self.on_packet: Callable[[bytes], object] = lambda packet: None
+        self._links: OrderedDict[bytes, _Held] = OrderedDict()
+        self._reverse: dict[bytes, SecureLink] = {}
+        self._watchers: trio.Nursery | None = None
+        self.resent = 0
+        """Packets sent again because their link broke right after."""
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the links while this runs; closes them all when cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._watchers = nursery
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Before the nursery closes to new arrivals: a send that
+                    # completes while the watchers wind down keeps no link.
+                    self._watchers = None
+        finally:
+            await self.close_all()
+
+    def attach(self, link: SecureLink) -> None:
+        """An inbound link whose peer asked for its packets over it."""
+        self._reverse[link.peer.node_id] = link
+
+    def detach(self, link: SecureLink) -> None:
+        if self._reverse.get(link.peer.node_id) is link:
+            del self._reverse[link.peer.node_id]
+
+    async def _watch(self, held: _Held) -> None:
+        try:
+            while True:
+                data = await held.link.receive()
+                if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
+                    self.on_packet(onion_frames.decode_packet_message(data))
+        except trio.ClosedResourceError:  # we closed it
+            await self._drop(held)
+        except DIAL_ERRORS:
+            await self._broken(held)
+
+    async def send(self, peer: Peer, data: bytes) -> None:
+        """Send one link message to ``peer``: over our link to it, else over the
+        link it holds to us as its gateway, else a new one. Raises what
+        dialling raises."""
+        await self._send(peer, data, keep=True)
+
+    async def _send(self, peer: Peer, data: bytes, *, keep: bool) -> None:
+        """:meth:`send`; ``keep`` it for a resend should its link break."""
+        now = trio.current_time()
+        held = self._links.get(peer.node_id)
+        if held is not None and now - held.used < self.idle:
+            try:
+                await held.link.send(data)
+            except DIAL_ERRORS:
+                await self._broken(held)
+            else:
+                if self._links.get(peer.node_id) is held:
+                    held.wrote(data if keep else None, now)
+                    self._links.move_to_end(peer.node_id)
+                    return
+                if not keep:  # it broke as we wrote: a resend goes once only
+                    return
+        elif held is not None:
+            await self._drop(held)
+        reverse = self._reverse.get(peer.node_id)
+        if reverse is not None:
+            try:
+                await reverse.send(data)
+            except (*DIAL_ERRORS, trio.ClosedResourceError):
+                self.detach(reverse)
+            else:
+                return
+        await self._send_new(peer, data, now, keep=keep)
+
+    async def _send_new(self, peer: Peer, data: bytes, now: float, *, keep: bool) -> None:
+        link, _ = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
+        try:
+            await link.send(data)
+        except BaseException:
+            await link.aclose()
+            raise
+        if self._watchers is None:  # not running, or stopping: nobody would watch it
+            await link.aclose()
+            return
+        old = self._links.pop(peer.node_id, None)
+        held = self._links[peer.node_id] = _Held(link, peer, now)
+        held.wrote(data if keep else None, now)
+        self._watchers.start_soon(self._watch, held)
+        if old is not None:
+            await old.link.aclose()
+        while len(self._links) > self.max_links:
+            _, evicted = self._links.popitem(last=False)
+            await evicted.link.aclose()
+
+    async def _broken(self, held: _Held) -> None:
+        """``held``'s link broke: drop it, and send again over a new link what
+        it carried in the last :data:`RESEND_WINDOW` seconds (unless we had
+        let the link go already: evicted, replaced or stopping)."""
+        if self._links.get(held.peer.node_id) is not held or self._watchers is None:
+            await held.link.aclose()
+            return
+        now = trio.current_time()
+        again = [data for when, data in held.recent if now - when <= RESEND_WINDOW]
+        held.recent.clear()
+        await self._drop(held)
+        for data in again:
+            try:
+                await self._send(held.peer, data, keep=False)
+            except DIAL_ERRORS as exc:
+                log.debug("could not resend a packet: %r", exc)
+            else:
+                self.resent += 1
+
+    async def _drop(self, held: _Held) -> None:
+        if self._links.get(held.peer.node_id) is held:
+            del self._links[held.peer.node_id]
+        await held.link.aclose()
+
+    async def close_all(self) -> None:
+        with trio.CancelScope(shield=True):
+            while self._links:
+                _, held = self._links.popitem()
+                await held.link.aclose()
