@@ -59,6 +59,10 @@ class UnknownContact(P2PMsgError):
     """There is no contact by that name."""
 
 
+class OutboxFull(P2PMsgError):
+    """Too many messages already wait to be delivered; send again when some are."""
+
+
 class NodeNotRunning(P2PMsgError):
     """The node is not running (start it with `p2pmsg run`)."""
 

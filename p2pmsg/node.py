@@ -56,7 +56,14 @@ from p2pmsg.link.secure import SecureLink, accept_secure
 from p2pmsg.network import local_network_label
 from p2pmsg.onion_service import OnionService, OnionServiceOptions
 from p2pmsg.pathscore import PathScores
-from p2pmsg.store import InboxMessage, Offload, OutboxMessage, Store
+from p2pmsg.store import (
+    MAX_QUEUED,
+    MAX_QUEUED_PER_PEER,
+    InboxMessage,
+    Offload,
+    OutboxMessage,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,8 @@ class NodeOptions:
     max_parallel_peers: int = 16
     batch: int = 64
     app_queue: int = 256
+    max_queued_per_contact: int = MAX_QUEUED_PER_PEER
+    max_queued: int = MAX_QUEUED
     poll_interval: float = 60.0
     cache_every: float = 600.0
     capabilities: frozenset[str] = frozenset()
@@ -304,8 +313,10 @@ class Node:
 
         The message goes over an onion route unless ``direct`` (a secure link
         straight to the contact, which then learns our address). Returns once
-        the message is durably in the outbox. Raises :class:`UnknownContact`
-        or ``ValueError`` (too large).
+        the message is durably in the outbox. Raises :class:`UnknownContact`,
+        :class:`OutboxFull` (``max_queued_per_contact`` messages wait for that
+        contact, or ``max_queued`` in all: nothing is dropped, the caller is
+        told) or ``ValueError`` (too large).
         """
         found = await self.store.get_contact(contact)
         if found is None:
@@ -331,7 +342,11 @@ class Node:
             delivered=None,
             direct=direct,
         )
-        await self.store.enqueue(message)
+        await self.store.enqueue(
+            message,
+            max_for_peer=self.options.max_queued_per_contact,
+            max_total=self.options.max_queued,
+        )
         self._sender.wake()
         return message.id
 

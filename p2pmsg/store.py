@@ -38,7 +38,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, TypeVar
 import trio
 
 from p2pmsg.delivery.frames import MessageKind
-from p2pmsg.errors import StoreError
+from p2pmsg.errors import OutboxFull, StoreError
 from p2pmsg.keys import KEY_BYTES, node_id_of
 from p2pmsg.store_onion import OnionTables, SurbRecord, insert_inbox
 from p2pmsg.store_schema import (
@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 DEFAULT_LIMIT = 1000
+MAX_QUEUED_PER_PEER = 1000
+"""Messages that may wait for one contact; a send beyond is refused (OutboxFull)."""
+MAX_QUEUED = 20_000
+"""Messages that may wait in all."""
 MAX_LIMIT = 10_000
 BUSY_TIMEOUT = 5.0
 
@@ -228,14 +232,32 @@ class Database(OnionTables):
 
     # outbox
 
-    def enqueue(self, message: OutboxMessage) -> None:
+    def enqueue(
+        self,
+        message: OutboxMessage,
+        *,
+        max_for_peer: int = MAX_QUEUED_PER_PEER,
+        max_total: int = MAX_QUEUED,
+    ) -> None:
         """Commit a new queued message, numbered next in its conversation
-        (``message.seq`` is ignored). Raises :class:`StoreError` on a duplicate id."""
+        (``message.seq`` is ignored). Raises :class:`StoreError` on a duplicate
+        id, :class:`OutboxFull` when ``max_for_peer`` messages for its peer, or
+        ``max_total`` in all, are queued already (checked in the same
+        transaction, so concurrent sends cannot overshoot)."""
         if message.state is not OutboxState.QUEUED or message.delivered is not None:
             raise ValueError("only a queued, undelivered message can be enqueued")
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (message.id,)).fetchall():
                 raise StoreError("a message with that id is already in the outbox")
+            for_peer, total = conn.execute(
+                "SELECT count(*) FILTER (WHERE peer = ?), count(*) FROM outbox"
+                " WHERE state = 'queued'",
+                (message.peer,),
+            ).fetchone()
+            if for_peer >= max_for_peer:
+                raise OutboxFull(f"{for_peer} for this contact")
+            if total >= max_total:
+                raise OutboxFull(f"{total} in all")
             seq = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM outbox WHERE peer = ?", (message.peer,)
             ).fetchall()[0][0]

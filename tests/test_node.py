@@ -9,7 +9,7 @@ from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.errors import UnknownContact
+from p2pmsg.errors import OutboxFull, UnknownContact
 from p2pmsg.keys import Identity
 from p2pmsg.link.secure import connect_secure
 from p2pmsg.node import NodeOptions
@@ -38,6 +38,25 @@ async def test_unknown_contact_is_refused(world: SimWorld, autojump_clock: MockC
     async with world.node("alice") as alice:
         with pytest.raises(UnknownContact):
             await alice.send("nobody", "hi", direct=True)
+
+
+async def test_a_full_outbox_refuses_the_send_and_then_delivers_all_it_took(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Bounded, and never silent: the caller is told, and nothing queued is lost."""
+    world.home("bob")
+    small = NodeOptions(max_queued_per_contact=2)
+    async with world.node("alice", options=small) as alice:
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = {await alice.send("bob", f"m{i}", direct=True) for i in range(2)}
+        with pytest.raises(OutboxFull):
+            await alice.send("bob", "one too many", direct=True)
+        assert await alice.store.count_queued() == 2
+        async with world.node("bob") as bob:
+            got = {(await bob.messages().receive()).id for _ in sent}
+            assert got == sent
+            assert {await alice.deliveries().receive() for _ in sent} == sent
+        await alice.send("bob", "room again", direct=True)
 
 
 async def test_message_waits_for_an_offline_peer_then_arrives(

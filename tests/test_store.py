@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from p2pmsg import store_schema
-from p2pmsg.errors import StoreError
+from p2pmsg.errors import OutboxFull, StoreError
 from p2pmsg.keys import Identity
 from p2pmsg.store import (
     DEFAULT_LIMIT,
@@ -373,6 +373,21 @@ def test_enqueue_refuses_duplicates_and_non_queued(db: Database) -> None:
     with pytest.raises(ValueError, match="queued"):
         db.enqueue(replace(out(2), state=OutboxState.DELIVERED))
     assert db.list_outbox() == [replace(out(1), seq=1)]
+
+
+def test_a_full_outbox_refuses_a_send_and_keeps_what_it_holds(db: Database) -> None:
+    db.enqueue(out(1), max_for_peer=2, max_total=3)
+    db.enqueue(out(2), max_for_peer=2, max_total=3)
+    with pytest.raises(OutboxFull, match="2 for this contact"):
+        db.enqueue(out(3), max_for_peer=2, max_total=3)
+    db.enqueue(out(4, peer=node(2)), max_for_peer=2, max_total=3)  # another contact's room
+    with pytest.raises(OutboxFull, match="3 in all"):
+        db.enqueue(out(5, peer=node(3)), max_for_peer=2, max_total=3)
+    assert [m.id for m in db.list_outbox()] == [mid(1), mid(2), mid(4)]
+    db.mark_delivered(mid(1), 200.0)  # delivered messages make room
+    db.enqueue(out(3), max_for_peer=2, max_total=3)
+    assert db.count_queued() == 3
+    assert "send again when some are" in OutboxFull("x").user_message()
 
 
 def test_pending_for_peer(db: Database) -> None:

@@ -170,6 +170,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "collateral_damage": _ratio(browse),
         "censor_events": results[0].censor_events,
         "dns_lookups": sum(r.dns_lookups for r in results),
+        "outbox_refused": sum(r.outbox_refused for r in results),
         "lan_found_within": _ratio(
             [
                 (sum(t <= scenario.passes.lan_discovery for t in r.lan_found), len(r.lan_found))
@@ -235,6 +236,7 @@ def table(v: Verdict) -> str:
         ("messages", str(f["messages"])),
         ("latency p50 / p99", f"{f['latency_p50']:.2f} s / {f['latency_p99']:.2f} s"),
         ("users joined", joined),
+        ("sends refused (outbox full)", str(f["outbox_refused"])),
         ("wire bytes per payload byte", f"{f['wire_bytes_per_payload_byte']:.0f}"),
         ("collateral damage (unrelated fetches broken)", f["collateral_damage"].text()),
         ("failure classes (OONI)", classes or "none"),

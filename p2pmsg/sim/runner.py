@@ -60,6 +60,7 @@ import trio.testing
 
 from p2pmsg.abc import Discovery
 from p2pmsg.dht.service import DhtOptions
+from p2pmsg.errors import OutboxFull
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, rules
@@ -136,6 +137,8 @@ class SeedResult:
     """Per user with a bad clock (``topology.bad_clocks``): it reported a clock error."""
     clock_false_alarms: int = 0
     """Users with a good enough clock that reported a clock error."""
+    outbox_refused: int = 0
+    """Sends refused because the sender's outbox was full (OutboxFull)."""
     lan_found: list[float] = field(default_factory=list)
     """Per user and LAN neighbour: seconds from both being up to the first
     sighting (inf if never)."""
@@ -248,7 +251,11 @@ class _Run:
                 return
             frm, to = (a, b) if self.rng.random() < 0.5 else (b, a)
             text = f"{frm} to {to} at {now:.0f}"
-            message_id = (await self.nodes[frm].send(to, text)).hex()
+            try:
+                message_id = (await self.nodes[frm].send(to, text)).hex()
+            except OutboxFull:  # reported to the sender: counted, not lost
+                self.result.outbox_refused += 1
+                continue
             self.result.sent[message_id] = self.result.control_sent[message_id] = now
             if self.hosts[frm].country != self.hosts[to].country:
                 self.result.cross_border.add(message_id)
