@@ -19,8 +19,11 @@ from last, so a few peers that lie or are off themselves move nothing:
   the message says so.
 
 As Tor warns that its clock is skewed, the node reports the verdict in its
-status and logs it when it changes, never per sample. Pure: no I/O, and the
-times are parameters.
+status and logs it when it changes, never per sample. Readings older than
+:data:`MAX_AGE` are forgotten, so a clock set right is seen to be, and the
+node reads a few more (:meth:`p2pmsg.dht.service.Dht.read_clocks`). No I/O;
+the wall-clock times are parameters, and ages go by a monotonic clock
+(trio's unless another is given).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from __future__ import annotations
 import logging
 import statistics
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+
+import trio
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +50,9 @@ WARN = 3600.0
 """Seconds off at which messages may start to be refused (records expire early)."""
 BROKEN = 86400.0
 """Seconds off beyond which links, routes and records fail: an error."""
+MAX_AGE = 3600.0
+"""Seconds (monotonic) a reading counts for: a clock set right is seen to be
+within the hour, as new readings replace the old."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,19 @@ class ClockVerdict:
     warning: str | None
 
 
-def _put(table: OrderedDict[bytes, T], key: bytes, value: T, window: int) -> None:
-    """``table[key] = value`` as its newest entry, the oldest dropped beyond ``window``."""
+def _put(
+    table: OrderedDict[bytes, tuple[T, float]], key: bytes, value: T, now: float, window: int
+) -> None:
+    """``table[key] = (value, now)`` as its newest entry, the oldest dropped beyond ``window``."""
     table.pop(key, None)
-    table[key] = value
+    table[key] = (value, now)
     while len(table) > window:
+        table.popitem(last=False)
+
+
+def _prune(table: OrderedDict[bytes, tuple[T, float]], oldest: float) -> None:
+    """Drop the entries older than ``oldest`` (the table is oldest first)."""
+    while table and next(iter(table.values()))[1] < oldest:
         table.popitem(last=False)
 
 
@@ -73,35 +90,52 @@ def _hours(seconds: float) -> str:
 class ClockCheck:
     """Offsets of peers' clocks from ours, handshake outcomes, and the verdict."""
 
-    def __init__(self, window: int = WINDOW, min_peers: int = MIN_PEERS) -> None:
+    def __init__(
+        self,
+        window: int = WINDOW,
+        min_peers: int = MIN_PEERS,
+        *,
+        monotonic: Callable[[], float] = trio.current_time,
+    ) -> None:
         self.window, self.min_peers = window, min_peers
-        self._offsets: OrderedDict[bytes, float] = OrderedDict()
-        self._handshakes: OrderedDict[bytes, bool] = OrderedDict()  # peer -> completed
+        self._monotonic = monotonic
+        self._offsets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self._handshakes: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()  # completed?
         self._reported: tuple[str | None, str | None] = (None, None)
 
     def sample(self, peer: bytes, sent: float, received: float, their_clock: float) -> None:
         """One PING sent and its reply received at our ``sent`` and
         ``received`` wall-clock times; the peer's clock read ``their_clock``."""
-        _put(self._offsets, peer, their_clock - (sent + received) / 2, self.window)
+        offset = their_clock - (sent + received) / 2
+        _put(self._offsets, peer, offset, self._monotonic(), self.window)
         self._log_change()
 
     def read(self, peer: bytes) -> bool:
-        """Whether we hold ``peer``'s clock."""
+        """Whether we hold a reading of ``peer``'s clock younger than :data:`MAX_AGE`."""
+        self._prune()
         return peer in self._offsets
 
     def handshake(self, peer: bytes, *, completed: bool) -> None:
         """A link handshake with ``peer`` completed, or met silence after the
         connection was accepted. A peer that completed one stays so while it
         is in the window (a race's losers are cancelled after its winner)."""
-        _put(self._handshakes, peer, completed or self._handshakes.get(peer, False), self.window)
+        before = self._handshakes.get(peer, (False, 0.0))[0]
+        _put(self._handshakes, peer, completed or before, self._monotonic(), self.window)
         self._log_change()
 
+    def _prune(self) -> None:
+        oldest = self._monotonic() - MAX_AGE
+        _prune(self._offsets, oldest)
+        _prune(self._handshakes, oldest)
+
     def verdict(self) -> ClockVerdict:
+        self._prune()
         peers = len(self._offsets)
-        offset = statistics.median(self._offsets.values()) if peers >= self.min_peers else None
+        offsets = [offset for offset, _ in self._offsets.values()]
+        offset = statistics.median(offsets) if peers >= self.min_peers else None
         error = warning = None
         silent = len(self._handshakes)
-        if silent >= MIN_SILENT and not any(self._handshakes.values()):
+        if silent >= MIN_SILENT and not any(done for done, _ in self._handshakes.values()):
             error = (
                 f"none of the {silent} peers that accepted a connection completed a handshake:"
                 " the likeliest cause is this device's clock being more than a day off; set the"

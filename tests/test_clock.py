@@ -15,7 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from p2pmsg.clock import BROKEN, MIN_PEERS, MIN_SILENT, WARN, WINDOW, ClockCheck
+from p2pmsg.clock import (
+    BROKEN,
+    MAX_AGE,
+    MIN_PEERS,
+    MIN_SILENT,
+    WARN,
+    WINDOW,
+    ClockCheck,
+    ClockVerdict,
+)
 from p2pmsg.node import Node
 from p2pmsg.sim.world import World
 
@@ -32,7 +41,7 @@ def offsets(check: ClockCheck, values: list[float]) -> None:
 
 
 def test_too_few_peers_say_nothing_and_then_the_median_does() -> None:
-    check = ClockCheck()
+    check = ClockCheck(monotonic=lambda: 0.0)
     offsets(check, [2 * HOUR] * (MIN_PEERS - 1))
     assert check.verdict().offset is None
     assert check.verdict().warning is None
@@ -46,7 +55,7 @@ def test_too_few_peers_say_nothing_and_then_the_median_does() -> None:
 
 @given(st.lists(st.floats(-1e9, 1e9), min_size=0, max_size=WINDOW // 2 - 1))
 def test_a_minority_of_liars_cannot_move_the_verdict(lies: list[float]) -> None:
-    check = ClockCheck()
+    check = ClockCheck(monotonic=lambda: 0.0)
     offsets(check, [float(i) for i in range(WINDOW - len(lies))])  # honest: within a minute
     for j, lie in enumerate(lies):
         check.sample(peer(1000 + j), 0.0, 0.0, lie)
@@ -61,7 +70,7 @@ def test_a_minority_of_liars_cannot_move_the_verdict(lies: list[float]) -> None:
     [(0.5 * HOUR, None), (WARN + 60, "warning"), (-(BROKEN + 60), "error"), (BROKEN + 60, "error")],
 )
 def test_how_far_off_decides_warning_or_error(offset: float, level: str | None) -> None:
-    check = ClockCheck()
+    check = ClockCheck(monotonic=lambda: 0.0)
     offsets(check, [offset] * MIN_PEERS)
     v = check.verdict()
     assert (v.error is not None, v.warning is not None) == (level == "error", level == "warning")
@@ -70,7 +79,7 @@ def test_how_far_off_decides_warning_or_error(offset: float, level: str | None) 
 
 
 def test_silent_handshakes_with_none_completed_are_the_error() -> None:
-    check = ClockCheck()
+    check = ClockCheck(monotonic=lambda: 0.0)
     for i in range(MIN_SILENT - 1):
         check.handshake(peer(i), completed=False)
     assert check.verdict().error is None
@@ -84,7 +93,7 @@ def test_silent_handshakes_with_none_completed_are_the_error() -> None:
 
 
 def test_a_peer_that_completed_stays_so_and_the_window_is_bounded() -> None:
-    check = ClockCheck()
+    check = ClockCheck(monotonic=lambda: 0.0)
     check.handshake(peer(0), completed=True)
     check.handshake(peer(0), completed=False)  # a race's cancelled loser
     for i in range(1, MIN_SILENT + 1):
@@ -96,10 +105,25 @@ def test_a_peer_that_completed_stays_so_and_the_window_is_bounded() -> None:
     assert len(check._handshakes) == WINDOW
 
 
+def test_old_readings_are_forgotten_so_a_clock_set_right_is_seen_to_be() -> None:
+    now = [0.0]
+    check = ClockCheck(monotonic=lambda: now[0])
+    offsets(check, [2 * BROKEN] * MIN_PEERS)
+    for i in range(MIN_SILENT):
+        check.handshake(peer(100 + i), completed=False)
+    assert check.verdict().error is not None
+    assert check.read(peer(0))
+    now[0] = MAX_AGE + 1
+    assert not check.read(peer(0))
+    assert check.verdict() == ClockVerdict(None, 0, None, None)
+    offsets(check, [1.0] * MIN_PEERS)  # read again, after the clock was set
+    assert check.verdict().offset == pytest.approx(1.0)
+
+
 def test_the_verdict_is_logged_when_it_changes_not_per_sample(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    check = ClockCheck()
+    check = ClockCheck(monotonic=lambda: 0.0)
     with caplog.at_level(logging.INFO, logger="p2pmsg.clock"):
         offsets(check, [2 * HOUR] * (3 * MIN_PEERS))
         offsets(check, [0.0] * WINDOW)

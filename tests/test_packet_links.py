@@ -9,7 +9,7 @@ import trio
 
 from p2pmsg.dht.peer import Peer
 from p2pmsg.keys import Identity, PublicIdentity
-from p2pmsg.packet_links import RESEND_WINDOW, PacketLinks
+from p2pmsg.packet_links import MAX_RECENT, RESEND_WINDOW, PacketLinks
 
 
 class _Link:
@@ -147,12 +147,9 @@ class _Breakable(_Link):
         raise trio.BrokenResourceError("reset")
 
 
-async def test_packets_written_just_before_a_link_breaks_go_again_once(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """A censor resets a connection on seeing a packet, which then never
-    arrives: what the link carried in the last RESEND_WINDOW seconds goes
-    again over a new link, once; older packets do not."""
+def breakable_links() -> tuple[PacketLinks, list[_Breakable], Peer]:
+    """PacketLinks whose every dial makes a new :class:`_Breakable` (listed
+    in order), and the peer to send to."""
     dialled: list[_Breakable] = []
 
     async def connect(endpoints: Sequence[str], peer: PublicIdentity) -> tuple[Any, Any]:
@@ -161,7 +158,16 @@ async def test_packets_written_just_before_a_link_breaks_go_again_once(
 
     identity = Identity.generate()
     target = Peer(identity.node_id, identity.public.key, ("sim:next",), "x")
-    links = PacketLinks(connect)
+    return PacketLinks(connect), dialled, target
+
+
+async def test_packets_written_just_before_a_link_breaks_go_again_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A censor resets a connection on seeing a packet, which then never
+    arrives: what the link carried in the last RESEND_WINDOW seconds goes
+    again over a new link, once; older packets do not."""
+    links, dialled, target = breakable_links()
     async with trio.open_nursery() as nursery:
         await nursery.start(links.run)
         await links.send(target, b"old")
@@ -175,4 +181,20 @@ async def test_packets_written_just_before_a_link_breaks_go_again_once(
         await trio.testing.wait_all_tasks_blocked()
         assert len(dialled) == 2
         assert len(links) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_at_most_max_recent_packets_of_a_link_go_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    links, dialled, target = breakable_links()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        packets = [b"p%d" % i for i in range(MAX_RECENT + 4)]
+        for packet in packets:
+            await links.send(target, packet)
+        dialled[0].breaks.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert dialled[1].sent == packets[-MAX_RECENT:]  # the newest, in order
+        assert links.resent == MAX_RECENT
         nursery.cancel_scope.cancel()

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import trio
 
+from p2pmsg import join
 from p2pmsg.delivery import frames, rto
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.onion_path import NoPrekeys, OnionPath
-from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.e2e.primitives import NoSession
@@ -37,12 +36,6 @@ from p2pmsg.onion.route import NoRoute
 from p2pmsg.store import Contact, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
-
-
-class LanPeers(Protocol):
-    def get(self, node_id: bytes) -> Peer | None: ...
-
-    def forget(self, node_id: bytes) -> None: ...
 
 
 class Sender:
@@ -76,7 +69,7 @@ class Sender:
         self._rng = rng
         self._wake = trio.Event()
         self._busy: set[bytes] = set()
-        self.lan: LanPeers | None = None
+        self.lan: join.LanPeers | None = None
         """Contacts on our LAN, reached straight over it."""
         self.lan_sent = 0
         """Messages sent over the LAN instead of an onion route."""

@@ -357,9 +357,9 @@ class Dht:
         return True
 
     async def read_clocks(self, want: int = MIN_PEERS) -> None:
-        """Ping peers of the routing table whose clocks we have not read, so
-        that the clock check has at least ``want`` (joins and verifications
-        alone may ping too few)."""
+        """Ping peers of the routing table whose clocks we have not read
+        lately, so that the clock check has at least ``want`` fresh readings
+        (joins and verifications alone may ping too few)."""
         missing = want - self.clock.verdict().peers
         unread = [p for p in self.table.peers() if not self.clock.read(p.node_id)]
         async with trio.open_nursery() as nursery:
