@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pmsg.sim.runner import SeedResult
+from p2pmsg.sim.runner import SeedResult, heals
 from p2pmsg.sim.scenario import Scenario
 
 _T975: dict[int, float] = {
@@ -85,6 +85,18 @@ CONTROL_LABELS = {
 }
 
 
+HEAL_DEADLINE = 300.0
+"""S10: cross-border messages sent during the cut arrive this soon after the heal."""
+
+
+def _healed_within(r: SeedResult, deadline: float) -> tuple[int, int]:
+    """Cross-border messages sent before the heal: (arrived by ``deadline`` after it, all)."""
+    if r.healed is None:
+        return 0, 0
+    before = [k for k in r.cross_border if r.sent[k] < r.healed]
+    return sum(r.received.get(k, math.inf) <= r.healed + deadline for k in before), len(before)
+
+
 def _joined_within(times: dict[str, float | None], deadline: float) -> tuple[int, int]:
     return sum(1 for t in times.values() if t is not None and t <= deadline), len(times)
 
@@ -140,7 +152,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
             control.append((delivered, len(r.control_sent)))
     late = [_joined_within(r.late_joined, scenario.passes.join_within) for r in results]
     joined = [t for r in results for t in r.joined.values()]
-    users = scenario.topology.users
+    users = scenario.topology.users + scenario.topology.abroad  # "users" holds those abroad too
     browse = [(r.browse_broken, r.browse_ok + r.browse_broken) for r in results]
     failures: dict[str, int] = {}
     for r in results:
@@ -171,6 +183,13 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "censor_events": results[0].censor_events,
         "dns_lookups": sum(r.dns_lookups for r in results),
         "outbox_refused": sum(r.outbox_refused for r in results),
+        "clock_errors": (
+            sum(sum(r.clock_errors) for r in results),
+            sum(len(r.clock_errors) for r in results),
+            sum(r.clock_false_alarms for r in results),
+        ),
+        "cross_border_after_heal": _ratio([_healed_within(r, HEAL_DEADLINE) for r in results]),
+        "lookups_after_heal": _ratio([(sum(r.heal_lookups), len(r.heal_lookups)) for r in results]),
         "lan_found_within": _ratio(
             [
                 (sum(t <= scenario.passes.lan_discovery for t in r.lan_found), len(r.lan_found))
@@ -190,32 +209,44 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
               in_end.mean >= p.eventual),
         Check("duplicates shown", str(f["duplicates"]), "0", f["duplicates"] == 0),
     ]  # fmt: skip
-    if scenario.topology.late_users:
-        newcomers = f["newcomers_joined_within"]
-        v.checks.append(Check(f"newcomers joined within {p.join_within:g} s", newcomers.text(),
-                              f">= {p.joined:.1%}", newcomers.mean >= p.joined))  # fmt: skip
-    if scenario.topology.bad_clocks:
-        told = sum(sum(r.clock_errors) for r in results)
-        skewed = sum(len(r.clock_errors) for r in results)
-        false = sum(r.clock_false_alarms for r in results)
-        v.checks.append(Check("a clear error beyond 24 h of skew",
-                              f"{told} of {skewed}, {false} false alarms",
-                              "all, 0 false", told == skewed and not false))  # fmt: skip
-    if scenario.topology.lan:
-        found = f["lan_found_within"]
-        v.checks.append(Check(f"LAN neighbours found within {p.lan_discovery:g} s", found.text(),
-                              ">= 100.0%", found.mean >= 1.0))  # fmt: skip
-    if any(rule.action == "inject_dns" for rule in scenario.censor):
-        lookups = f["dns_lookups"]
-        v.checks.append(Check("cleartext DNS lookups by p2pmsg nodes", str(lookups), "0",
-                              lookups == 0))  # fmt: skip
-    if any(rule.action == "probe" for rule in scenario.censor):
-        answering = f["probed_nodes_answering"]
-        v.checks.append(Check(f"p2pmsg nodes answering probes (of {f['probes']} probes)",
-                              str(answering), "0", answering == 0))  # fmt: skip
+    v.checks += _scenario_checks(scenario, f)
     v.checks += [Check(what, "not measured", "measured", False) for what in p.unmeasured]
     v.control_failed = p.control_min <= f["control"].mean <= p.control_max
     return v
+
+
+def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
+    """The checks only some scenarios have, by what their topology and censor do."""
+    p = scenario.passes
+    checks: list[Check] = []
+    if scenario.topology.late_users:
+        newcomers = f["newcomers_joined_within"]
+        checks.append(Check(f"newcomers joined within {p.join_within:g} s", newcomers.text(),
+                          f">= {p.joined:.1%}", newcomers.mean >= p.joined))  # fmt: skip
+    if any(heals(rule) for rule in scenario.censor):
+        crossed, found = f["cross_border_after_heal"], f["lookups_after_heal"]
+        checks.append(Check("cross-border delivered within 5 min of the heal", crossed.text(),
+                          f">= {p.delivery:.1%}", crossed.mean >= p.delivery))  # fmt: skip
+        checks.append(Check("lookups 10 min after the heal", found.text(),
+                          f">= {p.delivery:.1%}", found.mean >= p.delivery))  # fmt: skip
+    if scenario.topology.bad_clocks:
+        told, skewed, false = f["clock_errors"]
+        checks.append(Check("a clear error beyond 24 h of skew",
+                          f"{told} of {skewed}, {false} false alarms",
+                          "all, 0 false", told == skewed and not false))  # fmt: skip
+    if scenario.topology.lan:
+        found = f["lan_found_within"]
+        checks.append(Check(f"LAN neighbours found within {p.lan_discovery:g} s", found.text(),
+                          ">= 100.0%", found.mean >= 1.0))  # fmt: skip
+    if any(rule.action == "inject_dns" for rule in scenario.censor):
+        lookups = f["dns_lookups"]
+        checks.append(Check("cleartext DNS lookups by p2pmsg nodes", str(lookups), "0",
+                          lookups == 0))  # fmt: skip
+    if any(rule.action == "probe" for rule in scenario.censor):
+        answering = f["probed_nodes_answering"]
+        checks.append(Check(f"p2pmsg nodes answering probes (of {f['probes']} probes)",
+                          str(answering), "0", answering == 0))  # fmt: skip
+    return checks
 
 
 def table(v: Verdict) -> str:

@@ -39,6 +39,8 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   ``reset_every``, ``inject_dns``, ``drop`` of the ``border`` or of ``flows``):
   rules of :mod:`p2pmsg.sim.rules`, added to the censor at ``at`` and taken
   away at ``until``; ``probe`` runs an active prober from a domestic host.
+  When a ``drop`` of the ``border`` is lifted (a heal), each user at home
+  looks a user abroad up ten minutes later.
 
 It returns a :class:`SeedResult`: raw counts and samples, judged by
 :mod:`p2pmsg.sim.report`.
@@ -90,6 +92,8 @@ NODE_OPTIONS = NodeOptions(
 """Smaller DHT buckets than a deployment's, as in the churn tests: the
 simulation's cost is dominated by lookups."""
 JOIN_TIMEOUT = 300.0
+HEAL_LOOKUP_AFTER = 600.0
+LOOKUP_TIMEOUT = 60.0
 OONI: dict[str, str] = {
     "timeout": "tcp_ip",
     "reset": "connection_reset",
@@ -137,6 +141,11 @@ class SeedResult:
     """Per user with a bad clock (``topology.bad_clocks``): it reported a clock error."""
     clock_false_alarms: int = 0
     """Users with a good enough clock that reported a clock error."""
+    healed: float | None = None
+    """When a ``drop`` of the ``border`` was lifted (S10's heal)."""
+    heal_lookups: list[bool] = field(default_factory=list)
+    """Per user at home, :data:`HEAL_LOOKUP_AFTER` after the heal: whether a
+    lookup of a user abroad found it."""
     outbox_refused: int = 0
     """Sends refused because the sender's outbox was full (OutboxFull)."""
     lan_found: list[float] = field(default_factory=list)
@@ -179,6 +188,7 @@ class _Run:
         self.nodes: dict[str, Node] = {}
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
+        self.healed, self.heal_checked = trio.Event(), trio.Event()
         self.t0 = trio.current_time() + scenario.run.warmup
         self.end = self.t0 + scenario.run.duration
         self.result.t0 = self.t0
@@ -315,7 +325,35 @@ class _Run:
             for one in made:
                 self.meter.censor.rules.remove(one)
             self.result.censor_events.append((trio.current_time() - self.t0, f"{what} lifted"))
+            if heals(rule) and self.result.healed is None:
+                self.result.healed = trio.current_time()
+                self.healed.set()
             await trio.sleep(rule.flap)
+
+    async def after_heal(self) -> None:
+        """:data:`HEAL_LOOKUP_AFTER` after the border heals, each user at home
+        looks up a user abroad (S10: lookups work again). Without a heal,
+        nothing to do."""
+        if not any(heals(rule) for rule in self.s.censor):
+            self.heal_checked.set()
+            return
+        await self.healed.wait()
+        await trio.sleep(HEAL_LOOKUP_AFTER)
+        country = self.s.topology.country
+        abroad = [u for u in self.groups["users"] if self.hosts[u].country != country]
+        rng = random.Random(self.seed + 5)  # noqa: S311 - a reproducible simulation
+
+        async def look(user: str, target: str) -> None:
+            found = None
+            with trio.move_on_after(LOOKUP_TIMEOUT):
+                found = await self.nodes[user].find(self.nodes[target].identity.node_id)
+            self.result.heal_lookups.append(found is not None)
+
+        async with trio.open_nursery() as nursery:
+            for user in self.groups["users"]:
+                if abroad and user not in abroad:
+                    nursery.start_soon(look, user, rng.choice(abroad))
+        self.heal_checked.set()
 
     async def probe(self, rule: CensorRule) -> None:
         """The active prober of S8 (see :class:`p2pmsg.sim.rules.Probe`): up to
@@ -417,6 +455,16 @@ class _Run:
                     self.result.lan_found.append(first - up)
 
 
+def heals(rule: CensorRule) -> bool:
+    """Whether ``rule`` cuts the border for a while, then lifts the cut for good."""
+    return (
+        rule.action == "drop"
+        and rule.target == "border"
+        and not rule.flap
+        and (rule.until < float("inf"))
+    )
+
+
 async def run_seed(
     scenario: Scenario,
     seed: int,
@@ -459,6 +507,7 @@ async def run_seed(
             nursery.start_soon(run.newcomer, name, run.result.late_joined)
         for name in run.groups["control"]:
             nursery.start_soon(run.newcomer, name, run.result.control_joined)
+        nursery.start_soon(run.after_heal)
         hour = 0
         while trio.current_time() < run.end + scenario.run.drain:
             await trio.sleep(3600.0)
@@ -466,6 +515,7 @@ async def run_seed(
             if progress is not None:
                 got, sent = len(run.result.received), len(run.result.sent)
                 progress(f"seed {seed}: hour {hour}, {got}/{sent} delivered")
+        await run.heal_checked.wait()
         await run.collect()
         nursery.cancel_scope.cancel()
     return run.result
