@@ -35,6 +35,7 @@ from p2pmsg.abc import Discovery, Link, Transport
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
+from p2pmsg.delivery.reorder import ReorderTimer
 from p2pmsg.delivery.sender import Sender
 from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
@@ -94,6 +95,11 @@ class NodeOptions:
     poll_interval: float = 60.0
     cache_every: float = 600.0
     capabilities: frozenset[str] = frozenset()
+    reorder_wait: float = 3.0
+    """Longest a message is held back behind an earlier, missing one of its
+    conversation before it is shown anyway (:mod:`p2pmsg.delivery.reorder`):
+    longer than routes differ, shorter than a retry. ``math.inf`` for
+    strict order."""
     lan_direct: bool = True
     """Send to contacts found on our LAN straight over it, as Briar does,
     instead of over an onion route (only with LAN discovery on)."""
@@ -207,6 +213,9 @@ class Node:
             rng=rng,
         )
         self.onion.path.on_retry = self._sender.wake
+        self._reorder = ReorderTimer(
+            store, self._show, wait=options.reorder_wait, wall_clock=wall_clock
+        )
         self._joiner: join.Joiner | None = None
 
     def __repr__(self) -> str:
@@ -281,6 +290,7 @@ class Node:
                         node._sender.lan = joiner.lan_peers
                     await nursery.start(joiner.lan, lan)
                 await nursery.start(node._sender.run)
+                await nursery.start(node._reorder.run)
                 yield node
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -294,9 +304,12 @@ class Node:
     def messages(self) -> trio.MemoryReceiveChannel[ReceivedMessage]:
         """New messages as they are committed; iterate with ``async for``.
 
-        The channel is bounded: when the application falls behind, messages
-        still land in the inbox (``store.list_inbox``) and the overflow is
-        counted in ``stats.app_queue_overflow``.
+        A conversation comes in its sender's order; a message waits at most
+        ``options.reorder_wait`` for a missing earlier one, which then comes
+        late (sort by ``sent`` to place it). The channel is bounded: when the
+        application falls behind, messages still land in the inbox
+        (``store.list_inbox``) and the overflow is counted in
+        ``stats.app_queue_overflow``.
         """
         return self._app_receive
 
@@ -503,9 +516,15 @@ class Node:
         if not message.seq:
             shown = [message] if new else []
         else:
-            shown = await self.store.release(message.peer, low, self._wall_clock())
-        contact = await self.store.contact_by_node_id(message.peer)
+            wait = self.options.reorder_wait
+            shown = await self.store.release(message.peer, low, self._wall_clock(), wait=wait)
+            if new and all(m.id != message.id for m in shown):
+                self._reorder.held()
+        await self._show(shown)
+
+    async def _show(self, shown: list[InboxMessage]) -> None:
         for m in shown:
+            contact = await self.store.contact_by_node_id(m.peer)
             seen = ReceivedMessage(
                 m.id, m.peer, contact.name if contact else None, m.kind, m.body, m.sent, m.received
             )

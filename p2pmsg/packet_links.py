@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 RESEND_WINDOW = 2.0
 """Seconds after a write within which a link's break is taken to have lost it."""
 MAX_RECENT = 16
+MAX_UNREACHABLE = 1024
+"""Peers remembered as failing our last dial to them (the oldest forgotten)."""
 
 
 @dataclass
@@ -74,11 +76,16 @@ class PacketLinks:
         self._links: OrderedDict[bytes, _Held] = OrderedDict()
         self._reverse: dict[bytes, SecureLink] = {}
         self._watchers: trio.Nursery | None = None
+        self._unreachable: OrderedDict[bytes, None] = OrderedDict()
         self.resent = 0
         """Packets sent again because their link broke right after."""
 
     def __len__(self) -> int:
         return len(self._links)
+
+    def unreachable(self, node_id: bytes) -> bool:
+        """Our last dial to ``node_id`` failed (and none worked since)."""
+        return node_id in self._unreachable
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch the links while this runs; closes them all when cancelled."""
@@ -149,7 +156,15 @@ class PacketLinks:
         await self._send_new(peer, data, now, keep=keep)
 
     async def _send_new(self, peer: Peer, data: bytes, now: float, *, keep: bool) -> None:
-        link, _ = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
+        try:
+            link, _ = await self._connect(peer.endpoints, PublicIdentity(peer.public_key))
+        except DIAL_ERRORS:
+            self._unreachable[peer.node_id] = None
+            self._unreachable.move_to_end(peer.node_id)
+            while len(self._unreachable) > MAX_UNREACHABLE:
+                self._unreachable.popitem(last=False)
+            raise
+        self._unreachable.pop(peer.node_id, None)
         try:
             await link.send(data)
         except BaseException:

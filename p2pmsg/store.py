@@ -500,3 +500,5 @@ class Store:
     drop_replay_tags_before = _offloaded(Database.drop_replay_tags_before)
     low_water = _offloaded(Database.low_water)
     release = _offloaded(Database.release)
+    oldest_held = _offloaded(Database.oldest_held)
+    held_peers = _offloaded(Database.held_peers)

@@ -19,6 +19,7 @@ pure cores (:mod:`p2pmsg.e2e`, :mod:`p2pmsg.onion`) serialise.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -97,16 +98,33 @@ class OnionTables:
         )
         return int(rows[0][0] or 0)
 
-    def release(self, peer: bytes, low: int, now: float) -> list[InboxMessage]:
+    def release(
+        self, peer: bytes, low: int, now: float, *, wait: float = math.inf
+    ) -> list[InboxMessage]:
         """Show held-back messages of ``peer`` that are next in order; return them.
 
         ``low`` is the sender's low-water mark carried by its latest message:
         below it, a missing number was delivered earlier or expired at the
-        sender, so waiting for it would be waiting forever. A message that
-        arrives after its number was skipped is shown at once (late, never lost).
+        sender, so waiting for it would be waiting forever. A message held
+        back ``wait`` seconds (since it was received) is shown anyway, with
+        everything before it, gaps and all. A message that arrives after its
+        number was skipped is shown at once (late, never lost).
         """
         with self._write() as conn:
-            return _release(conn, peer, low, now)
+            return _release(conn, peer, low, now, now - wait)
+
+    def oldest_held(self) -> float | None:
+        """When the longest-held message was received (None if none is held)."""
+        rows = self._rows("SELECT min(received) FROM inbox WHERE released IS NULL")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def held_peers(self, received_by: float, limit: int) -> list[bytes]:
+        """Peers with a message held back since ``received_by`` or earlier."""
+        rows = self._rows(
+            "SELECT DISTINCT peer FROM inbox WHERE released IS NULL AND received <= ? LIMIT ?",
+            (received_by, limit),
+        )
+        return [bytes(row[0]) for row in rows]
 
     # named secrets
 
@@ -188,9 +206,17 @@ def insert_inbox(conn: sqlite3.Connection, message: InboxMessage) -> bool:
     return cur.rowcount == 1
 
 
-def _release(conn: sqlite3.Connection, peer: bytes, low: int, now: float) -> list[InboxMessage]:
+def _release(
+    conn: sqlite3.Connection, peer: bytes, low: int, now: float, overdue: float
+) -> list[InboxMessage]:
     rows = conn.execute("SELECT next_seq FROM conversations WHERE peer = ?", (peer,)).fetchall()
     next_seq = max(rows[0][0] if rows else 1, low)
+    # the last message held since ``overdue``: it and all before it are shown
+    rows = conn.execute(
+        "SELECT max(seq) FROM inbox WHERE peer = ? AND released IS NULL AND received <= ?",
+        (peer, overdue),
+    ).fetchall()
+    next_seq = max(next_seq, rows[0][0] or 0)
     held = conn.execute(
         SELECT_INBOX + "WHERE peer = ? AND released IS NULL ORDER BY seq LIMIT ?",
         (peer, MAX_RELEASE),

@@ -176,11 +176,13 @@ def test_failures_evict_only_with_a_replacement() -> None:
     for _ in range(5):
         assert table.on_failure(old.node_id) is False
     assert old.node_id in table  # nobody to take its place: kept
+    assert table.failures(old.node_id) == 5 and table.failures(young.node_id) == 0
     assert table.offer(newcomer, 3.0) == PingNeeded(old)
     assert table.on_failure(old.node_id) is True  # already past the threshold
     assert old.node_id not in table and newcomer.node_id in table
     assert table.on_failure(young.node_id) is False
-    assert young.node_id in table
+    assert young.node_id in table and table.failures(young.node_id) == 1
+    assert table.failures(old.node_id) == 0  # gone
 
 
 def test_update_refreshes_and_changes_endpoints() -> None:

@@ -6,12 +6,13 @@ import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmsg.onion.route import Candidate, NoRoute, RelayScores, select_route
+from p2pmsg.onion.route import DEFAULT_HOPS, Candidate, NoRoute, RelayScores, select_route
 
 
 def seeded(seed: int) -> Callable[[int], bytes]:
@@ -106,6 +107,19 @@ def test_a_dropping_relay_sinks_out_of_routes() -> None:
             late.update(ids)
     assert late[bad] <= 5  # a fair share would be 200 * 3 / 12 = 50
     assert min(late[c.node_id] for c in candidates if c.node_id != bad) >= 20
+
+
+@given(seed=st.integers(0, 10_000), cut=st.integers(0, 6))
+def test_relays_we_cannot_reach_are_used_only_when_too_few_others_remain(
+    seed: int, cut: int
+) -> None:
+    """Behind a border block, the relays cut off from us sit out of routes."""
+    candidates = [replace(relay(i), unreachable=i <= cut) for i in range(1, 7)]
+    route = select_route(candidates, rng=seeded(seed))
+    if 6 - cut >= DEFAULT_HOPS:
+        assert not any(c.unreachable for c in route)
+    else:
+        assert len(route) == DEFAULT_HOPS  # still a route: they may be reachable after all
 
 
 def test_failures_decay_and_the_table_is_bounded() -> None:

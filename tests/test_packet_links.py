@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import trio
 
 from p2pmsg.dht.peer import Peer
 from p2pmsg.keys import Identity, PublicIdentity
-from p2pmsg.packet_links import MAX_RECENT, RESEND_WINDOW, PacketLinks
+from p2pmsg.packet_links import MAX_RECENT, MAX_UNREACHABLE, RESEND_WINDOW, PacketLinks
 
 
 class _Link:
@@ -197,4 +198,37 @@ async def test_at_most_max_recent_packets_of_a_link_go_again(
         await trio.testing.wait_all_tasks_blocked()
         assert dialled[1].sent == packets[-MAX_RECENT:]  # the newest, in order
         assert links.resent == MAX_RECENT
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_whose_last_dial_failed_is_remembered_until_one_works() -> None:
+    """Route selection skips relays we cannot reach (a border block cuts off
+    our country's relays from them too): the links remember a failed dial
+    until the next one to that peer works, for at most MAX_UNREACHABLE peers."""
+    refuse = True
+
+    async def connect(endpoints: Sequence[str], peer: PublicIdentity) -> tuple[Any, Any]:
+        if refuse:
+            raise OSError("blocked")
+        return _Link(), None
+
+    peers = [Identity.generate() for _ in range(MAX_UNREACHABLE + 1)]
+
+    def peer(n: int) -> Peer:
+        return Peer(peers[n].node_id, peers[n].public.key, ("sim:x",), "x")
+
+    links = PacketLinks(connect)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        assert not links.unreachable(peer(0).node_id)
+        for n in range(MAX_UNREACHABLE + 1):
+            with pytest.raises(OSError, match="blocked"):
+                await links.send(peer(n), b"p")
+        assert not links.unreachable(peer(0).node_id)  # the oldest forgotten
+        assert links.unreachable(peer(1).node_id) and links.unreachable(
+            peer(MAX_UNREACHABLE).node_id
+        )
+        refuse = False
+        await links.send(peer(1), b"p")
+        assert not links.unreachable(peer(1).node_id)
         nursery.cancel_scope.cancel()

@@ -23,8 +23,8 @@ SEEDS = (1, 2, 3)
 
 NONE: frozenset[str] = frozenset()
 OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
-    "S1": ("FAIL", frozenset({"delivered within 30 s"})),
-    "S2": ("FAIL", frozenset({"delivered within 30 s"})),
+    "S1": ("PASS", NONE),
+    "S2": ("PASS", NONE),
     "S3": ("PASS", NONE),
     "S4": ("FAIL", NONE),
     "S5": ("PASS", NONE),
@@ -35,7 +35,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S10": ("FAIL", frozenset({"domestic pairs delivered within 60 s"})),
     "S11": ("FAIL", NONE),
     "S12": ("FAIL", frozenset({"delivered within 30 s"})),
-    "S13": ("FAIL", frozenset({"delivered within 30 s"})),
+    "S13": ("FAIL", NONE),
     "S14": ("FAIL", NONE),
     "S15": ("FAIL", NONE),
     "S16": ("FAIL", NONE),

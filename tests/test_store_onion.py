@@ -168,6 +168,29 @@ def test_the_low_water_mark_skips_what_will_never_come(db: Database) -> None:
     assert sorted(m.seq for m in db.list_inbox()) == [2, 3, 4]
 
 
+def test_a_message_held_past_the_wait_is_shown_with_all_before_it(db: Database) -> None:
+    db.add_received(arrived(3))  # received at 5.0; 1 and 2 are missing
+    db.add_received(arrived(5))  # received at 7.0; 4 is missing too
+    assert db.oldest_held() == 5.0
+    assert db.held_peers(4.9, 10) == [] and db.held_peers(5.0, 10) == [PEER]
+    assert db.release(PEER, 1, 7.9, wait=3.0) == []  # 3 has waited 2.9 s
+    assert [m.seq for m in db.release(PEER, 1, 8.0, wait=3.0)] == [3]  # 5 waits on
+    assert db.oldest_held() == 7.0
+    assert [m.seq for m in db.release(PEER, 1, 10.0, wait=3.0)] == [5]
+    assert db.oldest_held() is None
+    # what was skipped is shown when it comes, and the order holds after it
+    assert deliver(db, arrived(1)) == [1]
+    assert deliver(db, arrived(7)) == []
+    assert deliver(db, arrived(6)) == [6, 7]
+
+
+def test_an_overdue_message_releases_those_before_it_held_for_less(db: Database) -> None:
+    late_first = InboxMessage(**{**vars(arrived(3)), "received": 1.0})
+    db.add_received(arrived(2))  # received at 4.0, waited 1 s at 5.0
+    db.add_received(late_first)  # received at 1.0, waited 4 s at 5.0
+    assert [m.seq for m in db.release(PEER, 1, 5.0, wait=3.0)] == [2, 3]
+
+
 def test_unordered_messages_are_shown_at_once(db: Database) -> None:
     assert db.add_received(arrived(0, n=9))
     assert [m.id for m in db.list_inbox()] == [bytes([9]) * 16]

@@ -223,7 +223,9 @@ class OnionPath:
                 continue
             key = dict(info.onion_keys).get(epoch)
             if RELAY_CAPABILITY in info.capabilities and key is not None:
-                found.append(Candidate(peer.node_id, key, peer.prefix))
+                cut_off = self.dht.table.failures(peer.node_id) > 0
+                cut_off = cut_off or self.links.unreachable(peer.node_id)
+                found.append(Candidate(peer.node_id, key, peer.prefix, unreachable=cut_off))
         return found
 
     def _route(

@@ -171,6 +171,11 @@ class RoutingTable:
         slot = self._slots.get(node_id)
         return None if slot is None else slot.peer
 
+    def failures(self, node_id: bytes) -> int:
+        """Consecutive failed RPCs of the entry since it was last seen (0 if none or absent)."""
+        slot = self._slots.get(node_id)
+        return 0 if slot is None else slot.failures
+
     def peers(self) -> list[Peer]:
         """Every entry, bucket by bucket, least-recently-seen first within a bucket."""
         return [s.peer for b in self._buckets for s in b.entries]

@@ -18,7 +18,10 @@ zero (half-life ``half_life``), so a relay that loses packets sinks out of
 selection while an honest one, whose failures are shared with everyone and
 offset by its successes, stays. Selection is weighted random sampling
 without replacement, weight ``1 / (1 + failures)**2``; relays whose weight
-falls under ``floor`` are skipped while enough others remain.
+falls under ``floor`` are skipped while enough others remain, and so are
+relays the sender itself failed to reach last time it tried (its DHT's
+view): a border block that cuts us off from a relay cuts off our country's
+other relays too, and a route through it would be lost past the first hop.
 
 Pure: time comes in as ``now`` and randomness as ``rng``.
 """
@@ -49,6 +52,9 @@ class Candidate:
     onion_key: bytes
     prefix: str
     asn: int | None = None
+    unreachable: bool = False
+    """Our own last attempt to reach it failed: behind a border block, a relay
+    we cannot reach is likely one our country's relays cannot reach either."""
 
 
 class RelayScores:
@@ -123,7 +129,8 @@ def select_route(
 
     Never picks a node in ``exclude`` (the sender and recipient), two relays
     with the same prefix or known ASN, or the same relay twice. Relays whose
-    score weight is below ``floor`` are used only when too few others remain.
+    score weight is below ``floor``, and relays marked ``unreachable``, are
+    used only when too few others remain.
     ``last``, when given, is the route's last relay (a node's gateway).
     """
     if not 1 <= hops <= MAX_RELAYS:
@@ -132,7 +139,7 @@ def select_route(
     banned = set(exclude) | {c.node_id for c in fixed}
     unique = {c.node_id: c for c in candidates if c.node_id not in banned}
     weights = {node_id: scores.weight(node_id, now) if scores else 1.0 for node_id in unique}
-    good = [c for c in unique.values() if weights[c.node_id] >= floor]
+    good = [c for c in unique.values() if weights[c.node_id] >= floor and not c.unreachable]
     for pool in (good, list(unique.values())):
         route = _sample(pool, weights, hops - len(fixed), rng, fixed)
         if route is not None:
