@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +36,7 @@ from p2pmsg.errors import BadEndpoint, HomeError, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, encode_key
 from p2pmsg.node import Node
+from p2pmsg.ports import free_listen_port
 from p2pmsg.sim import lab
 from p2pmsg.sim.scenario import parse_time
 from p2pmsg.store import Database
@@ -138,7 +138,7 @@ def _out(line: str) -> None:
 
 def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
     """Pick a free port now for ``tcp:HOST:0`` or ``ws:HOST:0/PATH`` so that
-    invites stay valid across restarts."""
+    invites stay valid across restarts (:mod:`p2pmsg.ports`)."""
     address, slash, path = endpoint.address.partition("/")
     method = ""
     if endpoint.transport == PtTransport.name:
@@ -149,14 +149,11 @@ def _resolve_port_zero(endpoint: Endpoint) -> Endpoint:
     host, port = Endpoint(endpoint.transport, address).host_port()
     if port:
         return endpoint
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, 0))
-        except OSError as exc:
-            raise BadEndpoint(f"cannot bind {host}: {exc.strerror}") from exc
-        port = probe.getsockname()[1]
-    address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    try:
+        port = free_listen_port(host)
+    except OSError as exc:
+        raise BadEndpoint(f"cannot bind {host}: {exc.strerror}") from exc
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return Endpoint(endpoint.transport, method + address + slash + path, endpoint.args)
 
 
