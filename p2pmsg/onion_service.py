@@ -135,6 +135,7 @@ class OnionService:
             "replay_tags": len(self.relay.replay),
             "packet_links": len(self.links),
             "packets_resent": self.links.resent,
+            "silent_links": self.links.silent,
             "ack_timeout": round(self.path.timer.rto(), 3),
         }
 

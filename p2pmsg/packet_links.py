@@ -16,6 +16,14 @@ that did arrive is harmless: the next relay refuses a Sphinx packet whose replay
 it has seen, and the destination shows a message once. At most
 :data:`MAX_RECENT` packets per link are kept for this, for that long only.
 
+A link can also die silently: a censor that black-holes a flow (S12's
+drop verdicts) lets every write succeed and delivers nothing, and a kernel
+retransmits into that for many minutes. So the first packet written on a
+link after it last proved alive is followed by a probe (a DHT PING, which
+every node answers on the link it came in on), and a link that leaves the
+probe unanswered for :data:`PROBE_TIMEOUT` seconds is broken: the packets
+written since it last answered go again over a new link, once.
+
 Packets that come back on a link we opened go to
 :attr:`PacketLinks.on_packet`: a node nobody can dial (behind a bridge or a
 NAT) holds a link open to its *gateway* relay, the last hop of its reply
@@ -26,6 +34,7 @@ client's gateway does.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pmsg.delivery import onion_frames
+from p2pmsg.dht import rpc
 from p2pmsg.dht.linkpool import Connect
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dialer import DIAL_ERRORS
@@ -44,6 +54,8 @@ log = logging.getLogger(__name__)
 RESEND_WINDOW = 2.0
 """Seconds after a write within which a link's break is taken to have lost it."""
 MAX_RECENT = 16
+PROBE_TIMEOUT = 10.0
+"""Seconds a link has to answer its probe before it is taken as black-holed."""
 MAX_UNREACHABLE = 1024
 """Peers remembered as failing our last dial to them (the oldest forgotten)."""
 
@@ -57,12 +69,26 @@ class _Held:
     peer: Peer
     used: float
     recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    probe: tuple[bytes, float] | None = None
+    """The probe in flight: its request id and when it went."""
+    silence: trio.CancelScope = field(default_factory=trio.CancelScope)
+    """The scope of the watcher's receive, due when the probe is."""
 
     def wrote(self, data: bytes | None, now: float) -> None:
         """It carried ``data`` (None: a packet not to be sent again)."""
         self.used = now
         if data is not None:
             self.recent.append((now, data))
+
+    def answered(self, rid: bytes) -> None:
+        """A response came: if to the probe, what went before it arrived."""
+        if self.probe is None or self.probe[0] != rid:
+            return
+        sent = self.probe[1]
+        while self.recent and self.recent[0][0] <= sent:
+            self.recent.popleft()
+        self.probe = None
+        self.silence.deadline = math.inf
 
 
 class PacketLinks:
@@ -77,6 +103,9 @@ class PacketLinks:
         self._reverse: dict[bytes, SecureLink] = {}
         self._watchers: trio.Nursery | None = None
         self._unreachable: OrderedDict[bytes, None] = OrderedDict()
+        self._probes = 0
+        self.silent = 0
+        """Links broken because they left a probe unanswered."""
         self.resent = 0
         """Packets sent again because their link broke right after."""
 
@@ -113,11 +142,32 @@ class PacketLinks:
     async def _watch(self, held: _Held) -> None:
         try:
             while True:
-                data = await held.link.receive()
+                with trio.CancelScope(deadline=held.silence.deadline) as held.silence:
+                    data = await held.link.receive()
+                if held.silence.cancelled_caught:
+                    self.silent += 1
+                    await self._broken(held, silent=True)
+                    return
                 if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
                     self.on_packet(onion_frames.decode_packet_message(data))
+                elif len(data) > 1 and data[1] == rpc.RESPONSE_TYPE:
+                    held.answered(rpc.decode(data).rid)
         except trio.ClosedResourceError:  # we closed it
             await self._drop(held)
+        except DIAL_ERRORS:
+            await self._broken(held)
+
+    async def _probe(self, held: _Held, now: float) -> None:
+        """Ask ``held``'s peer to answer, unless a probe is in flight already
+        (or the link is gone); a link that breaks as we ask is broken."""
+        if held.probe is not None or self._links.get(held.peer.node_id) is not held:
+            return
+        self._probes += 1
+        rid = self._probes.to_bytes(rpc.RID_BYTES, "big")
+        held.probe = (rid, now)
+        held.silence.deadline = now + PROBE_TIMEOUT
+        try:
+            await held.link.send(rpc.encode_request(rpc.Request(rid, rpc.Method.PING)))
         except DIAL_ERRORS:
             await self._broken(held)
 
@@ -140,6 +190,7 @@ class PacketLinks:
                 if self._links.get(peer.node_id) is held:
                     held.wrote(data if keep else None, now)
                     self._links.move_to_end(peer.node_id)
+                    await self._probe(held, now)
                     return
                 if not keep:  # it broke as we wrote: a resend goes once only
                     return
@@ -182,16 +233,18 @@ class PacketLinks:
         while len(self._links) > self.max_links:
             _, evicted = self._links.popitem(last=False)
             await evicted.link.aclose()
+        await self._probe(held, now)
 
-    async def _broken(self, held: _Held) -> None:
+    async def _broken(self, held: _Held, *, silent: bool = False) -> None:
         """``held``'s link broke: drop it, and send again over a new link what
-        it carried in the last :data:`RESEND_WINDOW` seconds (unless we had
-        let the link go already: evicted, replaced or stopping)."""
+        it carried in the last :data:`RESEND_WINDOW` seconds, or since it last
+        answered if it fell ``silent`` (unless we had let the link go already:
+        evicted, replaced or stopping)."""
         if self._links.get(held.peer.node_id) is not held or self._watchers is None:
             await held.link.aclose()
             return
         now = trio.current_time()
-        again = [data for when, data in held.recent if now - when <= RESEND_WINDOW]
+        again = [data for when, data in held.recent if silent or now - when <= RESEND_WINDOW]
         held.recent.clear()
         await self._drop(held)
         for data in again:

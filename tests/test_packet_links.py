@@ -8,31 +8,55 @@ from typing import Any
 import pytest
 import trio
 
+from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.keys import Identity, PublicIdentity
-from p2pmsg.packet_links import MAX_RECENT, MAX_UNREACHABLE, RESEND_WINDOW, PacketLinks
+from p2pmsg.packet_links import (
+    MAX_RECENT,
+    MAX_UNREACHABLE,
+    PROBE_TIMEOUT,
+    RESEND_WINDOW,
+    PacketLinks,
+)
 
 
 class _Link:
-    """The neighbour of the layer under test: a link that records what it saw.
+    """The neighbour of the layer under test: a link that records what it saw
+    and answers probes as a peer's node does (unless ``mute``: black-holed).
     Its reader, once cancelled, lingers until ``linger`` is set."""
 
-    def __init__(self, linger: trio.Event | None = None) -> None:
+    def __init__(self, linger: trio.Event | None = None, *, mute: bool = False) -> None:
         self.sent: list[bytes] = []
+        self.probes = 0
         self.closed = False
         self.linger = linger
+        self.mute = mute
+        self._replies, self._inbox = trio.open_memory_channel[bytes | None](64)
 
     async def send(self, data: bytes) -> None:
-        self.sent.append(data)
+        if data[1:2] != bytes([rpc.REQUEST_TYPE]):
+            self.sent.append(data)
+            return
+        self.probes += 1
+        if not self.mute:
+            answer = rpc.Response(rpc.decode(data).rid, rpc.Status.OK)
+            self._replies.send_nowait(rpc.encode_response(answer))
+
+    def reset(self) -> None:
+        """The connection is reset: the reader raises as a reset one's does."""
+        self._replies.send_nowait(None)
 
     async def receive(self) -> bytes:
         try:
-            await trio.sleep_forever()
-        finally:
+            data = await self._inbox.receive()
+        except trio.Cancelled:
             if self.linger is not None:
                 with trio.CancelScope(shield=True):
                     await self.linger.wait()
-        raise AssertionError("unreachable")
+            raise
+        if data is None:
+            raise trio.BrokenResourceError("reset")
+        return data
 
     async def aclose(self) -> None:
         self.closed = True
@@ -136,25 +160,14 @@ async def test_packets_for_a_node_that_chose_us_as_gateway_go_back_over_its_link
     await links.close_all()
 
 
-class _Breakable(_Link):
-    """A link whose reader raises as a reset connection's does once ``breaks`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.breaks = trio.Event()
-
-    async def receive(self) -> bytes:
-        await self.breaks.wait()
-        raise trio.BrokenResourceError("reset")
-
-
-def breakable_links() -> tuple[PacketLinks, list[_Breakable], Peer]:
-    """PacketLinks whose every dial makes a new :class:`_Breakable` (listed
-    in order), and the peer to send to."""
-    dialled: list[_Breakable] = []
+def breakable_links(*, mute: bool = True) -> tuple[PacketLinks, list[_Link], Peer]:
+    """PacketLinks whose every dial makes a new link (listed in order; ``mute``
+    by default, so that a reset, not a probe's answer, tells the fate of the
+    last packets), and the peer to send to."""
+    dialled: list[_Link] = []
 
     async def connect(endpoints: Sequence[str], peer: PublicIdentity) -> tuple[Any, Any]:
-        dialled.append(_Breakable())
+        dialled.append(_Link(mute=mute))
         return dialled[-1], None
 
     identity = Identity.generate()
@@ -174,11 +187,11 @@ async def test_packets_written_just_before_a_link_breaks_go_again_once(
         await links.send(target, b"old")
         await trio.sleep(RESEND_WINDOW + 1)
         await links.send(target, b"new")
-        dialled[0].breaks.set()
+        dialled[0].reset()
         await trio.testing.wait_all_tasks_blocked()
         assert [link.sent for link in dialled] == [[b"old", b"new"], [b"new"]]
         assert links.resent == 1
-        dialled[1].breaks.set()  # the resent packet is not sent a third time
+        dialled[1].reset()  # the resent packet is not sent a third time
         await trio.testing.wait_all_tasks_blocked()
         assert len(dialled) == 2
         assert len(links) == 0
@@ -194,7 +207,7 @@ async def test_at_most_max_recent_packets_of_a_link_go_again(
         packets = [b"p%d" % i for i in range(MAX_RECENT + 4)]
         for packet in packets:
             await links.send(target, packet)
-        dialled[0].breaks.set()
+        dialled[0].reset()
         await trio.testing.wait_all_tasks_blocked()
         assert dialled[1].sent == packets[-MAX_RECENT:]  # the newest, in order
         assert links.resent == MAX_RECENT
@@ -231,4 +244,43 @@ async def test_a_peer_whose_last_dial_failed_is_remembered_until_one_works() -> 
         refuse = False
         await links.send(peer(1), b"p")
         assert not links.unreachable(peer(1).node_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_black_holed_link_is_found_by_its_probe_and_its_packets_go_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A censor that drops a flow silently lets every write succeed: the first
+    packet after the link last answered brings one probe, and when the probe
+    stays unanswered PROBE_TIMEOUT seconds, everything written since goes
+    again over a new link, once."""
+    links, dialled, target = breakable_links()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        for packet in (b"a", b"b", b"c"):
+            await links.send(target, packet)
+            await trio.sleep(RESEND_WINDOW)  # older than a reset would resend
+        assert dialled[0].probes == 1  # one in flight at a time
+        await trio.sleep(PROBE_TIMEOUT)
+        assert links.silent == 1 and dialled[0].closed
+        assert dialled[1].sent == [b"a", b"b", b"c"]
+        assert links.resent == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_that_answers_is_kept_and_what_it_confirmed_is_not_resent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    links, dialled, target = breakable_links(mute=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        await links.send(target, b"a")
+        await trio.sleep(PROBE_TIMEOUT * 3)
+        await links.send(target, b"b")
+        assert links.silent == 0 and len(dialled) == 1
+        assert dialled[0].probes == 2  # one per packet after the link answered
+        await trio.testing.wait_all_tasks_blocked()  # the answer is read
+        dialled[0].reset()  # at once: "b" was answered for, nothing to resend
+        await trio.testing.wait_all_tasks_blocked()
+        assert links.resent == 0 and len(dialled) == 1
         nursery.cancel_scope.cancel()
