@@ -319,6 +319,10 @@ async def test_a_packet_whose_first_relay_cannot_be_reached_takes_another_route(
         # work) may credit it back before bob's count moves
         assert path.scores.failures(blocked.node_id, sim_wall_clock()) > 0
         await until(lambda: bob.onion.receiver.stats.refused >= 1)  # it reached bob
+        # and, cut off from us, it sits out of later routes while others remain
+        assert {c.node_id for c in path.candidates(sim_wall_clock()) if c.unreachable} == {
+            blocked.node_id
+        }
 
 
 async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path: Path) -> None:
