@@ -11,16 +11,16 @@ import trio
 import trio.testing
 
 from p2pmsg.delivery.frames import MessageKind
-from p2pmsg.delivery.reorder import ReorderTimer
+from p2pmsg.delivery.reorder import MAX_PEERS_PER_PASS, ReorderTimer
 from p2pmsg.store import InboxMessage, Store, run_inline
 
 PEER = bytes(range(32))
 WAIT = 3.0
 
 
-def arrived(seq: int, received: float) -> InboxMessage:
+def arrived(seq: int, received: float, peer: bytes = PEER) -> InboxMessage:
     return InboxMessage(
-        peer=PEER, id=bytes([seq]) * 16, kind=MessageKind.TEXT, body=b"b", sent=0.0,
+        peer=peer, id=peer[:8] + bytes([seq]) * 8, kind=MessageKind.TEXT, body=b"b", sent=0.0,
         received=received, seq=seq,
     )  # fmt: skip
 
@@ -97,4 +97,22 @@ async def test_an_infinite_wait_holds_until_the_gap_fills(
             assert shown.seqs == []
             await store.add_received(arrived(1, 86400.0))
             assert [m.seq for m in await store.release(PEER, 1, 86400.0)] == [1, 2]
+            nursery.cancel_scope.cancel()
+
+
+async def test_more_conversations_than_one_pass_takes_are_all_shown(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    peers = [bytes([i]) * 32 for i in range(MAX_PEERS_PER_PASS + 6)]
+    async with await Store.open(tmp_path / "db", offload=run_inline) as store:
+        for peer in peers:
+            await store.add_received(arrived(2, 0.0, peer))  # each misses its 1
+        shown = Shown()
+        timer = ReorderTimer(store, shown, wait=WAIT, wall_clock=trio.current_time)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timer.run)
+            with trio.fail_after(60):
+                while len(shown.seqs) < len(peers):
+                    await shown.changed.wait()
+            assert await store.oldest_held() is None
             nursery.cancel_scope.cancel()
