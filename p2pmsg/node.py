@@ -65,6 +65,7 @@ from p2pmsg.store import (
     OutboxMessage,
     Store,
 )
+from p2pmsg.store_link import DurableReplay
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,11 @@ class Node:
         self.listening: list[Endpoint] = []
         self._wall_clock = wall_clock
         self._rng = rng
-        self._replay = ReplayWindow(options.replay_window, options.replay_capacity)
+        self._replay = DurableReplay(
+            ReplayWindow(options.replay_window, options.replay_capacity, journal=True),
+            store,
+            wall_clock,
+        )
         self._inbound = 0
         self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
             options.app_queue
@@ -272,6 +277,7 @@ class Node:
                 network=network,
             )
             await node._load_paths()
+            await node._replay.load()
             async with trio.open_nursery() as nursery:
                 for endpoint in config.listen:
                     await node._listen(nursery, endpoint)
@@ -439,9 +445,9 @@ class Node:
     async def _accept_and_serve(self, link: Link) -> None:
         try:
             secure = await accept_secure(
-                link,
+                self._replay.guard(link),  # answers only once the flight's tag is on disk
                 self.identity,
-                self._replay,
+                self._replay.window,
                 wall_clock=self._wall_clock,
                 rng=self._rng,
                 timeout=self.options.handshake_timeout,

@@ -40,6 +40,7 @@ import trio
 from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import OutboxFull, StoreError
 from p2pmsg.keys import KEY_BYTES, node_id_of
+from p2pmsg.store_link import LinkReplayTables
 from p2pmsg.store_onion import OnionTables, SurbRecord, insert_inbox
 from p2pmsg.store_schema import (
     SCHEMA_VERSION,
@@ -94,7 +95,7 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
-class Database(OnionTables):
+class Database(OnionTables, LinkReplayTables):
     """The store over one SQLite connection; see the module docstring.
 
     Not thread-safe by itself: one caller at a time (:class:`Store` ensures it).
@@ -498,6 +499,9 @@ class Store:
     add_replay_tags = _offloaded(Database.add_replay_tags)
     replay_tags = _offloaded(Database.replay_tags)
     drop_replay_tags_before = _offloaded(Database.drop_replay_tags_before)
+    add_link_replay_tags = _offloaded(Database.add_link_replay_tags)
+    load_link_replay = _offloaded(Database.load_link_replay)
+    count_link_replay = _offloaded(Database.count_link_replay)
     low_water = _offloaded(Database.low_water)
     release = _offloaded(Database.release)
     oldest_held = _offloaded(Database.oldest_held)

@@ -267,8 +267,27 @@ def _create_v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_V3 = (
+    # the secure link's accepted first flights (tag: the initiator's ephemeral
+    # key), committed before the handshake is answered; see p2pmsg.store_link
+    """CREATE TABLE link_replay (
+        tag BLOB PRIMARY KEY CHECK (length(tag) = 32),
+        timestamp REAL NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX link_replay_timestamp ON link_replay (timestamp)",
+    """CREATE TABLE link_replay_floor (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        floor REAL NOT NULL)""",
+)
+
+
+def _create_v3(conn: sqlite3.Connection) -> None:
+    """Migration 2 -> 3: the link layer's replay tags, kept across restarts."""
+    for statement in _V3:
+        conn.execute(statement)
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2)
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2, _create_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -10,13 +10,14 @@ The state machine drives one window with a clock that only moves forward
 * a fresh tag with an in-window timestamp above the floor is accepted when
   the window is not full.
 
-A clock that steps backwards is a separate test, below.
+A clock that steps backwards is a separate test, below, and so is a window
+restored after a restart from what its journal listed.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -172,3 +173,78 @@ def test_a_clock_stepping_back_never_readmits_a_replay() -> None:
     assert window.accept(b"other", 1100, 1100)  # "flight" expires and is forgotten
     # the wall clock is stepped back by 100 s; the attacker replays the flight
     assert not window.accept(b"flight", 1000, 1000)
+
+
+# -- the journal and restoring after a restart ---------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flights=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=3 * WINDOW),
+            st.integers(min_value=-2 * WINDOW, max_value=2 * WINDOW),
+        ),
+        max_size=30,
+    ),
+    later=st.integers(min_value=-2 * WINDOW, max_value=3 * WINDOW),
+)
+def test_a_window_restored_from_its_journal_refuses_all_it_accepted(
+    flights: list[tuple[int, int]], later: int
+) -> None:
+    """Whatever the old window accepted, the restored one refuses, even with the
+    clock stepped back; and restoring lifts the floor only over expired flights."""
+    old = ReplayWindow(WINDOW, capacity=CAPACITY, journal=True)
+    now = START
+    accepted: list[tuple[bytes, float]] = []
+    for n, (dt, offset) in enumerate(flights):
+        now += dt
+        flight = (n.to_bytes(4, "big"), now + offset)
+        if old.accept(*flight, now):
+            accepted.append(flight)
+    assert old.unsaved() == accepted
+    assert (old.accepted, old.durable) == (len(accepted), 0)
+    new = ReplayWindow(WINDOW, capacity=CAPACITY)
+    new.raise_floor(old.floor)
+    for entry in old.unsaved():
+        new.restore(*entry, now)
+    assert len(new) <= len(old)
+    assert old.floor <= new.floor <= max(old.floor, now - WINDOW)
+    for flight in accepted:
+        assert not new.accept(*flight, now + later)
+
+
+def test_restore_forgets_as_accept_would_and_journals_nothing() -> None:
+    window = ReplayWindow(60, capacity=2, journal=True)
+    window.restore(b"expired", 900, 1000)  # before now - window: only the floor keeps it
+    assert (len(window), window.floor) == (0, 900)
+    window.restore(b"a", 1001, 1000)
+    window.restore(b"b", 1002, 1000)
+    window.restore(b"c", 1003, 1000)  # full: "a" is evicted, floor := 1001
+    window.restore(b"c", 1050, 1000)  # known already
+    window.restore(b"d", 1001, 1000)  # at the floor
+    assert (len(window), window.floor) == (2, 1001)
+    assert (window.accepted, window.unsaved()) == (0, [])
+    for tag, timestamp in [(b"a", 1001), (b"b", 1002), (b"c", 1003), (b"c", 1050)]:
+        assert not window.accept(tag, timestamp, 1000)
+    window.raise_floor(500)  # a floor never falls
+    assert window.floor == 1001
+
+
+def test_a_full_journal_refuses_until_its_entries_are_saved() -> None:
+    window = ReplayWindow(60, capacity=2, journal=True)
+    assert window.accept(b"a", 1000, 1000)
+    assert window.accept(b"b", 1000, 1000)
+    assert not window.accept(b"c", 1000, 1000)
+    assert window.durable == 0
+    window.saved(1)
+    assert (window.durable, window.unsaved()) == (1, [(b"b", 1000)])
+    assert window.accept(b"c", 1001, 1000)
+    with pytest.raises(ValueError, match="saved more"):
+        window.saved(3)
+
+
+def test_without_a_journal_everything_counts_as_durable() -> None:
+    window = ReplayWindow(60)
+    assert window.accept(b"a", 1000, 1000)
+    assert (window.accepted, window.durable, window.unsaved()) == (1, 1, [])

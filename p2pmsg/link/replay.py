@@ -8,6 +8,15 @@ window, so memory is bounded by the rate of handshakes, and hard-capped by
 the *floor* rises to its timestamp, so a flight at or below the floor is
 refused. Evicting can therefore refuse old-but-honest flights, never admit a
 replay. Pure: time is a parameter.
+
+Across restarts (see :mod:`p2pmsg.store_link`). A window made with
+``journal=True`` also lists every flight it accepted that its owner has not
+yet reported durable (:meth:`unsaved`, :meth:`saved`); :attr:`durable` is the
+count of accepted flights that are. The node answers a flight only once its
+count is durable. On the next start :meth:`restore` and :meth:`raise_floor`
+rebuild the window from what was saved, with the same rule: whatever the
+window forgets, the floor covers. The journal is bounded by ``capacity`` too;
+while it is full (the owner cannot save), every flight is refused.
 """
 
 from __future__ import annotations
@@ -18,12 +27,16 @@ import heapq
 class ReplayWindow:
     """Remembers handshake tags; :meth:`accept` is the only question."""
 
-    def __init__(self, window: float, capacity: int = 100_000) -> None:
+    def __init__(self, window: float, capacity: int = 100_000, *, journal: bool = False) -> None:
         if window <= 0 or capacity <= 0:
             raise ValueError("window and capacity must be positive")
         self.window = window
         self.capacity = capacity
         self.floor = float("-inf")
+        self.accepted = 0
+        """Flights accepted since this window was made (a sequence number)."""
+        self._journal = journal
+        self._unsaved: list[tuple[bytes, float]] = []
         self._seen: set[bytes] = set()
         self._by_time: list[tuple[float, bytes]] = []
 
@@ -39,11 +52,19 @@ class ReplayWindow:
         """True (and remember ``tag``) for a fresh flight; False for a replay or a stale one."""
         if abs(timestamp - now) > self.window or timestamp <= self.floor:
             return False
-        if tag in self._seen:
+        if tag in self._seen or len(self._unsaved) >= self.capacity:
             return False
         while self._by_time and self._by_time[0][0] < now - self.window:
             # Raise the floor too: if the clock steps back, the tag is not re-admitted.
             self.floor = max(self.floor, self._evict_oldest())
+        if not self._remember(tag, timestamp):
+            return False
+        self.accepted += 1
+        if self._journal:
+            self._unsaved.append((tag, timestamp))
+        return True
+
+    def _remember(self, tag: bytes, timestamp: float) -> bool:
         if len(self._seen) >= self.capacity:
             self.floor = max(self.floor, self._evict_oldest())
             if timestamp <= self.floor:
@@ -51,3 +72,32 @@ class ReplayWindow:
         self._seen.add(tag)
         heapq.heappush(self._by_time, (timestamp, tag))
         return True
+
+    # -- durability ----------------------------------------------------------
+
+    @property
+    def durable(self) -> int:
+        """How many of the :attr:`accepted` flights are saved (all, without a journal)."""
+        return self.accepted - len(self._unsaved)
+
+    def unsaved(self) -> list[tuple[bytes, float]]:
+        """The accepted ``(tag, timestamp)`` pairs not yet reported saved, oldest first."""
+        return list(self._unsaved)
+
+    def saved(self, count: int) -> None:
+        """The first ``count`` entries of :meth:`unsaved` are durable now."""
+        if not 0 <= count <= len(self._unsaved):
+            raise ValueError("saved more entries than were unsaved")
+        del self._unsaved[:count]
+
+    def raise_floor(self, floor: float) -> None:
+        """Refuse every flight at or below ``floor`` from now on (a saved floor)."""
+        self.floor = max(self.floor, floor)
+
+    def restore(self, tag: bytes, timestamp: float, now: float) -> None:
+        """Remember a flight accepted before a restart, as :meth:`accept` would
+        have (expired or evicted: the floor rises instead). Not journaled."""
+        if timestamp < now - self.window:
+            self.floor = max(self.floor, timestamp)
+        elif timestamp > self.floor and tag not in self._seen:
+            self._remember(tag, timestamp)

@@ -1,0 +1,280 @@
+"""The secure link's replay tags in the store, so a restart forgets no first flight.
+
+A listener refuses a first flight it has seen (:mod:`p2pmsg.link.replay`),
+but a window kept only in memory is empty after a restart, and a censor that
+recorded a flight less than a day old could replay it and get an answer.
+
+Theory of operation. The node's :class:`ReplayWindow` journals what it
+accepts. :class:`DurableReplay` wraps each inbound transport link so that its
+first write, the handshake's answer, waits until every flight accepted so far
+is committed (``synchronous=FULL``: on the disk) in the ``link_replay``
+table. The answer is the first thing a responder ever writes, the window
+accepts the flight before the answer exists, and its count of accepted
+flights only grows, so "accepted so far" includes the flight answered. So a
+flight whose tag is not on disk was never answered: a crash, ``kill -9``
+included, can lose only unanswered flights, and a replay of one of those is
+answered as the flight itself would have been, once, showing nothing its
+first sending would not have. Handshakes arriving together share one commit
+(one ``trio.Lock``, whoever holds it writes everything pending). A failed
+commit refuses the handshake (no answer goes out) and the tags stay pending.
+
+The table is bounded like the window: a commit also deletes the rows the
+window has forgotten (timestamps at or below its floor, or older than the
+window) and raises the saved floor (``link_replay_floor``) over them, in the
+same transaction; so the table never holds more than ``capacity`` rows. On
+open, :meth:`DurableReplay.load` restores the rows still in the window and
+the floor; rows beyond ``capacity`` (a smaller capacity than before) lift the
+floor instead.
+
+Damaged rows never stop the node: they are skipped and counted in an INFO
+line (never their bytes), and what can still be read is kept conservatively: a
+readable tag is remembered as if its flight were the newest possible, a
+readable timestamp raises the floor, an unreadable floor becomes "now".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pmsg.abc import Link
+from p2pmsg.errors import StoreError
+from p2pmsg.keys import KEY_BYTES
+from p2pmsg.link.replay import ReplayWindow
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from p2pmsg.store import Store
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, float]
+
+
+@dataclass(frozen=True)
+class LinkReplayState:
+    """What a restart restores: the saved floor and the remembered flights."""
+
+    floor: float
+    entries: list[Entry] = field(repr=False)
+
+
+def _number(value: object) -> float | None:
+    """A finite float from a stored value, or None if it is not one."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _number_or(value: object, default: float) -> float:
+    number = _number(value)
+    return default if number is None else number
+
+
+def _is_tag(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == KEY_BYTES
+
+
+@dataclass
+class _Parsed:
+    floor: float
+    entries: list[Entry] = field(default_factory=list)
+    repaired: list[Entry] = field(default_factory=list)
+    dropped: list[object] = field(default_factory=list)
+
+
+def _parse_rows(rows: Sequence[Any], floor: float, newest: float) -> _Parsed:
+    """Sort stored ``(tag, timestamp)`` rows into entries and damaged rows.
+
+    A row with a readable tag but no readable timestamp is kept at ``newest``
+    (the latest time any flight can be remembered for); a row without a
+    readable tag lifts the floor to its timestamp (when readable) and is
+    dropped. Neither kind is logged with its bytes.
+    """
+    parsed = _Parsed(floor)
+    for tag, value in rows:
+        timestamp = _number(value)
+        if _is_tag(tag) and timestamp is not None:
+            parsed.entries.append((tag, timestamp))
+        elif _is_tag(tag):
+            parsed.repaired.append((tag, newest))
+        else:
+            parsed.dropped.append(tag)
+            if timestamp is not None:
+                parsed.floor = max(parsed.floor, timestamp)
+    parsed.entries.extend(parsed.repaired)
+    if parsed.repaired or parsed.dropped:
+        log.info(
+            "link replay store: %d damaged rows with a readable tag kept as newest, %d without"
+            " one dropped",
+            len(parsed.repaired),
+            len(parsed.dropped),
+        )
+    return parsed
+
+
+def _check_entries(entries: Sequence[Entry]) -> None:
+    for tag, timestamp in entries:
+        if not _is_tag(tag) or _number(timestamp) is None:
+            raise ValueError(f"a link replay entry is a {KEY_BYTES}-byte tag and a finite time")
+
+
+def _forget(conn: sqlite3.Connection, floor: float, cutoff: float) -> float:
+    """Delete the rows at or below ``floor`` or older than ``cutoff``; the new floor."""
+    (oldest,) = conn.execute(
+        "SELECT max(timestamp) FROM link_replay WHERE timestamp < ?", (cutoff,)
+    ).fetchone()
+    floor = max(floor, _number_or(oldest, floor))
+    if math.isfinite(floor):
+        conn.execute("DELETE FROM link_replay WHERE timestamp <= ?", (floor,))
+        conn.execute(
+            "INSERT INTO link_replay_floor (singleton, floor) VALUES (1, ?)"
+            " ON CONFLICT (singleton) DO UPDATE SET floor = CASE WHEN typeof(floor) = 'real'"
+            " THEN max(floor, excluded.floor) ELSE excluded.floor END",
+            (floor,),
+        )
+    return floor
+
+
+def _saved_floor(conn: sqlite3.Connection, now: float, capacity: int) -> float:
+    """The saved floor, lifted over any row beyond the newest ``capacity``."""
+    rows = conn.execute("SELECT floor FROM link_replay_floor").fetchall()
+    floor = _number(rows[0][0]) if rows else -math.inf
+    if floor is None:
+        log.info("link replay store: the saved floor is damaged; refusing flights before now")
+        floor = now
+    beyond = conn.execute(
+        "SELECT timestamp FROM link_replay ORDER BY timestamp DESC LIMIT 1 OFFSET ?", (capacity,)
+    ).fetchall()
+    if beyond:
+        floor = max(floor, _number_or(beyond[0][0], now))
+    return floor
+
+
+def _repair(conn: sqlite3.Connection, parsed: _Parsed) -> None:
+    """Store damaged rows as :func:`_parse_rows` read them, so each is reported once."""
+    conn.executemany("DELETE FROM link_replay WHERE tag = ?", [(t,) for t in parsed.dropped])
+    conn.executemany(
+        "UPDATE link_replay SET timestamp = ? WHERE tag = ?",
+        [(ts, tag) for tag, ts in parsed.repaired],
+    )
+
+
+class LinkReplayTables:
+    """Methods over ``link_replay``; :class:`p2pmsg.store.Database` provides the connection."""
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def add_link_replay_tags(
+        self, entries: Sequence[Entry], *, floor: float, now: float, window: float
+    ) -> None:
+        """Commit accepted flights and forget, in the same transaction, what the
+        window forgot (``floor``: the window's; rows older than ``now - window``).
+        A tag seen again keeps its latest timestamp. ``ValueError`` for a bad entry."""
+        _check_entries(entries)
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO link_replay (tag, timestamp) VALUES (?, ?) ON CONFLICT (tag)"
+                " DO UPDATE SET timestamp = max(timestamp, excluded.timestamp)",
+                entries,
+            )
+            _forget(conn, floor, now - window)
+
+    def load_link_replay(self, now: float, window: float, capacity: int) -> LinkReplayState:
+        """Trim the table to the window and ``capacity`` and return what it keeps.
+
+        Damaged rows are repaired or dropped (see :func:`_parse_rows`) in the
+        same transaction.
+        """
+        with self._write() as conn:
+            floor = _forget(conn, _saved_floor(conn, now, capacity), now - window)
+            rows = conn.execute(
+                "SELECT tag, timestamp FROM link_replay ORDER BY timestamp DESC LIMIT ?",
+                (capacity,),
+            ).fetchall()
+            parsed = _parse_rows(rows, floor, now + window)
+            _repair(conn, parsed)
+            floor = _forget(conn, parsed.floor, now - window)
+        return LinkReplayState(floor, [e for e in parsed.entries if e[1] > floor])
+
+    def count_link_replay(self) -> int:
+        return int(self._rows("SELECT count(*) FROM link_replay")[0][0])
+
+
+class DurableReplay:
+    """The node's replay window, whose flights are committed before they are answered.
+
+    ``window`` must journal (``ReplayWindow(..., journal=True)``).
+    """
+
+    def __init__(self, window: ReplayWindow, store: Store, wall_clock: Callable[[], float]) -> None:
+        self.window = window
+        self._store = store
+        self._wall_clock = wall_clock
+        self._lock = trio.Lock()
+
+    async def load(self) -> int:
+        """Restore the saved flights and floor (before listening); how many flights."""
+        now = self._wall_clock()
+        state = await self._store.load_link_replay(now, self.window.window, self.window.capacity)
+        self.window.raise_floor(state.floor)
+        for tag, timestamp in state.entries:
+            self.window.restore(tag, timestamp, now)
+        return len(state.entries)
+
+    async def commit(self, count: int) -> None:
+        """Return once the first ``count`` accepted flights are on disk.
+
+        Raises :class:`StoreError` (those flights stay pending). Cancellation
+        leaves them pending too, or committed if the write was under way.
+        """
+        async with self._lock:
+            if self.window.durable >= count:
+                return
+            entries = self.window.unsaved()
+            await self._store.add_link_replay_tags(
+                entries, floor=self.window.floor, now=self._wall_clock(), window=self.window.window
+            )
+            self.window.saved(len(entries))
+
+    def guard(self, link: Link) -> Link:
+        """``link`` whose first write waits for :meth:`commit` (for :func:`accept_secure`)."""
+        return _AnswerAfterCommit(link, self)
+
+
+class _AnswerAfterCommit:
+    """A transport link whose first write waits until the flights accepted so far
+    are committed; a failed commit breaks the link, so no answer goes out."""
+
+    def __init__(self, link: Link, replay: DurableReplay) -> None:
+        self._link = link
+        self._replay = replay
+        self._committed = False
+
+    async def send(self, data: bytes) -> None:
+        if not self._committed:
+            # the count only grows: it covers the flight this write answers
+            try:
+                await self._replay.commit(self._replay.window.accepted)
+            except StoreError as exc:
+                log.warning("refused a handshake: its replay tag could not be saved (%s)", exc)
+                raise trio.BrokenResourceError("the replay tag could not be saved") from exc
+            self._committed = True
+        await self._link.send(data)
+
+    async def receive(self) -> bytes:
+        return await self._link.receive()
+
+    async def aclose(self) -> None:
+        await self._link.aclose()
