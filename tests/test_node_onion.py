@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -14,13 +16,15 @@ from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
 from p2pmsg.delivery.onion_frames import FRAGMENT_DATA
+from p2pmsg.delivery.sender import SPARE_RETRIES
 from p2pmsg.dht.records import RecordType, prekey_key
+from p2pmsg.keys import PublicIdentity
 from p2pmsg.node import Node
 from p2pmsg.onion import sphinx
 from p2pmsg.onion_service import PREKEY_COPIES
 from p2pmsg.relay import OnionKeys
 from p2pmsg.sim.net import DELIVER, DROP, Packet, Verdict
-from p2pmsg.store import Database, OutboxState, Store, run_inline
+from p2pmsg.store import Database, OutboxMessage, OutboxState, Store, run_inline
 
 RELAYS = [f"relay{i}" for i in range(6)]
 SHORT = "through the onion"
@@ -323,6 +327,45 @@ async def test_a_packet_whose_first_relay_cannot_be_reached_takes_another_route(
         assert {c.node_id for c in path.candidates(sim_wall_clock()) if c.unreachable} == {
             blocked.node_id
         }
+
+
+async def test_early_retries_go_twice_over_disjoint_routes(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """S10: right after a border cut, any of a route's six relays may be abroad.
+    The first retries go twice, the spare copy sharing no relay with the other;
+    the first attempt and later retries go once."""
+    names = [f"relay{i}" for i in range(16)]
+    boot = [world.invite(names[0])]
+    befriend(world, "alice", "bob", boot)
+    sends: list[tuple[int, bool, set[bytes]]] = []
+    async with running(world, names, boot):
+        async with world.node("bob", bootstrap=boot) as bob:  # publishes its prekeys
+            await bob.joined.wait()
+            await until(bob.onion.prekeys_published.is_set)
+        # bob is gone: no ack comes back, and alice retries
+        async with world.node("alice", bootstrap=boot) as alice:
+            await alice.joined.wait()
+            path = alice.onion.path
+            await until(lambda: len(path.candidates(sim_wall_clock())) >= 12)
+            real_send = path.send
+
+            async def send(
+                recipient: PublicIdentity, message: OutboxMessage, **kw: Any
+            ) -> tuple[bytes, ...]:
+                used = await real_send(recipient, message, **kw)
+                sends.append((message.attempts, kw.get("spare", False), set(used)))
+                return used
+
+            path.send = send  # type: ignore[method-assign]
+            await alice.send("bob", "are you there?")
+            await until(lambda: any(a > SPARE_RETRIES for a, _, _ in sends))
+    retries = range(1, SPARE_RETRIES + 1)
+    twice = [(a, spare) for a in retries for spare in (False, True)]
+    assert [(a, spare) for a, spare, _ in sends] == [(0, False), *twice, (SPARE_RETRIES + 1, False)]
+    for (_, _, first), (_, spare, second) in itertools.pairwise(sends):
+        if spare:
+            assert not first & second
 
 
 async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path: Path) -> None:

@@ -122,6 +122,27 @@ def test_relays_we_cannot_reach_are_used_only_when_too_few_others_remain(
         assert len(route) == DEFAULT_HOPS  # still a route: they may be reachable after all
 
 
+@given(
+    seed=st.integers(0, 10_000),
+    avoided=st.sets(st.integers(1, 8), max_size=8),
+    cut=st.integers(0, 8),
+)
+def test_avoided_relays_are_used_only_when_too_few_good_others_remain(
+    seed: int, avoided: set[int], cut: int
+) -> None:
+    """A retry keeps out of the relays of its unanswered attempts, but never at
+    the price of relays we cannot reach."""
+    candidates = [replace(relay(i), unreachable=i <= cut) for i in range(1, 9)]
+    avoid = {bytes([i]) * 32 for i in avoided}
+    route = select_route(candidates, rng=seeded(seed), avoid=avoid)
+    good = [c for c in candidates if not c.unreachable]
+    assert len(route) == DEFAULT_HOPS
+    if len([c for c in good if c.node_id not in avoid]) >= DEFAULT_HOPS:
+        assert all(c in good and c.node_id not in avoid for c in route)
+    elif len(good) >= DEFAULT_HOPS:
+        assert all(c in good for c in route)
+
+
 def test_failures_decay_and_the_table_is_bounded() -> None:
     scores = RelayScores(half_life=100.0, capacity=3)
     scores.route_failed([b"a" * 32], 0.0)

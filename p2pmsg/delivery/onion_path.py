@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -123,13 +123,23 @@ class OnionPath:
 
     # -- sending ---------------------------------------------------------------
 
-    async def send(self, recipient: PublicIdentity, message: OutboxMessage) -> None:
-        """One attempt. Raises :class:`NoRoute`, :class:`NoPrekeys` or a dial error."""
+    async def send(
+        self,
+        recipient: PublicIdentity,
+        message: OutboxMessage,
+        *,
+        avoid: Collection[bytes] = (),
+        spare: bool = False,
+    ) -> tuple[bytes, ...]:
+        """One attempt, on routes that keep out of ``avoid`` while enough other
+        relays remain; the relays it used. A ``spare`` copy of an attempt never
+        starts a new session. Raises :class:`NoRoute`, :class:`NoPrekeys` or a
+        dial error."""
         now = self._wall_clock()
         candidates = self.candidates(now)
         ends = (self.identity.node_id, recipient.node_id)
-        back = self._route(candidates, ends, now, last=self.gateway)
-        envelope = await self._encrypt(recipient, message)
+        back = self._route(candidates, ends, now, last=self.gateway, avoid=avoid)
+        envelope = await self._encrypt(recipient, message, spare=spare)
         surb_id = self._rng(sphinx.SURB_ID_BYTES)
         me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
         surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
@@ -137,7 +147,7 @@ class OnionPath:
             onion_frames.ForwardMessage(sphinx.encode_surb(surb), envelope)
         )
         parts = fragments.split(payload, self._rng)
-        forwards = [self._route(candidates, ends, now) for _ in parts]
+        forwards = [self._route(candidates, ends, now, avoid=avoid) for _ in parts]
         relays = tuple(dict.fromkeys(c.node_id for c in chain(back, *forwards)))
         await self.store.add_surb(
             SurbRecord(surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl)
@@ -148,6 +158,7 @@ class OnionPath:
         self._sent[surb_id] = trio.current_time()
         while len(self._sent) > MAX_REMEMBERED:
             self._sent.popitem(last=False)
+        return relays
 
     async def _send_part(
         self,
@@ -235,6 +246,7 @@ class OnionPath:
         now: float,
         *,
         last: Candidate | None = None,
+        avoid: Collection[bytes] = (),
     ) -> list[Candidate]:
         if last is not None and last.node_id in ends:
             last = None  # the gateway is the peer itself: any route will do
@@ -246,17 +258,22 @@ class OnionPath:
             now=now,
             rng=self._rng,
             last=last,
+            avoid=avoid,
         )
 
-    async def _encrypt(self, recipient: PublicIdentity, message: OutboxMessage) -> bytes:
+    async def _encrypt(
+        self, recipient: PublicIdentity, message: OutboxMessage, *, spare: bool = False
+    ) -> bytes:
         peer = recipient.node_id
         stored = await self.store.get_session(peer)
         state = RatchetState.from_bytes(stored) if stored is not None else None
         # A new session from the peer's current bundle when the peer could not
         # open our last message, and every few unanswered attempts in case its
         # answer was lost. Both sides keep the session it replaces as previous.
-        restart = state is not None and (
-            peer in self._restart or message.attempts % RESTART_EVERY == RESTART_EVERY - 1
+        restart = (
+            state is not None
+            and not spare
+            and (peer in self._restart or message.attempts % RESTART_EVERY == RESTART_EVERY - 1)
         )
         bundle = await self._bundle(recipient) if state is None or restart else None
         frame = MsgFrame(
@@ -325,10 +342,11 @@ class OnionPath:
             _remember(self._hurried, message_id)
             self.on_retry()
 
-    async def attempt_failed(self, message_id: bytes) -> None:
-        """The ack of ``message_id`` is overdue: its unanswered routes take a failure."""
+    async def attempt_failed(self, message_id: bytes, *, copies: int = 1) -> None:
+        """The ack of ``message_id`` is overdue: the routes of its last attempt
+        (``copies`` sends), unanswered, take a failure."""
         now = self._wall_clock()
-        for relays in await self.store.surb_routes(message_id, limit=1):
+        for relays in await self.store.surb_routes(message_id, limit=copies):
             self.scores.route_failed(relays, now)
 
 

@@ -14,6 +14,14 @@ even its onion-bound messages over a secure link on the LAN, as Briar
 delivers to contacts nearby: it works with the WAN gone (SCENARIOS S11),
 where one LAN is too few networks for an onion route. When that link
 fails, the contact is forgotten as a LAN peer and the onion route is tried.
+
+The first :data:`SPARE_RETRIES` onion retries of a message each go twice,
+the second copy over routes that share no relay with the first while enough
+others remain (the recipient keeps one). A route is lost when any of its six
+relays is cut off, as a border shutdown does to every relay abroad before
+anyone can tell which (SCENARIOS S10); two disjoint routes fail together
+far less often. Later retries, by then more likely waiting for an offline
+recipient than for a lost route, go once, so its mailbox holds fewer copies.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from p2pmsg.onion.route import NoRoute
 from p2pmsg.store import Contact, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
+
+SPARE_RETRIES = 3
+"""Onion retries sent twice, over disjoint routes."""
 
 
 class Sender:
@@ -164,8 +175,13 @@ class Sender:
         recipient = PublicIdentity(key)
         for message in batch:
             if message.attempts:
-                await self.onion.attempt_failed(message.id)
-            await self.onion.send(recipient, message)
+                await self.onion.attempt_failed(message.id, copies=_copies(message.attempts - 1))
+            used = await self.onion.send(recipient, message)
+            if _copies(message.attempts) == 2:
+                try:
+                    await self.onion.send(recipient, message, avoid=used, spare=True)
+                except (*DIAL_ERRORS, NoRoute) as exc:
+                    log.debug("spare copy not sent: %r", exc)
 
     async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
         """Push over the contact's known endpoints; when that is impossible or
@@ -207,3 +223,8 @@ class Sender:
                             self._on_delivered(ack.id)
         finally:
             await link.aclose()
+
+
+def _copies(attempt: int) -> int:
+    """Onion copies of a message's attempt number ``attempt`` (0 the first)."""
+    return 2 if 1 <= attempt <= SPARE_RETRIES else 1

@@ -124,13 +124,15 @@ def select_route(
     rng: Callable[[int], bytes],
     floor: float = 0.05,
     last: Candidate | None = None,
+    avoid: Iterable[bytes] = (),
 ) -> list[Candidate]:
     """``hops`` distinct relays in route order. Raises :class:`NoRoute`.
 
     Never picks a node in ``exclude`` (the sender and recipient), two relays
     with the same prefix or known ASN, or the same relay twice. Relays whose
     score weight is below ``floor``, and relays marked ``unreachable``, are
-    used only when too few others remain.
+    used only when too few others remain, and relays in ``avoid`` (a spare
+    copy's, those of the copy it doubles) only when too few good others remain.
     ``last``, when given, is the route's last relay (a node's gateway).
     """
     if not 1 <= hops <= MAX_RELAYS:
@@ -140,7 +142,10 @@ def select_route(
     unique = {c.node_id: c for c in candidates if c.node_id not in banned}
     weights = {node_id: scores.weight(node_id, now) if scores else 1.0 for node_id in unique}
     good = [c for c in unique.values() if weights[c.node_id] >= floor and not c.unreachable]
-    for pool in (good, list(unique.values())):
+    pools = [good, list(unique.values())]
+    if avoided := set(avoid):
+        pools.insert(0, [c for c in good if c.node_id not in avoided])
+    for pool in pools:
         route = _sample(pool, weights, hops - len(fixed), rng, fixed)
         if route is not None:
             return route + fixed
