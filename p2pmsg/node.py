@@ -34,6 +34,7 @@ from p2pmsg import join
 from p2pmsg.abc import Discovery, Link, Transport
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.delivery.liveness import NetworkWatch
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
 from p2pmsg.delivery.reorder import ReorderTimer
 from p2pmsg.delivery.sender import Sender
@@ -218,6 +219,9 @@ class Node:
             rng=rng,
         )
         self.onion.path.on_retry = self._sender.wake
+        self._watch = NetworkWatch(
+            self.dht, store, self._sender.wake, wall_clock=wall_clock, rng=rng
+        )
         self._reorder = ReorderTimer(
             store, self._show, wait=options.reorder_wait, wall_clock=wall_clock
         )
@@ -297,6 +301,7 @@ class Node:
                     await nursery.start(joiner.lan, lan)
                 await nursery.start(node._sender.run)
                 await nursery.start(node._reorder.run)
+                await nursery.start(node._watch.run)
                 yield node
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -379,6 +384,7 @@ class Node:
             "clock": self._clock(),
             "lan_peers": len(self.lan_peers()),
             "lan_sent": self._sender.lan_sent,
+            "network_returns": self._watch.hurries,
             "uptime": round(self._wall_clock() - self.started, 3),
             "stats": vars(self.stats).copy(),
             "relayed": self.onion.relay.stats.relayed,

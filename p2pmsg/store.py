@@ -320,6 +320,19 @@ class Database(OnionTables, LinkReplayTables):
             ).fetchone()
             return bytes(row[0]) if row else None
 
+    def waiting(self, after: float) -> bool:
+        """Whether a queued message's next attempt is later than ``after``."""
+        query = "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt > ? LIMIT 1"
+        return bool(self._rows(query, (after,)))
+
+    def retry_all_sooner(self, when: float) -> int:
+        """Bring every queued message's next attempt forward to ``when`` (never later); how many."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE outbox SET next_attempt = ? WHERE state = 'queued' AND next_attempt > ?",
+                (when, when),
+            ).rowcount
+
     def mark_delivered(self, id: bytes, now: float) -> bool:
         """Mark an acked message delivered; True only if it was queued (idempotent).
 
@@ -477,6 +490,8 @@ class Store:
     mark_attempt = _offloaded(Database.mark_attempt)
     mark_delivered = _offloaded(Database.mark_delivered)
     retry_sooner = _offloaded(Database.retry_sooner)
+    waiting = _offloaded(Database.waiting)
+    retry_all_sooner = _offloaded(Database.retry_all_sooner)
     expire_due = _offloaded(Database.expire_due)
     list_outbox = _offloaded(Database.list_outbox)
     count_queued = _offloaded(Database.count_queued)

@@ -185,6 +185,34 @@ def test_failures_evict_only_with_a_replacement() -> None:
     assert table.failures(old.node_id) == 0  # gone
 
 
+def test_peers_that_stopped_answering_are_listed_until_seen_again() -> None:
+    """Failing entries, and those evicted for failing, are what a heal shows
+    coming back (delivery.liveness); any contact takes a peer off the list."""
+    table, (old, young), newcomer = ping_setup()
+    assert table.unreachable() == []
+    table.on_failure(young.node_id)
+    assert table.unreachable() == [young]
+    table.offer(newcomer, 3.0)
+    table.ping_result(old.node_id, False, 4.0)  # evicted for the newcomer
+    assert old.node_id not in table
+    assert table.unreachable() == [young, old]  # failing entries, then evicted ones
+    table.offer(old, 5.0)  # it answered: seen again
+    table.offer(young, 5.0)
+    assert table.unreachable() == []
+
+
+def test_the_list_of_evicted_peers_is_bounded() -> None:
+    table = RoutingTable(bytes(ID_BYTES), k=1, max_lost=2, **NO_CAPS)
+    evicted: list[Peer] = []
+    for peer in random_peers(50, seed=3):
+        result = table.offer(peer, 1.0)
+        if isinstance(result, PingNeeded):
+            table.ping_result(result.oldest.node_id, False, 2.0)
+            evicted.append(result.oldest)
+    assert len(evicted) > 2 and not any(p.node_id in table for p in evicted)
+    assert table.unreachable() == evicted[-2:]
+
+
 def test_update_refreshes_and_changes_endpoints() -> None:
     table, (old, young), _ = ping_setup()
     moved = Peer(old.node_id, old.public_key, ("tcp:192.0.2.1:4001",), old.prefix)

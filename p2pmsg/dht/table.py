@@ -17,6 +17,10 @@ evicts it and promotes the most recently seen replacement. RPC failures are
 counted by :meth:`RoutingTable.on_failure`; an entry is evicted after
 ``failure_threshold`` consecutive failures, and only when a replacement can take
 its place, so losing our own connectivity never empties the table.
+:meth:`RoutingTable.unreachable` lists the peers that stopped answering:
+entries with failures, and the last ``max_lost`` evicted for failing, until
+they are seen again, which :attr:`RoutingTable.returned` counts (a cut
+border heals, :mod:`p2pmsg.delivery.liveness`).
 
 Diversity limits (against Sybil and eclipse attacks, SCENARIOS S14) bound how
 many entries may share one network prefix (:attr:`Peer.prefix`), per bucket
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -138,10 +142,11 @@ class RoutingTable:
         max_replacements: int = 8,
         failure_threshold: int = 3,
         ping_timeout: float = 30.0,
+        max_lost: int = 32,
     ) -> None:
         if len(local_id) != ID_BYTES:
             raise ValueError("the local id must be a node id")
-        if k < 1 or max_replacements < 0 or failure_threshold < 1:
+        if k < 1 or max_replacements < 0 or failure_threshold < 1 or max_lost < 0:
             raise ValueError("k and failure_threshold must be positive")
         if any(
             cap is not None and cap < 1 for cap in (max_per_prefix_bucket, max_per_prefix_table)
@@ -154,6 +159,10 @@ class RoutingTable:
         self.max_replacements = max_replacements
         self.failure_threshold = failure_threshold
         self.ping_timeout = ping_timeout
+        self.max_lost = max_lost
+        self._lost: OrderedDict[bytes, Peer] = OrderedDict()
+        self.returned = 0
+        """Times a peer that had stopped answering was seen again."""
         self._buckets: list[_Bucket] = [_Bucket(lo=0, depth=0)]
         self._slots: dict[bytes, _Slot] = {}
         self._prefixes: Counter[str] = Counter()
@@ -175,6 +184,17 @@ class RoutingTable:
         """Consecutive failed RPCs of the entry since it was last seen (0 if none or absent)."""
         slot = self._slots.get(node_id)
         return 0 if slot is None else slot.failures
+
+    def unreachable(self) -> list[Peer]:
+        """Peers that stopped answering: entries with failures, and those
+        evicted for failing (the last ``max_lost``), until seen again."""
+        failing = [slot.peer for slot in self._slots.values() if slot.failures]
+        return failing + list(self._lost.values())
+
+    def least_recently_seen(self, count: int) -> list[Peer]:
+        """The ``count`` entries seen longest ago."""
+        oldest = heapq.nsmallest(count, self._slots.values(), key=lambda slot: slot.last_seen)
+        return [slot.peer for slot in oldest]
 
     def peers(self) -> list[Peer]:
         """Every entry, bucket by bucket, least-recently-seen first within a bucket."""
@@ -207,6 +227,8 @@ class RoutingTable:
         node_id = peer.node_id
         if node_id == self.local_id:
             return Rejected(OWN_ID)
+        if self._lost.pop(node_id, None) is not None:
+            self.returned += 1
         slot = self._slots.get(node_id)
         if slot is not None:
             return self._update(slot, peer, now)
@@ -348,6 +370,7 @@ class RoutingTable:
         """Mark ``slot`` seen at ``now``: most recently seen, no failures."""
         bucket.entries.remove(slot)
         slot.last_seen = max(now, slot.last_seen)
+        self.returned += slot.failures > 0
         slot.failures = 0
         _insert_by_time(bucket.entries, slot)
         bucket.refreshed = now
@@ -381,6 +404,9 @@ class RoutingTable:
         """Evict ``slot`` for the best replacement; False (nothing changed) without one."""
         if self._best_replacement(bucket, slot) is None:
             return False
+        self._lost[slot.peer.node_id] = slot.peer
+        while len(self._lost) > self.max_lost:
+            self._lost.popitem(last=False)
         self._evict(bucket, slot)
         self._promote(bucket)
         return True
