@@ -190,6 +190,35 @@ async def test_policing_holds_a_flow_to_its_rate(autojump_clock: MockClock) -> N
     assert trio.current_time() - start >= 4.5  # 5,000 bytes at 1,000 bytes per second
 
 
+class Draws(random.Random):
+    def __init__(self, *draws: float) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+
+    def random(self) -> float:
+        return self.draws.pop(0)
+
+
+def test_each_loss_costs_a_timeout_that_doubles() -> None:
+    assert rules.retransmissions(Draws(0.5), 0.3, 0.25) == 0.0
+    assert rules.retransmissions(Draws(0.1, 0.2, 0.9), 0.3, 0.25) == 1.0 + 2.0  # 4 x 250 ms, then x2
+    assert rules.retransmissions(Draws(0.1, 0.9), 0.3, 0.0) == rules.RTO_MIN
+
+
+async def test_a_degraded_path_is_slower_loses_packets_and_keeps_order(
+    autojump_clock: MockClock,
+) -> None:
+    net, _ = network(rules.Degrade(latency=0.5, loss=0.3, rng=random.Random(7)))
+    client, server = await pair(net, "home", "other", 80)
+    start = trio.current_time()
+    for i in range(50):
+        await client.send(bytes([i]))
+    got = [(await server.receive())[0] for _ in range(50)]
+    assert got == list(range(50))
+    # each packet takes 0.5 s; with 30% lost, some took a 2 s timeout or more
+    assert trio.current_time() - start >= 0.5 + 2.0
+
+
 async def test_the_prober_notes_each_suspect_server_once_and_never_itself(
     autojump_clock: MockClock,
 ) -> None:

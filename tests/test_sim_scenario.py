@@ -69,6 +69,10 @@ def test_a_minimal_scenario_takes_the_defaults() -> None:
             "f.toml:7: traffic.pairs: at most one per two users of one ISP",
         ),
         (HEAD + "[pass]\ndelivery = 1.5\n", "f.toml:4: pass.delivery: 1.5 is out of range"),
+        (
+            HEAD + "[traffic]\nburst = 50\n",
+            "f.toml:4: traffic.burst: needs users abroad ([topology] abroad)",
+        ),
         (HEAD + "censor = 3\n", "f.toml:3: censor: must be an array of tables"),
         ('title = "t"\n', "f.toml:1: id: missing"),
         (HEAD + "[run\n", "f.toml: not valid TOML"),

@@ -134,12 +134,16 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
     on_time: list[tuple[int, int]] = []
     eventual: list[tuple[int, int]] = []
     control: list[tuple[int, int]] = []
+    degraded: list[tuple[int, int]] = []
     latencies: list[float] = []
     for r in results:
         got = {k: r.received[k] - t for k, t in r.sent.items() if k in r.received}
         latencies += got.values()
-        inside = [k for k in r.sent if k not in r.cross_border]  # cross-border: in the end
+        # cross-border: in the end; sent while degraded: by their own deadline
+        inside = [k for k in r.sent if k not in r.cross_border and k not in r.degraded]
         on_time.append((sum(1 for k in inside if got.get(k, math.inf) <= within), len(inside)))
+        slow = scenario.passes.degraded_within
+        degraded.append((sum(got.get(k, math.inf) <= slow for k in r.degraded), len(r.degraded)))
         eventual.append((len(got), len(r.sent)))
         if scenario.control.kind == "bootstrap_only":
             control.append(_joined_within(r.control_joined, scenario.passes.join_within))
@@ -165,6 +169,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "messages": sum(len(r.sent) for r in results),
         "delivered_within": _ratio(on_time),
         "delivered_eventually": _ratio(eventual),
+        "delivered_degraded": _ratio(degraded),
         "latency_p50": _percentile(latencies, 0.5),
         "latency_p99": _percentile(latencies, 0.99),
         "duplicates": sum(r.duplicates for r in results),
@@ -183,6 +188,11 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "censor_events": results[0].censor_events,
         "dns_lookups": sum(r.dns_lookups for r in results),
         "outbox_refused": sum(r.outbox_refused for r in results),
+        "burst": (
+            sum(r.burst_refused for r in results),
+            sum(len(r.burst) for r in results),
+            sum(k not in r.received for r in results for k in r.burst),
+        ),
         "clock_errors": (
             sum(sum(r.clock_errors) for r in results),
             sum(len(r.clock_errors) for r in results),
@@ -229,6 +239,20 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
                           f">= {p.delivery:.1%}", crossed.mean >= p.delivery))  # fmt: skip
         checks.append(Check("lookups 10 min after the heal", found.text(),
                           f">= {p.delivery:.1%}", found.mean >= p.delivery))  # fmt: skip
+    delay = next((rule for rule in scenario.censor if rule.action == "delay"), None)
+    if delay is not None:  # one figure for all delay rules, named after the first
+        hit = f["delivered_degraded"]
+        worse = f"{delay.loss:.0%} more lost" + (f", +{delay.latency:g} s" if delay.latency else "")
+        checks.append(Check(f"sent with {worse}: within {p.degraded_within:g} s", hit.text(),
+                            f">= {p.degraded:.1%}", hit.mean >= p.degraded))  # fmt: skip
+    if scenario.traffic.burst:
+        refused, taken, lost = f["burst"]
+        # each seed's outbox holds `outbox` for that contact: the rest must be refused
+        overflow = len(f["seeds"]) * max(0, scenario.traffic.burst - scenario.traffic.outbox)
+        checks.append(Check("outbox overflow reported, never silent",
+                          f"{refused} refused, {taken} taken, {lost} of them lost",
+                          f">= {overflow} refused, 0 lost",
+                          refused >= overflow and not lost))  # fmt: skip
     if scenario.topology.bad_clocks:
         told, skewed, false = f["clock_errors"]
         checks.append(Check("a clear error beyond 24 h of skew",

@@ -22,6 +22,8 @@ each to the censor at its ``at`` and takes it away at its ``until``):
 * :func:`payload_match` names the matches of ``dpi`` rules, which are
   :class:`~p2pmsg.sim.censor.MatchPayload` rules: the S5 detector, S7's
   allowlist (it needs the server port), a TLS server name.
+* :class:`Degrade` makes the path worse: more latency, and loss that costs
+  each lost packet a retransmission timeout (S18's phases);
 * :class:`Policing` holds each flow direction to a rate (S9);
   :class:`DropAll` drops whatever its scope lets it see (S11).
 * :class:`Probe` notes the servers of flows it cannot classify for the
@@ -47,6 +49,8 @@ from p2pmsg.sim.censor import FlowView, Match, Rule, fully_encrypted_first
 from p2pmsg.sim.net import DROP, RESET, Deliver, Packet, SimHost, Verdict
 
 DNS_PORT = 53
+RTO_MIN = 0.2
+"""A retransmission timeout's floor, seconds (Linux's TCP)."""
 FORGED_ANSWER = "10.10.34.34"
 """The address Iran's resolvers answered for blocked names."""
 
@@ -209,6 +213,32 @@ class Policing:
         while len(self._free_at) > self.max_flows:
             self._free_at.popitem(last=False)
         return Deliver(self._free_at[key] - now)
+
+
+@dataclass
+class Degrade:
+    """``latency`` more on every packet, and each lost with probability ``loss``:
+    resent after a retransmission timeout that doubles with each loss, as TCP's,
+    while the packets behind it wait (the network keeps a flow in order)."""
+
+    latency: float
+    loss: float
+    rng: random.Random
+
+    def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
+        del packet, flow, now
+        return Deliver(self.latency + retransmissions(self.rng, self.loss, self.latency))
+
+
+def retransmissions(rng: random.Random, loss: float, latency: float) -> float:
+    """Seconds a packet loses to being lost, each time with probability ``loss``:
+    a retransmission timeout (four one-way ``latency``s, at least
+    :data:`RTO_MIN`) that doubles with each loss."""
+    delay, timeout = 0.0, max(RTO_MIN, 4 * latency)
+    while rng.random() < loss:
+        delay += timeout
+        timeout *= 2
+    return delay
 
 
 @dataclass

@@ -31,6 +31,9 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   exchanges a message every ``every`` seconds on average (exponential), in
   a random direction, through p2pmsg and through the control client alike,
   from ``t0`` for ``duration``; then ``drain`` seconds for late deliveries.
+  With ``burst``, halfway through one user at home writes that many
+  messages at once to a user abroad, into an outbox that holds ``outbox``
+  per contact: what it refuses is counted, what it takes must arrive.
 * **latency and loss**: every packet takes ``latency`` (both ends in one
   country) or ``border_latency`` (across the border); a packet lost (with
   probability ``loss``) is resent after a retransmission timeout, and the
@@ -54,7 +57,7 @@ import random
 import resource
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -148,6 +151,12 @@ class SeedResult:
     lookup of a user abroad found it."""
     outbox_refused: int = 0
     """Sends refused because the sender's outbox was full (OutboxFull)."""
+    degraded: set[str] = field(default_factory=set)
+    """Ids of messages sent while a ``delay`` rule was on."""
+    burst: list[str] = field(default_factory=list)
+    """Ids of the burst's messages the outbox took (``traffic.burst``)."""
+    burst_refused: int = 0
+    """The burst's sends refused with OutboxFull."""
     lan_found: list[float] = field(default_factory=list)
     """Per user and LAN neighbour: seconds from both being up to the first
     sighting (inf if never)."""
@@ -185,6 +194,9 @@ class _Run:
         self.world.net.policy = self.meter
         self.backend = control.Backend()
         self.result = SeedResult(seed)
+        self.degrading = 0
+        """``delay`` rules on now."""
+        self.options = replace(NODE_OPTIONS, max_queued_per_contact=scenario.traffic.outbox)
         self.nodes: dict[str, Node] = {}
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
@@ -237,7 +249,7 @@ class _Run:
         if name in self.groups["skewed"]:
             skew = self.rng.choice((-1, 1)) * self.rng.uniform(36 * 3600.0, 48 * 3600.0)
         async with self.world.node(
-            name, options=NODE_OPTIONS, skew=skew, lan=self.lan(name)
+            name, options=self.options, skew=skew, lan=self.lan(name)
         ) as node:
             self.nodes[name] = node
             task_status.started()
@@ -269,9 +281,39 @@ class _Run:
             self.result.sent[message_id] = self.result.control_sent[message_id] = now
             if self.hosts[frm].country != self.hosts[to].country:
                 self.result.cross_border.add(message_id)
+            if self.degrading:
+                self.result.degraded.add(message_id)
             self.result.payload_bytes += len(text)
             if frm in self.clients:
                 self.clients[frm].send(to, message_id)
+
+    async def burst(self) -> None:
+        """Halfway through, one user at home writes ``traffic.burst`` messages at
+        once to a user abroad; the outbox must take them or refuse them."""
+        if not self.s.traffic.burst:
+            return
+        rng = random.Random(self.seed + 5)  # noqa: S311 - a reproducible simulation
+        country = self.s.topology.country
+        home = [u for u in self.groups["users"] if self.hosts[u].country == country]
+        away = [u for u in self.groups["users"] if self.hosts[u].country != country]
+        if not home or not away:
+            return  # resized to no user abroad
+        frm, to = rng.choice(home), rng.choice(away)
+        contacts = {c.name for c in await self.nodes[frm].store.list_contacts()}
+        if to not in contacts:
+            await self.nodes[frm].store.add_contact(self.world.contact_of(to))
+        await trio.sleep_until(self.t0 + self.s.run.duration / 2)
+        for i in range(self.s.traffic.burst):
+            text = f"{frm} to {to}, burst {i}"
+            try:
+                message_id = (await self.nodes[frm].send(to, text)).hex()
+            except OutboxFull:
+                self.result.burst_refused += 1
+                continue
+            self.result.sent[message_id] = trio.current_time()
+            self.result.cross_border.add(message_id)
+            self.result.burst.append(message_id)
+            self.result.payload_bytes += len(text)
 
     async def start_control(self, client: control.Client) -> None:
         """Run ``client`` from t0: the control messenger starts under the censor."""
@@ -286,7 +328,7 @@ class _Run:
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
         async with self.world.node(
-            name, options=NODE_OPTIONS, skew=skew, lan=self.lan(name)
+            name, options=self.options, skew=skew, lan=self.lan(name)
         ) as node:
             await node.joined.wait()
             joined[name] = trio.current_time() - started
@@ -312,18 +354,22 @@ class _Run:
     async def switch_on(self, rule: CensorRule) -> None:
         """Add ``rule``'s censor rules until its ``until``; off and on if it flaps."""
         what = rule.action if rule.action != "drop" else f"drop ({rule.target})"
+        if rule.action == "delay":
+            what += f" (+{rule.latency * 1000:.0f} ms, {rule.loss:.0%} loss)"
         what += f" on {rule.isp}" if rule.isp else ""
         end = min(self.t0 + rule.until, self.end)
         while (now := trio.current_time()) < end:
             rng = random.Random(self.censor_rng.random())  # noqa: S311 - a reproducible simulation
             made = censor_rules(rule, self.world.net, self.s.topology.country, rng)
             self.meter.censor.rules.extend(made)
+            self.degrading += rule.action == "delay"
             self.result.censor_events.append((now - self.t0, what))
             if rule.until == float("inf") and not rule.flap:
                 return
             await trio.sleep_until(min(end, now + (rule.flap or float("inf"))))
             for one in made:
                 self.meter.censor.rules.remove(one)
+            self.degrading -= rule.action == "delay"
             self.result.censor_events.append((trio.current_time() - self.t0, f"{what} lifted"))
             if heals(rule) and self.result.healed is None:
                 self.result.healed = trio.current_time()
@@ -508,6 +554,7 @@ async def run_seed(
         for name in run.groups["control"]:
             nursery.start_soon(run.newcomer, name, run.result.control_joined)
         nursery.start_soon(run.after_heal)
+        nursery.start_soon(run.burst)
         hour = 0
         while trio.current_time() < run.end + scenario.run.drain:
             await trio.sleep(3600.0)

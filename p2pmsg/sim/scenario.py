@@ -10,13 +10,14 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
                 transports, abroad, clock_skew, bad_clocks, lan
-    [traffic]   pairs, every, browse_every, local
+    [traffic]   pairs, every, browse_every, local, burst, outbox
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
-                residual, residual_p, kbps, lifetime, isp, flap
+                residual, residual_p, kbps, lifetime, isp, flap, latency, loss
     [pass]      delivery, within, eventual, control_max, control_min,
-                joined, join_within, lan_discovery, unmeasured
+                joined, join_within, lan_discovery, degraded,
+                degraded_within, unmeasured
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -34,7 +35,7 @@ from p2pmsg.errors import P2PMsgError
 
 ACTIONS: Final = (
     "drop", "blocklist_add", "dpi", "learn_fingerprint", "police", "reset_every", "inject_dns",
-    "probe",
+    "probe", "delay",
 )  # fmt: skip
 """Censor actions this runner carries out (see docs/scenarios.md)."""
 TARGETS: Final = ("bootstrap", "servers", "learned", "border", "flows")
@@ -97,6 +98,11 @@ class Traffic:
     browse_every: float = 900.0
     local: bool = False
     """Pairs only of users on one ISP's network."""
+    burst: int = 0
+    """Halfway through, one user at home writes this many messages at once to
+    a user abroad (S10: more than its outbox holds for one contact)."""
+    outbox: int = 1000
+    """Messages each node's outbox holds for one contact (a send beyond is refused)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,10 @@ class CensorRule:
     """Only flows of this ISP's clients (``isp0``, ``isp1``...); all when empty."""
     flap: float = 0.0
     """Rules on flows: on for ``flap`` seconds, then off as long, and again."""
+    latency: float = 0.0
+    """For ``delay``: one-way latency added to every packet."""
+    loss: float = 0.0
+    """For ``delay``: share of packets lost, each resent after a timeout."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,10 @@ class Pass:
     lan_discovery: float = 5.0
     """With ``topology.lan``: every user finds each LAN neighbour this soon
     after both are up."""
+    degraded: float = 0.99
+    """With a ``delay`` rule: the share of messages sent while it is on that
+    must arrive within ``degraded_within`` (they leave ``delivery`` out)."""
+    degraded_within: float = 120.0
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
@@ -184,7 +198,7 @@ _ACTION_TARGETS: Final = {
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
     "at", "until", "propagation", "within", "join_within", "residual", "lifetime", "flap",
-    "clock_skew", "lan_discovery",
+    "clock_skew", "lan_discovery", "degraded_within",
 }  # fmt: skip
 _TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
 
@@ -232,6 +246,8 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("traffic", "pairs"): (1, MAX_USERS * 10),
     ("traffic", "every"): (1e-3, float("inf")),
     ("traffic", "browse_every"): (1e-3, float("inf")),
+    ("traffic", "burst"): (0, 100_000),
+    ("traffic", "outbox"): (1, 100_000),
     ("run", "seeds"): (1, MAX_SEEDS),
     ("run", "duration"): (1e-3, float("inf")),
     ("control", "servers"): (1, 1000),
@@ -239,6 +255,9 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("censor", "residual_p"): (0, 1),
     ("censor", "kbps"): (1, 1e7),
     ("censor", "lifetime"): (0.1, float("inf")),
+    ("censor", "latency"): (0, 3600),
+    ("censor", "loss"): (0, 0.9),
+    ("pass", "degraded"): (0, 1),
     ("topology", "loss"): (0, 0.9),
     ("topology", "abroad"): (0, MAX_USERS),
     ("topology", "bad_clocks"): (0, 250),
@@ -328,6 +347,8 @@ def _check(where: _Where, s: Scenario) -> None:
         raise where.error("traffic", "pairs", "at most one per two users")
     if s.traffic.local and s.traffic.pairs > local_pairs(s.topology):
         raise where.error("traffic", "pairs", "at most one per two users of one ISP")
+    if s.traffic.burst and not s.topology.abroad:
+        raise where.error("traffic", "burst", "needs users abroad ([topology] abroad)")
     if s.control.kind == "bootstrap_only" and not s.topology.late_users:
         raise where.error("control", "kind", "bootstrap_only needs late_users in [topology]")
     if not s.topology.transports:

@@ -26,8 +26,6 @@ PROBER = "probe0"
 PROBE_EVERY = 5.0
 PROBES_AT_ONCE = 64
 PROBE_TIMEOUT = 10.0
-RTO_MIN = 0.2
-"""Linux's minimum TCP retransmission timeout."""
 WEB_PORT = 80
 WEB_TIMEOUT = 10.0
 
@@ -74,10 +72,7 @@ class Meter:
         self.wire_bytes += len(packet.data)
         same = self.net.host(packet.src_host).country == self.net.host(packet.dst_host).country
         latency = self.topology.latency if same else self.topology.border_latency
-        timeout = max(RTO_MIN, 4 * latency)
-        while self.rng.random() < self.topology.loss:  # resent after a timeout, as TCP does
-            latency += timeout
-            timeout *= 2  # backing off
+        latency += rules.retransmissions(self.rng, self.topology.loss, latency)
         return Deliver(verdict.delay + latency, verdict.data)
 
 
@@ -176,6 +171,8 @@ def censor_rules(rule: CensorRule, net: SimNetwork, country: str, rng: random.Ra
         one = ResetEvery(rule.lifetime)
     elif rule.action == "inject_dns":
         one = rules.InjectDns((control.DOMAIN,))
+    elif rule.action == "delay":
+        one = rules.Degrade(rule.latency, rule.loss, rng)
     elif rule.target == "border":
         now, isps = trio.current_time(), sorted({h.isp for h in net.hosts.values()})
         start = {isp: now + rng.uniform(0, rule.propagation) for isp in isps}
