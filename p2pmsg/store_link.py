@@ -26,10 +26,12 @@ open, :meth:`DurableReplay.load` restores the rows still in the window and
 the floor; rows beyond ``capacity`` (a smaller capacity than before) lift the
 floor instead.
 
-Damaged rows never stop the node: they are skipped and counted in an INFO
-line (never their bytes), and what can still be read is kept conservatively: a
-readable tag is remembered as if its flight were the newest possible, a
-readable timestamp raises the floor, an unreadable floor becomes "now".
+Damaged rows never stop the node: they are mended first, in SQL over the
+whole table, and counted in an INFO line (never their bytes), and what can
+still be read is kept conservatively: a readable tag is remembered as if its
+flight were the newest possible, a readable timestamp raises the floor (not
+past now: a damaged row is no clock), an unreadable floor becomes "now". A
+saved floor more than a window ahead of our clock is lowered to that bound.
 """
 
 from __future__ import annotations
@@ -82,42 +84,31 @@ def _is_tag(value: object) -> bool:
     return isinstance(value, bytes) and len(value) == KEY_BYTES
 
 
-@dataclass
-class _Parsed:
-    floor: float
-    entries: list[Entry] = field(default_factory=list)
-    repaired: list[Entry] = field(default_factory=list)
-    dropped: list[object] = field(default_factory=list)
+_BAD_TAG = "(typeof(tag) != 'blob' OR length(tag) != 32)"
+_BAD_TIME = "(typeof(timestamp) NOT IN ('real', 'integer') OR abs(timestamp) > 1e308)"
 
 
-def _parse_rows(rows: Sequence[Any], floor: float, newest: float) -> _Parsed:
-    """Sort stored ``(tag, timestamp)`` rows into entries and damaged rows.
+def _repair(conn: sqlite3.Connection, now: float, window: float) -> float:
+    """Mend the damaged rows, in SQL over the whole table before anything reads
+    it, and return the floor they call for (-inf for none).
 
-    A row with a readable tag but no readable timestamp is kept at ``newest``
-    (the latest time any flight can be remembered for); a row without a
-    readable tag lifts the floor to its timestamp (when readable) and is
-    dropped. Neither kind is logged with its bytes.
+    A row without a readable tag is deleted, and its timestamp, when readable,
+    raises the floor (no higher than ``now``: a damaged row is no clock). A
+    readable tag without a readable timestamp is kept as the newest flight
+    there can be (``now + window``). Neither is logged with its bytes.
     """
-    parsed = _Parsed(floor)
-    for tag, value in rows:
-        timestamp = _number(value)
-        if _is_tag(tag) and timestamp is not None:
-            parsed.entries.append((tag, timestamp))
-        elif _is_tag(tag):
-            parsed.repaired.append((tag, newest))
-        else:
-            parsed.dropped.append(tag)
-            if timestamp is not None:
-                parsed.floor = max(parsed.floor, timestamp)
-    parsed.entries.extend(parsed.repaired)
-    if parsed.repaired or parsed.dropped:
-        log.info(
-            "link replay store: %d damaged rows with a readable tag kept as newest, %d without"
-            " one dropped",
-            len(parsed.repaired),
-            len(parsed.dropped),
-        )
-    return parsed
+    (lift,) = conn.execute(
+        f"SELECT max(timestamp) FROM link_replay WHERE {_BAD_TAG} AND NOT {_BAD_TIME}"  # noqa: S608 - constants
+    ).fetchone()
+    dropped = conn.execute(f"DELETE FROM link_replay WHERE {_BAD_TAG}").rowcount  # noqa: S608
+    kept = conn.execute(
+        f"UPDATE link_replay SET timestamp = ? WHERE {_BAD_TIME}",  # noqa: S608 - constants
+        (now + window,),
+    ).rowcount
+    if dropped or kept:
+        log.info("link replay store: %d damaged rows with a readable tag kept as newest,"
+                 " %d without one dropped", kept, dropped)  # fmt: skip
+    return min(_number_or(lift, -math.inf), now)
 
 
 def _check_entries(entries: Sequence[Entry]) -> None:
@@ -143,7 +134,7 @@ def _forget(conn: sqlite3.Connection, floor: float, cutoff: float) -> float:
     return floor
 
 
-def _saved_floor(conn: sqlite3.Connection, now: float, capacity: int) -> float:
+def _saved_floor(conn: sqlite3.Connection, now: float, window: float, capacity: int) -> float:
     """The saved floor, lifted over any row beyond the newest ``capacity``."""
     rows = conn.execute("SELECT floor FROM link_replay_floor").fetchall()
     floor = _number(rows[0][0]) if rows else -math.inf
@@ -155,16 +146,15 @@ def _saved_floor(conn: sqlite3.Connection, now: float, capacity: int) -> float:
     ).fetchall()
     if beyond:
         floor = max(floor, _number_or(beyond[0][0], now))
+    if floor > now + window:
+        # No flight we took is stamped that late (we take none more than a
+        # window ahead of our clock): damage, or our clock was set back. Kept,
+        # it would refuse every flight until our clock passed it; this bound
+        # refuses them for at most a window.
+        log.warning("link replay store: the saved floor is far ahead of our clock; lowered")
+        floor = now + window
+        conn.execute("UPDATE link_replay_floor SET floor = ?", (floor,))
     return floor
-
-
-def _repair(conn: sqlite3.Connection, parsed: _Parsed) -> None:
-    """Store damaged rows as :func:`_parse_rows` read them, so each is reported once."""
-    conn.executemany("DELETE FROM link_replay WHERE tag = ?", [(t,) for t in parsed.dropped])
-    conn.executemany(
-        "UPDATE link_replay SET timestamp = ? WHERE tag = ?",
-        [(ts, tag) for tag, ts in parsed.repaired],
-    )
 
 
 class LinkReplayTables:
@@ -194,19 +184,19 @@ class LinkReplayTables:
     def load_link_replay(self, now: float, window: float, capacity: int) -> LinkReplayState:
         """Trim the table to the window and ``capacity`` and return what it keeps.
 
-        Damaged rows are repaired or dropped (see :func:`_parse_rows`) in the
-        same transaction.
+        Damaged rows are repaired or dropped first (see :func:`_repair`), in
+        the same transaction.
         """
         with self._write() as conn:
-            floor = _forget(conn, _saved_floor(conn, now, capacity), now - window)
+            lift = _repair(conn, now, window)
+            floor = max(_saved_floor(conn, now, window, capacity), lift)
+            floor = _forget(conn, floor, now - window)
             rows = conn.execute(
-                "SELECT tag, timestamp FROM link_replay ORDER BY timestamp DESC LIMIT ?",
-                (capacity,),
+                "SELECT tag, timestamp FROM link_replay WHERE timestamp > ?"
+                " ORDER BY timestamp DESC LIMIT ?",
+                (floor, capacity),
             ).fetchall()
-            parsed = _parse_rows(rows, floor, now + window)
-            _repair(conn, parsed)
-            floor = _forget(conn, parsed.floor, now - window)
-        return LinkReplayState(floor, [e for e in parsed.entries if e[1] > floor])
+        return LinkReplayState(floor, [(bytes(tag), float(ts)) for tag, ts in rows])
 
     def count_link_replay(self) -> int:
         return int(self._rows("SELECT count(*) FROM link_replay")[0][0])

@@ -201,7 +201,8 @@ class Draws(random.Random):
 
 def test_each_loss_costs_a_timeout_that_doubles() -> None:
     assert rules.retransmissions(Draws(0.5), 0.3, 0.25) == 0.0
-    assert rules.retransmissions(Draws(0.1, 0.2, 0.9), 0.3, 0.25) == 1.0 + 2.0  # 4 x 250 ms, then x2
+    twice = rules.retransmissions(Draws(0.1, 0.2, 0.9), 0.3, 0.25)
+    assert twice == 1.0 + 2.0  # 4 x 250 ms, then doubled
     assert rules.retransmissions(Draws(0.1, 0.9), 0.3, 0.0) == rules.RTO_MIN
 
 
