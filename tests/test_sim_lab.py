@@ -15,6 +15,7 @@ from p2pmsg.sim import control, report, runner
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.net import SimNetwork
+from p2pmsg.sim.result import SeedResult
 from p2pmsg.sim.scenario import ScenarioError, loads
 
 TINY = """
@@ -112,7 +113,7 @@ async def test_the_control_messenger_works_open_and_dies_when_its_servers_are_bl
         nursery.cancel_scope.cancel()
 
 
-def _seeded(seed: int) -> runner.SeedResult:
+def _seeded(seed: int) -> SeedResult:
     return runner.run(loads(TINY, "tiny.toml"), seed)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pmsg.sim.runner import SeedResult, heals
+from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import Scenario
 
 _T975: dict[int, float] = {

@@ -57,7 +57,7 @@ import random
 import resource
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -72,6 +72,7 @@ from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.lan import SimLan
+from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.topology import (
     PROBE_EVERY,
@@ -106,60 +107,6 @@ OONI: dict[str, str] = {
 """Our dial failure classes in OONI's vocabulary."""
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class SeedResult:
-    seed: int
-    sent: dict[str, float] = field(default_factory=dict)
-    """Message id -> simulated time sent (after t0)."""
-    received: dict[str, float] = field(default_factory=dict)
-    cross_border: set[str] = field(default_factory=set)
-    """Messages between a user in the country and one abroad."""
-    duplicates: int = 0
-    control_sent: dict[str, float] = field(default_factory=dict)
-    control_received: dict[str, float] = field(default_factory=dict)
-    control_duplicates: int = 0
-    joined: dict[str, float] = field(default_factory=dict)
-    """User -> seconds it took to join the DHT."""
-    late_joined: dict[str, float | None] = field(default_factory=dict)
-    """Late user -> seconds it took to join, None if it never did."""
-    control_joined: dict[str, float | None] = field(default_factory=dict)
-    """For a bootstrap_only control: its newcomers, as ``late_joined``."""
-    browse_ok: int = 0
-    browse_broken: int = 0
-    censor_events: list[tuple[float, str]] = field(default_factory=list)
-    """(seconds after t0, what the censor did)."""
-    failure_classes: dict[str, int] = field(default_factory=dict)
-    wire_bytes: int = 0
-    payload_bytes: int = 0
-    peak_rss_kib: int = 0
-    t0: float = 0.0
-    probes: int = 0
-    probed_nodes_answering: int = 0
-    """p2pmsg nodes that answered a probe with data (S8: must be 0)."""
-    dns_lookups: int = 0
-    """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
-    clock_errors: list[bool] = field(default_factory=list)
-    """Per user with a bad clock (``topology.bad_clocks``): it reported a clock error."""
-    clock_false_alarms: int = 0
-    """Users with a good enough clock that reported a clock error."""
-    healed: float | None = None
-    """When a ``drop`` of the ``border`` was lifted (S10's heal)."""
-    heal_lookups: list[bool] = field(default_factory=list)
-    """Per user at home, :data:`HEAL_LOOKUP_AFTER` after the heal: whether a
-    lookup of a user abroad found it."""
-    outbox_refused: int = 0
-    """Sends refused because the sender's outbox was full (OutboxFull)."""
-    degraded: set[str] = field(default_factory=set)
-    """Ids of messages sent while a ``delay`` rule was on."""
-    burst: list[str] = field(default_factory=list)
-    """Ids of the burst's messages the outbox took (``traffic.burst``)."""
-    burst_refused: int = 0
-    """The burst's sends refused with OutboxFull."""
-    lan_found: list[float] = field(default_factory=list)
-    """Per user and LAN neighbour: seconds from both being up to the first
-    sighting (inf if never)."""
 
 
 class _Run:
@@ -499,16 +446,6 @@ class _Run:
                     first = seen.get(self.nodes[v].identity.node_id, math.inf)
                     up = max(self.started[u], self.started[v])
                     self.result.lan_found.append(first - up)
-
-
-def heals(rule: CensorRule) -> bool:
-    """Whether ``rule`` cuts the border for a while, then lifts the cut for good."""
-    return (
-        rule.action == "drop"
-        and rule.target == "border"
-        and not rule.flap
-        and (rule.until < float("inf"))
-    )
 
 
 async def run_seed(
