@@ -85,10 +85,10 @@ class NetworkWatch:
             return 0
         lost = table.unreachable()
         picks = self._random.sample(lost, min(self.pings, len(lost)))
-        if len(picks) < self.pings:
-            picks += [p for p in table.least_recently_seen(self.pings) if p not in picks]
+        stale = [p for p in table.least_recently_seen(self.pings) if p not in picks]
+        picks += stale[: self.pings - len(picks)]
         async with trio.open_nursery() as nursery:
-            for peer in picks[: self.pings]:
+            for peer in picks:
                 nursery.start_soon(self._dht.ping, peer)
         back, self._returned = table.returned - self._returned, table.returned
         if back < min(self.quorum, max(1, len(lost))):

@@ -147,7 +147,7 @@ class RoutingTable:
         if len(local_id) != ID_BYTES:
             raise ValueError("the local id must be a node id")
         if k < 1 or max_replacements < 0 or failure_threshold < 1 or max_lost < 0:
-            raise ValueError("k and failure_threshold must be positive")
+            raise ValueError("k and failure_threshold are positive, the other bounds not negative")
         if any(
             cap is not None and cap < 1 for cap in (max_per_prefix_bucket, max_per_prefix_table)
         ):
