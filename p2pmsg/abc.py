@@ -22,11 +22,14 @@ reason, so its bytes go on a TCP stream with no cleartext length in front.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
 from p2pmsg.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from p2pmsg.link.replay import SavedReplay
 
 #: The largest byte string a transport must accept in one ``send``.
 MAX_SEND = 128 * 1024
@@ -75,6 +78,14 @@ class Transport(Protocol):
         its handler returns; a handler's exception closes that link only.
         """
         ...
+
+
+@runtime_checkable
+class KeepsReplays(Protocol):
+    """A transport with a replay filter of its own (obfs): the node hands it
+    its saved window, so the filter survives restarts."""
+
+    def keep_replays(self, saved: SavedReplay) -> None: ...
 
 
 class Discovery(Protocol):

@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from p2pmsg import join
-from p2pmsg.abc import Discovery, Link, Transport
+from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.liveness import NetworkWatch
@@ -170,6 +170,9 @@ class Node:
             store,
             wall_clock,
         )
+        for transport in self.transports:
+            if isinstance(transport, KeepsReplays):  # obfs: its hellos' tags saved too
+                transport.keep_replays(self._replay)
         self._inbound = 0
         self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
             options.app_queue

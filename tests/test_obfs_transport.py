@@ -27,9 +27,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from p2pmsg.abc import Link
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.errors import BadKey, LocalProtocolError, RemoteProtocolError
+from p2pmsg.errors import BadKey, LocalProtocolError, RemoteProtocolError, StoreError
 from p2pmsg.keys import Identity, encode_key
-from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.link.replay import ReplayWindow, SavedReplay
 from p2pmsg.link.secure import accept_secure, connect_secure
 from p2pmsg.sim.detectors import Exemption, exemption, fully_encrypted
 from p2pmsg.sim.net import SimNetwork
@@ -253,10 +253,15 @@ async def test_the_simulator_carries_the_cores_hello(
 
 
 @contextlib.asynccontextmanager
-async def _sim_server(tmp_path: Path) -> AsyncIterator[tuple[SimNetwork, ServerKey, list[Link]]]:
-    """An obfs server on sim host ``a`` port 443: the network, its key, the links it accepted."""
+async def _sim_server(
+    tmp_path: Path, saved: SavedReplay | None = None
+) -> AsyncIterator[tuple[SimNetwork, ServerKey, list[Link]]]:
+    """An obfs server on sim host ``a`` port 443 (keeping its tags in ``saved``):
+    the network, its key, the links it accepted."""
     net = SimNetwork()
     transport = ObfsTransport(SimTransport(net, "a"), state_dir=tmp_path, wall_clock=lambda: NOW)
+    if saved is not None:
+        transport.keep_replays(saved)
     accepted: list[Link] = []
 
     async def handler(link: Link) -> None:
@@ -323,6 +328,38 @@ async def test_a_replayed_hello_gets_no_answer(
         replayed, seconds = await _answer(net, hello)
     assert (replayed, len(accepted)) == (b"", 1)
     assert seconds == pytest.approx(HANDSHAKE_TIMEOUT + key.close_policy[0])
+
+
+class _Saved:
+    """A node's saved window, as the transport sees it: commits are recorded, or fail."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.window = ReplayWindow(REPLAY_WINDOW, journal=True)
+        self.fails = fails
+        self.commits: list[int] = []
+
+    async def commit(self, count: int) -> None:
+        self.commits.append(count)
+        if self.fails:
+            raise StoreError("disk full")
+        self.window.saved(len(self.window.unsaved()))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_hello_is_answered_only_once_its_tag_is_saved(
+    fails: bool, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    saved = _Saved(fails=fails)
+    async with _sim_server(tmp_path, saved) as (net, key, accepted):
+        answer, seconds = await _answer(net, first_packet(5, key.public))
+    assert saved.commits == [1]
+    assert len(saved.window) == 1  # the node's window holds the tag, widened
+    assert len(saved.window.unsaved()) == fails
+    if fails:  # the same silence as any refused hello
+        assert (answer, accepted) == (b"", [])
+        assert seconds == pytest.approx(HANDSHAKE_TIMEOUT + key.close_policy[0])
+    else:
+        assert answer and len(accepted) == 1
 
 
 async def test_dialling_with_a_wrong_key_times_out(

@@ -26,9 +26,13 @@ drawn from its secret (:attr:`~transports.obfs_core.ServerKey.close_policy`),
 so it acts like one service with one timeout and one buffer, and every
 invalid input, whenever recognised, meets the same reaction; a client that
 closes first is closed at once. Replays are refused by a
-:class:`~p2pmsg.link.replay.ReplayWindow` per transport object, in memory:
-a hello replayed after a restart is answered once (obfs4's filter forgets
-too), with bytes the prober cannot open.
+:class:`~p2pmsg.link.replay.ReplayWindow` per transport object, in memory,
+unless a node hands over its own with :meth:`ObfsTransport.keep_replays`:
+then each hello's tag (widened to 32 bytes, personalised, so it shares the
+window and table of the secure link's flights) is saved before the answer
+goes out, and a restart forgets no hello it answered. obfs4's filter lives
+in memory only; a prober that replays a recorded hello after a restart
+gets an answer from it, and blocks the server.
 
 Cancellation. A cancelled ``receive`` loses nothing (partial messages stay in
 the framer). A cancelled ``send`` breaks the link even if no byte had left
@@ -40,6 +44,7 @@ closed. ``aclose`` closes the inner link; pending operations get
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import stat
@@ -53,9 +58,9 @@ import trio
 
 from p2pmsg.abc import Link, LinkHandler, Transport
 from p2pmsg.endpoint import Endpoint, format_address
-from p2pmsg.errors import BadEndpoint, BadKey, UnsupportedEndpoint
+from p2pmsg.errors import BadEndpoint, BadKey, StoreError, UnsupportedEndpoint
 from p2pmsg.keys import decode_key, encode_key
-from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.link.replay import Replays, ReplayWindow, SavedReplay
 from transports.inner import ReportAs, feed
 from transports.obfs_core import (
     KEY_BYTES,
@@ -253,7 +258,15 @@ class ObfsTransport:
         self._rng = rng
         self._wall_clock = wall_clock
         self._timeout = handshake_timeout
-        self._replay = ReplayWindow(REPLAY_WINDOW, replay_capacity)
+        self._replay: Replays = ReplayWindow(REPLAY_WINDOW, replay_capacity)
+        self._saved: SavedReplay | None = None
+
+    def keep_replays(self, saved: SavedReplay) -> None:
+        """Refuse replayed hellos with ``saved``'s window instead of this
+        transport's own, and answer a hello only once ``saved`` has its tag
+        on disk (a node calls this with its store's window before serving)."""
+        self._saved = saved
+        self._replay = _WidenedTags(saved.window)
 
     def can_dial(self, endpoint: Endpoint) -> bool:
         """True for an ``obfs`` endpoint with a host, a non-zero port and a ``key``."""
@@ -348,17 +361,43 @@ class ObfsTransport:
                     data = await _receive_or_eof(inner)
                     received += len(data)
                     outcome = handshake.receive_data(data)
-                if isinstance(outcome, Established):
+                if isinstance(outcome, Established) and await self._tag_saved():
                     await inner.send(outcome.response)
                     framer = ObfsFramer(outcome.keys, rng=self._rng, trailing=outcome.trailing)
                     return ObfsLink(inner, framer)
-                log.debug("obfs: refused a connection: %s", outcome.error)
+                if isinstance(outcome, Rejected):
+                    log.debug("obfs: refused a connection: %s", outcome.error)
                 while data and received < budget:
                     data = await _receive_or_eof(inner)
                     received += len(data)
             except trio.BrokenResourceError:
                 pass
         return None
+
+    async def _tag_saved(self) -> bool:
+        """Whether every hello accepted so far (this one among them) is saved;
+        False refuses the hello (it then meets the same silence as any other)."""
+        if self._saved is None:
+            return True
+        try:
+            await self._saved.commit(self._saved.window.accepted)
+        except StoreError as exc:
+            log.warning("obfs: refused a hello: its replay tag could not be saved (%s)", exc)
+            return False
+        return True
+
+
+class _WidenedTags:
+    """A shared window seen through obfs's 16-byte hello tags, each widened to
+    a 32-byte BLAKE2b digest personalised for obfs, so no obfs tag can stand
+    for a secure link's flight (or the reverse) in the window or its table."""
+
+    def __init__(self, window: ReplayWindow) -> None:
+        self._window = window
+
+    def accept(self, tag: bytes, timestamp: float, now: float) -> bool:
+        wide = hashlib.blake2b(tag, digest_size=32, person=b"p2pmsg-obfs-tag").digest()
+        return self._window.accept(wide, timestamp, now)
 
 
 async def _close_forcefully(link: Link) -> None:

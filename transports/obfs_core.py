@@ -53,7 +53,7 @@ import nacl.exceptions
 
 from p2pmsg.abc import MAX_SEND
 from p2pmsg.errors import LocalProtocolError, RemoteProtocolError
-from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.link.replay import Replays
 
 Rng = Callable[[int], bytes]
 
@@ -284,7 +284,7 @@ class ServerHandshake:
     wall clock (seconds); ``rng`` draws its ephemeral key and padding.
     """
 
-    def __init__(self, key: ServerKey, replay: ReplayWindow, *, now: float, rng: Rng) -> None:
+    def __init__(self, key: ServerKey, replay: Replays, *, now: float, rng: Rng) -> None:
         self._key = key
         self._replay = replay
         self._now = now

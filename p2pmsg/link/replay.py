@@ -22,6 +22,25 @@ while it is full (the owner cannot save), every flight is refused.
 from __future__ import annotations
 
 import heapq
+from typing import Protocol
+
+
+class Replays(Protocol):
+    """What a handshake core asks of its replay window."""
+
+    def accept(self, tag: bytes, timestamp: float, now: float) -> bool: ...
+
+
+class SavedReplay(Protocol):
+    """A journaling window whose flights can be made durable before they are
+    answered (the node's :class:`p2pmsg.store_link.DurableReplay`)."""
+
+    @property
+    def window(self) -> ReplayWindow: ...
+
+    async def commit(self, count: int) -> None:
+        """Return once the first ``count`` accepted flights are saved; raises
+        :class:`~p2pmsg.errors.StoreError` when they cannot be."""
 
 
 class ReplayWindow:
