@@ -12,14 +12,15 @@ first, then the paths that failed least, recently), leaves out any whose
 (server, port) is inside a residual-block window after a reset or silence
 during the handshake (:class:`p2pmsg.pathscore.ResidualGuard`, S4: a censor
 blocks the 3-tuple after it matched a flow's payload; a refused SYN or a
-clean close is far more often a peer that is down or restarting), and races the rest happy-eyeballs
-style (RFC 8305): the first starts at once, each next one
-:data:`~p2pmsg.pathscore.STAGGER_DELAY` later or as soon as the one before it
-fails, and the first secure link to complete wins; the others are cancelled
-and any late success closed. A path that works gets a head start of
-:data:`~p2pmsg.pathscore.STICKY_HEAD_START`, so a stable network does not flap
-between transports (S12). Every finished attempt is scored: a success, or a
-failure classified by :func:`p2pmsg.pathscore.classify` at its stage (the
+clean close is far more often a peer that is down or restarting), and races
+the rest happy-eyeballs style (RFC 8305): the first starts at once, each next
+one :data:`~p2pmsg.pathscore.STAGGER_DELAY` later or as soon as the one
+before it fails, and the first secure link to complete wins; the others are
+cancelled and any late success closed. A path of the transport that last
+worked gets a head start of :data:`~p2pmsg.pathscore.STICKY_HEAD_START`, so a
+stable network does not flap between transports (S12), also when dialling a
+new peer. Every finished attempt is scored: a success, or a failure
+classified by :func:`p2pmsg.pathscore.classify` at its stage (the
 transport's dial, or the secure handshake above it, where silence is the
 signature of DPI dropping a flow). A cancelled attempt is no evidence and is
 not scored. So when a censor starts killing one transport, the next dial
@@ -119,6 +120,15 @@ class _Race:
     errors: list[Exception] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Dialled:
+    """One :meth:`Dialer.connect`, as its observers see it."""
+
+    seconds: float
+    winner: str | None
+    """The transport of the link it made; None when it failed."""
+
+
 def _hung_up(exc: BaseException) -> bool:
     """Whether the peer closed the connection cleanly (a FIN): what a peer that
     is restarting or refusing us does. A censor resets or goes silent."""
@@ -192,6 +202,8 @@ class Dialer:
         PINGs add the peers' clocks to the same check)."""
         self._wall_clock = wall_clock
         self._rng = rng
+        self.observers: list[Callable[[Dialled], None]] = []
+        """Told of each direct :meth:`connect`, for measurements (S12)."""
 
     def health_report(self) -> dict[str, dict[str, Any]]:
         """Per transport we have: its dials' outcomes, and whether it is the
@@ -235,15 +247,22 @@ class Dialer:
         candidates = self._candidates(endpoints)
         if not candidates:
             raise UnsupportedEndpoint("no dialable endpoint")
-        first = (candidates[0].endpoint.transport, candidates[0].text)
-        sticky = first == self.scores.last_working(self.network)
+        last = self.scores.last_working(self.network)
+        sticky = last is not None and candidates[0].endpoint.transport == last[0]
         offsets = stagger(
             len(candidates), self.stagger_delay, head_start=STICKY_HEAD_START if sticky else None
         )
         race = _Race(peer, candidates, offsets)
+        started = trio.current_time()
         async with trio.open_nursery() as nursery:
             race.nursery = nursery
             nursery.start_soon(self._attempt, race, 0, None)
+        dialled = Dialled(
+            trio.current_time() - started,
+            None if race.winner is None else race.winner[1].transport,
+        )
+        for observer in self.observers:
+            observer(dialled)
         if race.winner is None:
             raise race.errors[-1]
         return race.winner

@@ -233,6 +233,11 @@ class Node:
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
 
+    @property
+    def dialer(self) -> Dialer:
+        """How this node reaches peers: path scores, transport health, observers."""
+        return self._dialer
+
     @classmethod
     @asynccontextmanager
     async def open(

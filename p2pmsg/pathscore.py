@@ -13,8 +13,11 @@ credits both, down to a small bonus that ranks a path known to work above an
 untried one. Every value decays toward zero with a half-life, so a block that
 lifts is forgotten and a flapping rule is relearned. :meth:`PathScores.order`
 puts the network's last working path first for as long as it has not failed
-since (hysteresis: a stable network sees no switching, S12), then the rest by
-score, ties in input order.
+since, then every path with no penalty, those of the last working path's
+transport first, then the rest by score, ties in input order (hysteresis: a
+stable network sees no switching, S12, also when a new peer is dialled: two
+transports that both work would otherwise take turns, by whichever had the
+latest success or the quickest handshake).
 
 A censor that resets a flow often blocks the same (client, server, port) for
 90 to 180 s afterwards (S4, S5's residual censorship), and every retry inside
@@ -27,6 +30,7 @@ How :mod:`p2pmsg.dialer` uses this (the lead integrates)::
     paths = scores.order(network, [(Endpoint.parse(t).transport, t) for t in texts], now)
     lead = STICKY_HEAD_START if paths and paths[0] == scores.last_working(network) else None
     offsets = stagger(len(paths), head_start=lead)
+    # (the dialer also gives the lead to a first path of the last working transport)
     # race: start path i at offsets[i] or as soon as path i-1 fails (RFC 8305);
     # skip it if not guard.attempt(three_tuple, now); the first secure link wins
     # and the others are cancelled (a cancelled attempt is no evidence: not scored).
@@ -273,12 +277,17 @@ class PathScores:
     def order(self, network: str, paths: Sequence[Path], now: float) -> list[Path]:
         """``paths`` in the order to race them: a permutation of the input.
 
-        The last working path first (every copy of it), then by score; equal
-        scores keep their input order.
+        The last working path first (every copy of it); then the paths with no
+        penalty (a score of at most 0), those of the last working path's
+        transport first, each group by score; then the penalised ones by
+        score. Equal keys keep their input order.
         """
         working = self._working.get(network)
+        transport = working[0] if working is not None else None
         scores = {p: self.score(network, p[0], p[1], now) for p in set(paths)}
-        return sorted(paths, key=lambda p: (p != working, scores[p]))
+        return sorted(
+            paths, key=lambda p: (p != working, max(scores[p], 0.0), p[0] != transport, scores[p])
+        )
 
     def to_dict(self, now: float) -> dict[str, object]:
         """A JSON-ready snapshot: scores as of ``now``, oldest first, no timestamps.

@@ -11,7 +11,7 @@ import trio
 from trio.testing import MockClock
 
 from p2pmsg.abc import Link
-from p2pmsg.dialer import Dialer
+from p2pmsg.dialer import Dialer, Dialled
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.keys import Identity
 from p2pmsg.link.replay import ReplayWindow
@@ -60,11 +60,14 @@ async def test_a_silent_first_endpoint_loses_the_race_after_the_stagger(
     net.add_host("server")
     net.policy = black_hole(1)
     dialer = Dialer(Identity.generate(), [SimTransport(net, "client")], handshake_timeout=30.0)
+    seen: list[Dialled] = []
+    dialer.observers.append(seen.append)
     async with trio.open_nursery() as nursery:
         completed = await serve(net, nursery)
         start = trio.current_time()
         link, endpoint = await dialer.connect(ENDPOINTS, SERVER.public)
         assert trio.current_time() - start == STAGGER_DELAY  # not the 30 s handshake timeout
+        assert seen == [Dialled(STAGGER_DELAY, "sim")]  # what the lab times (S12)
         assert str(endpoint) == "sim:server:2"
         assert completed == [2]
         # the loser was cancelled, not judged: only the winner is scored
@@ -86,7 +89,10 @@ async def test_every_endpoint_failing_raises_the_last_error_and_scores_each(
     net.add_host("client")
     net.add_host("server")
     dialer = Dialer(Identity.generate(), [SimTransport(net, "client")])
+    seen: list[Dialled] = []
+    dialer.observers.append(seen.append)
     with pytest.raises(ConnectionRefusedError):
         await dialer.connect(ENDPOINTS, SERVER.public)  # nobody listens: refused
+    assert [d.winner for d in seen] == [None]
     assert dialer.health["sim"].failures == {"reset": 3}
     assert len(dialer.residual) == 0  # a refused SYN is a peer that is down, not a censor

@@ -233,9 +233,27 @@ def test_order_is_a_stable_permutation(
     where: dict[tuple[str, str], list[int]] = {}
     for i, p in enumerate(paths):
         where.setdefault(p, []).append(i)
-    rest = [p for p in ordered if p != scores.last_working(NET)]
-    keys = [(scores.score(NET, *p, 2.0), where[p].pop(0)) for p in rest]
-    assert keys == sorted(keys)  # by score, ties (copies too) in input order
+    working = scores.last_working(NET)
+    rest = [p for p in ordered if p != working]
+    assert ordered[: len(ordered) - len(rest)] == [p for p in paths if p == working]
+    keys = []
+    for p in rest:
+        score, other = scores.score(NET, *p, 2.0), working is None or p[0] != working[0]
+        keys.append((max(score, 0.0), other, score, where[p].pop(0)))
+    assert keys == sorted(keys)  # unpenalised first, the working transport's first; input order
+
+
+def test_a_new_peer_is_dialled_first_on_the_transport_that_last_worked() -> None:
+    """Two transports both work; the one that worked last is tried first for
+    every peer, whichever has the better score, until it fails (S12)."""
+    scores = PathScores()
+    scores.succeeded(NET, "ws", "a-ws", 0.0)
+    scores.succeeded(NET, "ws", "b-ws", 0.0)  # ws has the better transport score
+    scores.succeeded(NET, "obfs", "a-obfs", 1.0)  # obfs worked last
+    fresh = [("ws", "c-ws"), ("obfs", "c-obfs")]
+    assert scores.order(NET, fresh, 2.0) == [("obfs", "c-obfs"), ("ws", "c-ws")]
+    scores.failed(NET, "obfs", "c-obfs", Failure.RESET, 3.0)  # penalised: it sinks
+    assert scores.order(NET, fresh, 4.0) == [("ws", "c-ws"), ("obfs", "c-obfs")]
 
 
 # -- ResidualGuard ---------------------------------------------------------------

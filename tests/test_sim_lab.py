@@ -257,3 +257,14 @@ def test_a_transport_the_runner_was_not_given_is_a_clear_error() -> None:
     scenario = loads(TINY.replace("bootstrap = 2", "bootstrap = 2\ntransports = ['ws']"), "t.toml")
     with pytest.raises(ScenarioError, match=r"t.toml: topology.transports: .* only sim, not ws"):
         runner.run(scenario, 1)
+
+
+def test_restarted_nodes_lose_and_repeat_nothing() -> None:
+    """``topology.restarts``: each user's node stops and starts again from its
+    home; what was queued or in flight then still arrives, once."""
+    scenario = loads(TINY.replace("isps = 3", "isps = 3\nrestarts = 2"), "tiny-restarts.toml")
+    result = runner.run(scenario, 1)
+    assert result.restarts == 2 * 6
+    assert result.sent
+    assert set(result.received) == set(result.sent)
+    assert result.duplicates == 0

@@ -30,7 +30,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S5": ("PASS", NONE),
     "S6": ("PASS", NONE),
     "S7": ("PASS", NONE),
-    "S8": ("FAIL", NONE),
+    "S8": ("PASS", NONE),
     "S9": ("FAIL", NONE),
     "S10": ("PASS", NONE),
     "S11": ("FAIL", NONE),

@@ -208,6 +208,14 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         ),
         "probes": sum(r.probes for r in results),
         "probed_nodes_answering": sum(r.probed_nodes_answering for r in results),
+        "restarts": sum(r.restarts for r in results),
+        "path_p50": _percentile([t for r in results for t in r.path_times], 0.5),
+        "path_p99": _percentile([t for r in results for t in r.path_times], 0.99),
+        "dials": sum(len(r.path_times) for r in results),
+        "node_probes": sum(r.node_probes for r in results),
+        "node_probes_unlike_noise": sum(r.node_probes_unlike_noise for r in results),
+        "restart_replays": sum(r.restart_replays for r in results),
+        "restart_replays_answered": sum(r.restart_replays_answered for r in results),
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
@@ -258,6 +266,13 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
         checks.append(Check("a clear error beyond 24 h of skew",
                           f"{told} of {skewed}, {false} false alarms",
                           "all, 0 false", told == skewed and not false))  # fmt: skip
+    if p.path_median:
+        checks.append(Check(f"working path: median of {f['dials']} dials",
+                          f"{f['path_p50']:.1f} s", f"<= {p.path_median:g} s",
+                          f["path_p50"] <= p.path_median))  # fmt: skip
+    if p.path_p99:
+        checks.append(Check("working path: p99 of the dials", f"{f['path_p99']:.1f} s",
+                          f"<= {p.path_p99:g} s", f["path_p99"] <= p.path_p99))  # fmt: skip
     if scenario.topology.lan:
         found = f["lan_found_within"]
         checks.append(Check(f"LAN neighbours found within {p.lan_discovery:g} s", found.text(),
@@ -270,6 +285,15 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
         answering = f["probed_nodes_answering"]
         checks.append(Check(f"p2pmsg nodes answering probes (of {f['probes']} probes)",
                           str(answering), "0", answering == 0))  # fmt: skip
+        probed, unlike = f["node_probes"], f["node_probes_unlike_noise"]
+        checks.append(Check(f"reactions to probes unlike noise's (of {probed} at p2pmsg nodes)",
+                          str(unlike) if probed else "none probed", "0",
+                          probed > 0 and unlike == 0))  # fmt: skip
+        if scenario.topology.restarts:
+            replays, answered = f["restart_replays"], f["restart_replays_answered"]
+            checks.append(Check(f"replays answered after a restart (of {replays} replayed)",
+                              str(answered) if replays else "none replayed", "0",
+                              replays > 0 and answered == 0))  # fmt: skip
     return checks
 
 

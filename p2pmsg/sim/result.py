@@ -41,6 +41,17 @@ class SeedResult:
     probes: int = 0
     probed_nodes_answering: int = 0
     """p2pmsg nodes that answered a probe with data (S8: must be 0)."""
+    node_probes: int = 0
+    """Probes sent to p2pmsg nodes, each beside as many random bytes (the reference)."""
+    node_probes_unlike_noise: int = 0
+    """Of those, the ones whose reaction (answer, close, reset, and when) was
+    not the reference's (S8: must be 0)."""
+    restarts: int = 0
+    """Times a user's node stopped and started again (``topology.restarts``)."""
+    restart_replays: int = 0
+    """First payloads recorded before a p2pmsg node restarted, replayed to it after."""
+    restart_replays_answered: int = 0
+    """Of those, the ones it answered with data (S8: must be 0)."""
     dns_lookups: int = 0
     """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
     clock_errors: list[bool] = field(default_factory=list)
@@ -60,6 +71,9 @@ class SeedResult:
     """Ids of the burst's messages the outbox took (``traffic.burst``)."""
     burst_refused: int = 0
     """The burst's sends refused with OutboxFull."""
+    path_times: list[float] = field(default_factory=list)
+    """Seconds each dial of a user took to a working link while the traffic
+    ran (inf: it failed)."""
     lan_found: list[float] = field(default_factory=list)
     """Per user and LAN neighbour: seconds from both being up to the first
     sighting (inf if never)."""

@@ -41,7 +41,12 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
 * **other censor actions** (``dpi``, ``learn_fingerprint``, ``police``,
   ``reset_every``, ``inject_dns``, ``drop`` of the ``border`` or of ``flows``):
   rules of :mod:`p2pmsg.sim.rules`, added to the censor at ``at`` and taken
-  away at ``until``; ``probe`` runs an active prober from a domestic host.
+  away at ``until``; ``probe`` runs an active prober from a domestic host,
+  which also replays, after a node restarted, what it recorded before.
+* **dials** (S12): every dial a user makes while the traffic runs is timed,
+  from the need of a link to a working one.
+* **restarts** (``topology.restarts``): each user's node stops and starts
+  again from its home that many times, at random times over the run.
   When a ``drop`` of the ``border`` is lifted (a heal), each user at home
   looks a user abroad up ten minutes later.
 
@@ -58,6 +63,7 @@ import resource
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -65,6 +71,7 @@ import trio.testing
 
 from p2pmsg.abc import Discovery
 from p2pmsg.dht.service import DhtOptions
+from p2pmsg.dialer import Dialled
 from p2pmsg.errors import OutboxFull
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
@@ -72,6 +79,7 @@ from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.lan import SimLan
+from p2pmsg.sim.net import SimNetwork
 from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.topology import (
@@ -81,10 +89,11 @@ from p2pmsg.sim.topology import (
     WEB_PORT,
     WEB_TIMEOUT,
     Meter,
-    answered,
+    Reaction,
     censor_rules,
     control_host,
     place_hosts,
+    reaction,
     web_server,
 )
 from p2pmsg.sim.world import SimWrapper, World, seeded_scheduler
@@ -145,6 +154,18 @@ class _Run:
         """``delay`` rules on now."""
         self.options = replace(NODE_OPTIONS, max_queued_per_contact=scenario.traffic.outbox)
         self.nodes: dict[str, Node] = {}
+        self.sending: dict[str, int] = {}
+        """Sends under way through each node."""
+        self.down: dict[str, trio.Event] = {}
+        """Nodes stopping or starting again; set once each is back."""
+        self.drained: dict[str, trio.Event] = {}
+        """Nodes waiting to stop until their sends under way are done."""
+        self.restarted: list[str] = []
+        """Nodes started again since the prober last looked (``topology.restarts``)."""
+        self.dials: dict[str, list[Dialled]] = {}
+        """Per user: each dial while the traffic runs (t0 to the end)."""
+        self.recorded: dict[str, list[tuple[int, bytes]]] = {}
+        """Per p2pmsg node probed: (port, first payload) the prober replays after each restart."""
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.healed, self.heal_checked = trio.Event(), trio.Event()
@@ -190,26 +211,62 @@ class _Run:
     async def run_node(
         self, name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Run node ``name``, restarting it ``topology.restarts`` times (users
+        only); between a stop and the next start nobody sends through it."""
         started = self.started[name] = trio.current_time()
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
         if name in self.groups["skewed"]:
             skew = self.rng.choice((-1, 1)) * self.rng.uniform(36 * 3600.0, 48 * 3600.0)
-        async with self.world.node(
-            name, options=self.options, skew=skew, lan=self.lan(name)
-        ) as node:
-            self.nodes[name] = node
-            task_status.started()
-            with trio.move_on_after(JOIN_TIMEOUT):
-                await node.joined.wait()
+        self.sending[name] = 0
+        for run, stop in enumerate([*self.restart_times(name), math.inf]):
+            async with self.world.node(
+                name, options=self.options, skew=skew, lan=self.lan(name)
+            ) as node:
+                self.nodes[name] = node
                 if name in self.groups["users"]:
-                    self.result.joined[name] = trio.current_time() - started
-            async for message in node.messages():
-                key = message.id.hex()
-                if key in self.result.received:
-                    self.result.duplicates += 1
+                    node.dialer.observers.append(partial(self.dialled, name))
+                if run:
+                    self.result.restarts += 1
+                    if name in self.recorded:  # the prober replays what it recorded
+                        self.restarted.append(name)
+                    self.down.pop(name).set()
                 else:
-                    self.result.received[key] = trio.current_time()
+                    task_status.started()
+                with trio.move_on_at(stop):
+                    if not run:
+                        with trio.move_on_after(JOIN_TIMEOUT):
+                            await node.joined.wait()
+                            if name in self.groups["users"]:
+                                self.result.joined[name] = trio.current_time() - started
+                    async for message in node.messages():
+                        self.receive(message.id)
+                self.down[name] = trio.Event()  # no new send, and none under way, while it stops
+                if self.sending[name]:
+                    self.drained[name] = trio.Event()
+                    await self.drained[name].wait()
+                    del self.drained[name]
+                while True:  # what it already showed (the rest waits in its inbox)
+                    try:
+                        self.receive(node.messages().receive_nowait().id)
+                    except trio.WouldBlock:
+                        break
+
+    def dialled(self, name: str, dial: Dialled) -> None:
+        if self.t0 <= trio.current_time() <= self.end:
+            self.dials.setdefault(name, []).append(dial)
+
+    def restart_times(self, name: str) -> list[float]:
+        restarts = self.s.topology.restarts if name in self.groups["users"] else 0
+        rng = random.Random(f"{self.seed}/restarts/{name}")  # noqa: S311 - a reproducible simulation
+        return sorted(rng.uniform(self.t0, self.end) for _ in range(restarts))
+
+    def receive(self, message_id: bytes) -> None:
+        key = message_id.hex()
+        if key in self.result.received:
+            self.result.duplicates += 1
+        else:
+            self.result.received[key] = trio.current_time()
 
     async def converse(self, a: str, b: str) -> None:
         await trio.sleep_until(self.t0)
@@ -221,7 +278,7 @@ class _Run:
             frm, to = (a, b) if self.rng.random() < 0.5 else (b, a)
             text = f"{frm} to {to} at {now:.0f}"
             try:
-                message_id = (await self.nodes[frm].send(to, text)).hex()
+                message_id = (await self.send(frm, to, text)).hex()
             except OutboxFull:  # reported to the sender: counted, not lost
                 self.result.outbox_refused += 1
                 continue
@@ -233,6 +290,20 @@ class _Run:
             self.result.payload_bytes += len(text)
             if frm in self.clients:
                 self.clients[frm].send(to, message_id)
+
+    async def send(self, frm: str, to: str, text: str) -> bytes:
+        """``frm`` sends ``text`` to ``to``, once its node is up (no checkpoint
+        more than the send's own while it is: runs without restarts keep
+        their schedule)."""
+        while frm in self.down:
+            await self.down[frm].wait()
+        self.sending[frm] += 1
+        try:
+            return await self.nodes[frm].send(to, text)
+        finally:
+            self.sending[frm] -= 1
+            if not self.sending[frm] and frm in self.drained:
+                self.drained[frm].set()
 
     async def burst(self) -> None:
         """Halfway through, one user at home writes ``traffic.burst`` messages at
@@ -253,7 +324,7 @@ class _Run:
         for i in range(self.s.traffic.burst):
             text = f"{frm} to {to}, burst {i}"
             try:
-                message_id = (await self.nodes[frm].send(to, text)).hex()
+                message_id = (await self.send(frm, to, text)).hex()
             except OutboxFull:
                 self.result.burst_refused += 1
                 continue
@@ -358,30 +429,68 @@ class _Run:
         limit = trio.CapacityLimiter(PROBES_AT_ONCE)
         async with trio.open_nursery() as nursery:
             while trio.current_time() < self.end:
+                for server in self.restarted:
+                    for port, first in self.recorded.get(server, []):
+                        nursery.start_soon(self.replay_after_restart, server, port, first)
+                self.restarted.clear()
                 suspect = suspects.next_suspect()
                 if suspect is None:
                     await trio.sleep(PROBE_EVERY)
                     continue
                 await limit.acquire_on_behalf_of(suspect)
-                nursery.start_soon(self.probe_one, suspect, rules.probes(suspect[2], rng), limit)
+                probes = rules.probes(suspect[2], rng)
+                noise = [rng.randbytes(len(p)) for p in probes]
+                nursery.start_soon(self.probe_one, suspect, probes, noise, limit)
             nursery.cancel_scope.cancel()
 
     async def probe_one(
-        self, suspect: tuple[str, int, bytes], probes: list[bytes], limit: trio.CapacityLimiter
+        self,
+        suspect: tuple[str, int, bytes],
+        probes: list[bytes],
+        noise: list[bytes],
+        limit: trio.CapacityLimiter,
     ) -> None:
-        server, port, _ = suspect
+        """Send each probe, and beside it as much noise (the reference: what
+        the server shows a client that does not speak its protocol)."""
+        server, port, first = suspect
+        net, hits = self.world.net, 0
         try:
-            hits = 0
-            for probe in probes:
+            for probe, reference in zip(probes, noise, strict=True):
                 self.result.probes += 1
-                hits += await answered(self.world.net, server, port, probe)
+                seen: list[Reaction] = []
+                async with trio.open_nursery() as both:
+                    for payload in (probe, reference):
+                        both.start_soon(self.watch, net, server, port, payload, seen)
+                hits += any(r.answered for r in seen)
+                if server in self.nodes:
+                    self.result.node_probes += 1
+                    self.result.node_probes_unlike_noise += seen[0] != seen[1]
         finally:
             limit.release_on_behalf_of(suspect)
         if hits:
             self.result.probed_nodes_answering += server in self.nodes
-            now = trio.current_time()
-            self.blocklist.add([self.hosts[server].ip], now, propagation=0, reason="probe")
-            self.result.censor_events.append((now - self.t0, "probe: 1 address blocked"))
+            self.condemn(server)
+        elif server in self.nodes and self.s.topology.restarts:
+            self.recorded.setdefault(server, []).append((port, first))
+
+    @staticmethod
+    async def watch(
+        net: SimNetwork, server: str, port: int, payload: bytes, seen: list[Reaction]
+    ) -> None:
+        seen.append(await reaction(net, server, port, payload))
+
+    async def replay_after_restart(self, server: str, port: int, first: bytes) -> None:
+        """Replay ``first``, recorded before ``server`` restarted (GFW: up to 570 h later)."""
+        self.result.restart_replays += 1
+        if (await reaction(self.world.net, server, port, first)).answered:
+            self.result.restart_replays_answered += 1
+            self.condemn(server)
+
+    def condemn(self, server: str) -> None:
+        """Block ``server``: it answered a probe."""
+        now = trio.current_time()
+        self.blocklist.add([self.hosts[server].ip], now, propagation=0, reason="probe")
+        self.result.censor_events.append((now - self.t0, "probe: 1 address blocked"))
 
     async def censor(self, rule: CensorRule) -> None:
         await trio.sleep_until(self.t0 + rule.at)
@@ -429,6 +538,7 @@ class _Run:
                     )
         self.result.wire_bytes = self.meter.wire_bytes
         self.collect_lan()
+        self.collect_dials()
         for name, node in self.nodes.items():
             alarm = node.dht.clock.verdict().error is not None
             if name in self.groups["skewed"]:
@@ -436,6 +546,12 @@ class _Run:
             elif name in self.groups["users"]:
                 self.result.clock_false_alarms += alarm
         self.result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def collect_dials(self) -> None:
+        """S12: how long users' dials took to a working link (inf: failed)."""
+        for user in self.groups["users"]:
+            dials = self.dials.get(user, [])
+            self.result.path_times += [d.seconds if d.winner else math.inf for d in dials]
 
     def collect_lan(self) -> None:
         users = [u for u in self.groups["users"] if self.lan(u) is not None]

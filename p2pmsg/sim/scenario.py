@@ -9,7 +9,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [run]       duration, warmup, drain, seeds
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
-                transports, abroad, clock_skew, bad_clocks, lan
+                transports, abroad, clock_skew, bad_clocks, lan, restarts
     [traffic]   pairs, every, browse_every, local, burst, outbox
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
@@ -17,7 +17,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
                 residual, residual_p, kbps, lifetime, isp, flap, latency, loss
     [pass]      delivery, within, eventual, control_max, control_min,
                 joined, join_within, lan_discovery, degraded,
-                degraded_within, unmeasured
+                degraded_within, path_median, path_p99, unmeasured
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -89,6 +89,9 @@ class Topology:
     so with a clear error (and no other user may)."""
     lan: bool = False
     """Each ISP's users share one LAN, where they find each other by (simulated) mDNS."""
+    restarts: int = 0
+    """Each user's node stops and starts again from its home (keys, store and
+    queue kept) this many times, at times drawn uniformly over the run."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,11 @@ class Pass:
     """With a ``delay`` rule: the share of messages sent while it is on that
     must arrive within ``degraded_within`` (they leave ``delivery`` out)."""
     degraded_within: float = 120.0
+    path_median: float = 0.0
+    """With a value: the median seconds from needing a link to having one
+    (every dial of users while the traffic runs; a failed dial never does)."""
+    path_p99: float = 0.0
+    """With a value: the same, at the 99th percentile."""
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
@@ -198,7 +206,7 @@ _ACTION_TARGETS: Final = {
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
     "at", "until", "propagation", "within", "join_within", "residual", "lifetime", "flap",
-    "clock_skew", "lan_discovery", "degraded_within",
+    "clock_skew", "lan_discovery", "degraded_within", "path_median", "path_p99",
 }  # fmt: skip
 _TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
 
@@ -261,6 +269,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("topology", "loss"): (0, 0.9),
     ("topology", "abroad"): (0, MAX_USERS),
     ("topology", "bad_clocks"): (0, 250),
+    ("topology", "restarts"): (0, 100),
     ("control", "media_kib"): (0, 16 * 1024),
     ("pass", "control_min"): (0, 1),
     ("censor", "prefix"): (8, 32),

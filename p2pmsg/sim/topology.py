@@ -11,6 +11,7 @@ services the runner starts beside the nodes.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import trio
 
@@ -25,7 +26,8 @@ ABROAD = "DE"
 PROBER = "probe0"
 PROBE_EVERY = 5.0
 PROBES_AT_ONCE = 64
-PROBE_TIMEOUT = 10.0
+PROBE_HORIZON = 180.0
+"""How long the prober watches a probed connection (obfs servers close within 90 s)."""
 WEB_PORT = 80
 WEB_TIMEOUT = 10.0
 
@@ -35,21 +37,41 @@ def control_host(user: str) -> str:
     return f"{user}c"
 
 
-async def answered(net: SimNetwork, server: str, port: int, probe: bytes) -> bool:
-    """Whether ``server`` answers ``probe`` on ``port`` with data within the probe timeout."""
-    with trio.move_on_after(PROBE_TIMEOUT):
+@dataclass(frozen=True)
+class Reaction:
+    """What a server did with a probe: ``end`` is ``answered`` (bytes came
+    back), ``close``, ``reset``, ``refused`` or ``open`` (at the horizon),
+    ``after`` seconds from the probe's sending (to the millisecond)."""
+
+    end: str
+    after: float
+
+    @property
+    def answered(self) -> bool:
+        return self.end == "answered"
+
+
+async def reaction(net: SimNetwork, server: str, port: int, probe: bytes) -> Reaction:
+    """Send ``probe`` to ``server`` on ``port`` and watch for :data:`PROBE_HORIZON`."""
+    start, end = trio.current_time(), "open"
+    with trio.move_on_after(PROBE_HORIZON):
         try:
             stream = await net.connect(PROBER, server, port)
         except OSError:
-            return False
+            return Reaction("refused", 0.0)
+        start = trio.current_time()
         try:
             await stream.send(probe)
-            return bool(await stream.receive())
-        except (trio.BrokenResourceError, trio.EndOfChannel):
-            return False
+            while not await stream.receive():
+                pass
+            end = "answered"
+        except trio.EndOfChannel:
+            end = "close"
+        except trio.BrokenResourceError:
+            end = "reset"
         finally:
             await stream.aclose()
-    return False
+    return Reaction(end, round(trio.current_time() - start, 3))
 
 
 class Meter:
