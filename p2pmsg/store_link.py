@@ -141,6 +141,9 @@ def _saved_floor(conn: sqlite3.Connection, now: float, window: float, capacity: 
     if floor is None:
         log.info("link replay store: the saved floor is damaged; refusing flights before now")
         floor = now
+        # Mended here: the floor is only ever raised (max) after this, and a
+        # damaged value such as inf would stay, and be read as "now" again.
+        conn.execute("UPDATE link_replay_floor SET floor = ?", (floor,))
     beyond = conn.execute(
         "SELECT timestamp FROM link_replay ORDER BY timestamp DESC LIMIT 1 OFFSET ?", (capacity,)
     ).fetchall()
