@@ -79,21 +79,17 @@ from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.lan import SimLan
-from p2pmsg.sim.net import SimNetwork
+from p2pmsg.sim.prober import Prober
 from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.topology import (
-    PROBE_EVERY,
     PROBER,
-    PROBES_AT_ONCE,
     WEB_PORT,
     WEB_TIMEOUT,
     Meter,
-    Reaction,
     censor_rules,
     control_host,
     place_hosts,
-    reaction,
     web_server,
 )
 from p2pmsg.sim.world import SimWrapper, World, seeded_scheduler
@@ -160,12 +156,9 @@ class _Run:
         """Nodes stopping or starting again; set once each is back."""
         self.drained: dict[str, trio.Event] = {}
         """Nodes waiting to stop until their sends under way are done."""
-        self.restarted: list[str] = []
-        """Nodes started again since the prober last looked (``topology.restarts``)."""
         self.dials: dict[str, list[Dialled]] = {}
         """Per user: each dial while the traffic runs (t0 to the end)."""
-        self.recorded: dict[str, list[tuple[int, bytes]]] = {}
-        """Per p2pmsg node probed: (port, first payload) the prober replays after each restart."""
+        self.prober: Prober | None = None
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.healed, self.heal_checked = trio.Event(), trio.Event()
@@ -228,8 +221,8 @@ class _Run:
                     node.dialer.observers.append(partial(self.dialled, name))
                 if run:
                     self.result.restarts += 1
-                    if name in self.recorded:  # the prober replays what it recorded
-                        self.restarted.append(name)
+                    if self.prober is not None:  # it replays what it recorded
+                        self.prober.node_restarted(name)
                     self.down.pop(name).set()
                 else:
                     task_status.started()
@@ -420,71 +413,15 @@ class _Run:
         self.heal_checked.set()
 
     async def probe(self, rule: CensorRule) -> None:
-        """The active prober of S8 (see :class:`p2pmsg.sim.rules.Probe`): up to
-        :data:`PROBES_AT_ONCE` suspects probed at a time."""
+        """The active prober of S8 (:mod:`p2pmsg.sim.prober`), from a domestic host."""
         hosts, country = self.world.net.host, self.s.topology.country
         suspects = rules.Probe(PROBER)
         self.meter.censor.rules.append(rules.Scoped(suspects, hosts, country, rule.scope))
         rng = random.Random(self.seed + 4)  # noqa: S311 - a reproducible simulation
-        limit = trio.CapacityLimiter(PROBES_AT_ONCE)
-        async with trio.open_nursery() as nursery:
-            while trio.current_time() < self.end:
-                for server in self.restarted:
-                    for port, first in self.recorded.get(server, []):
-                        nursery.start_soon(self.replay_after_restart, server, port, first)
-                self.restarted.clear()
-                suspect = suspects.next_suspect()
-                if suspect is None:
-                    await trio.sleep(PROBE_EVERY)
-                    continue
-                await limit.acquire_on_behalf_of(suspect)
-                probes = rules.probes(suspect[2], rng)
-                noise = [rng.randbytes(len(p)) for p in probes]
-                nursery.start_soon(self.probe_one, suspect, probes, noise, limit)
-            nursery.cancel_scope.cancel()
-
-    async def probe_one(
-        self,
-        suspect: tuple[str, int, bytes],
-        probes: list[bytes],
-        noise: list[bytes],
-        limit: trio.CapacityLimiter,
-    ) -> None:
-        """Send each probe, and beside it as much noise (the reference: what
-        the server shows a client that does not speak its protocol)."""
-        server, port, first = suspect
-        net, hits = self.world.net, 0
-        try:
-            for probe, reference in zip(probes, noise, strict=True):
-                self.result.probes += 1
-                seen: list[Reaction] = []
-                async with trio.open_nursery() as both:
-                    for payload in (probe, reference):
-                        both.start_soon(self.watch, net, server, port, payload, seen)
-                hits += any(r.answered for r in seen)
-                if server in self.nodes:
-                    self.result.node_probes += 1
-                    self.result.node_probes_unlike_noise += seen[0] != seen[1]
-        finally:
-            limit.release_on_behalf_of(suspect)
-        if hits:
-            self.result.probed_nodes_answering += server in self.nodes
-            self.condemn(server)
-        elif server in self.nodes and self.s.topology.restarts:
-            self.recorded.setdefault(server, []).append((port, first))
-
-    @staticmethod
-    async def watch(
-        net: SimNetwork, server: str, port: int, payload: bytes, seen: list[Reaction]
-    ) -> None:
-        seen.append(await reaction(net, server, port, payload))
-
-    async def replay_after_restart(self, server: str, port: int, first: bytes) -> None:
-        """Replay ``first``, recorded before ``server`` restarted (GFW: up to 570 h later)."""
-        self.result.restart_replays += 1
-        if (await reaction(self.world.net, server, port, first)).answered:
-            self.result.restart_replays_answered += 1
-            self.condemn(server)
+        self.prober = Prober(
+            self.world.net, self.nodes, self.result, self.condemn, bool(self.s.topology.restarts)
+        )
+        await self.prober.run(suspects, rng, self.end)
 
     def condemn(self, server: str) -> None:
         """Block ``server``: it answered a probe."""
