@@ -44,7 +44,7 @@ from p2pmsg.e2e import prekeys
 from p2pmsg.keys import Identity
 from p2pmsg.onion.route import RELAY_CAPABILITY, NoRoute, RelayScores, select_route
 from p2pmsg.packet_links import PacketLinks
-from p2pmsg.relay import OnionKeys, Relay, RelayOptions, Resolver, epoch_of
+from p2pmsg.relay import OnionKeys, Relay, RelayOptions, Resolver
 from p2pmsg.store import InboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,7 @@ class OnionService:
             await self.store.expire_surbs(now)
             if await self.keys.refresh(now):
                 self._publish_peer_record()
-                self.relay.replay.drop_epochs_before(epoch_of(now) - 1)
-                await self.store.drop_replay_tags_before(epoch_of(now) - 1)
+                await self.relay.forget_before(now)
 
     async def _keep_gateway(self, joined: trio.Event) -> None:
         """Keep a link open to one relay and ask it, every

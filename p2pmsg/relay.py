@@ -30,7 +30,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -42,7 +42,6 @@ from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.keys import Identity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.replay import ReplayTags
-from p2pmsg.packet_links import PacketLinks
 from p2pmsg.store import Store
 
 log = logging.getLogger(__name__)
@@ -148,9 +147,20 @@ class RelayOptions:
     parallel_work: int = 64
     replay_capacity: int = 200_000
     deposit_ttl: int = 14 * 86_400
+    delivered_capacity: int = 20_000
+    """Replay tags of layers opened as the destination, per day of arrival."""
+    delivered_days: int = 15
+    """Days those are kept: a deposit's lifetime, and a day more."""
 
 
 Deliverer = Callable[[sphinx.Deliver], Awaitable[None]]
+
+
+class PacketSender(Protocol):
+    """Where forwarded packets go: :class:`~p2pmsg.packet_links.PacketLinks`
+    (or, in the lab, a relay that tampers with them: :mod:`p2pmsg.sim.tamper`)."""
+
+    async def send(self, peer: Peer, data: bytes) -> None: ...
 
 
 class Relay:
@@ -161,7 +171,7 @@ class Relay:
         identity: Identity,
         store: Store,
         keys: OnionKeys,
-        links: PacketLinks,
+        links: PacketSender,
         dht: Dht,
         resolver: Resolver,
         on_deliver: Deliverer,
@@ -178,6 +188,10 @@ class Relay:
         self.options = options
         self.stats = RelayStats()
         self.replay = ReplayTags(options.replay_capacity, max_epochs=3)
+        self.delivered = ReplayTags(options.delivered_capacity, options.delivered_days)
+        self.observers: list[Callable[[bytes], None]] = []
+        """Called with each packet whose layer we accepted (the lab counts
+        layers accepted twice, S17)."""
         self._on_deliver = on_deliver
         self._wall_clock = wall_clock
         self._send, self._receive = trio.open_memory_channel[bytes](options.queue)
@@ -193,12 +207,27 @@ class Relay:
         return True
 
     async def load_replay_tags(self, now: float) -> None:
-        """Restore the persisted tags of the epochs whose keys we still hold."""
+        """Restore the persisted tags of the epochs whose keys we still hold,
+        and of the layers delivered here in the days we remember."""
         current = epoch_of(now)
-        await self.store.drop_replay_tags_before(current - 1)
+        await self.forget_before(now)
         for epoch in (current - 1, current, current + 1):
             for tag in await self.store.replay_tags(epoch, self.options.replay_capacity):
                 self.replay.seen_or_add(epoch, tag)
+        for day in range(current - self.options.delivered_days + 1, current + 1):
+            for tag in await self.store.replay_tags(
+                day, self.options.delivered_capacity, "delivered_tags"
+            ):
+                self.delivered.seen_or_add(day, tag)
+
+    async def forget_before(self, now: float) -> None:
+        """Forget the tags of retired onion keys, and of deliveries too old to remember."""
+        current = epoch_of(now)
+        self.replay.drop_epochs_before(current - 1)
+        await self.store.drop_replay_tags_before(current - 1)
+        oldest = current - self.options.delivered_days + 1
+        self.delivered.drop_epochs_before(oldest)
+        await self.store.drop_replay_tags_before(oldest, "delivered_tags")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -216,20 +245,35 @@ class Relay:
         fresh: dict[int, list[bytes]] = {}
         forwards: list[sphinx.Forward] = []
         mine: list[sphinx.Deliver] = []
+        delivered: list[bytes] = []
+        accepted: list[bytes] = []
+        # our clock may step back: a day already remembered is never stale
+        today = max([epoch_of(self._wall_clock()), *self.delivered.epochs])
         for packet in batch:
             peeled = self._peel(packet)
             if peeled is None:
                 continue
             epoch, result = peeled
             if isinstance(result.result, sphinx.Deliver):
+                if self.delivered.seen_anywhere_or_add(today, result.replay_tag):
+                    self.stats.replays += 1  # replayed to us: even our ack would show it
+                    continue
+                delivered.append(result.replay_tag)
                 mine.append(result.result)
             elif self.replay.seen_or_add(epoch, result.replay_tag):
                 self.stats.replays += 1
+                continue
             else:
                 fresh.setdefault(epoch, []).append(result.replay_tag)
                 forwards.append(result.result)
+            accepted.append(packet)
         for epoch, tags in fresh.items():
             await self.store.add_replay_tags(epoch, tags)
+        if delivered:
+            await self.store.add_replay_tags(today, delivered, "delivered_tags")
+        for packet in accepted:
+            for observe in self.observers:
+                observe(packet)
         for forward in forwards:
             await self._spawn(nursery, self._forward, forward)
         for deliver in mine:

@@ -14,7 +14,8 @@ pure cores (:mod:`p2pmsg.e2e`, :mod:`p2pmsg.onion`) serialise.
   a SURB deletes it: a second reply through the same SURB finds nothing.
 * ``replay_tags``: the Sphinx replay tags a relay has accepted, per key epoch,
   written before the packet is forwarded so that a replay is refused after a
-  restart too.
+  restart too; ``delivered_tags``: those of the layers we opened as the
+  destination, per day of arrival, written before the packet is handled.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from p2pmsg.store_schema import SELECT_INBOX, InboxMessage, inbox_from_row
 
@@ -178,21 +179,41 @@ class OnionTables:
 
     # replay tags
 
-    def add_replay_tags(self, epoch: int, tags: Iterable[bytes]) -> None:
+    def add_replay_tags(
+        self, epoch: int, tags: Iterable[bytes], table: ReplayTable = "replay_tags"
+    ) -> None:
         """Persist accepted tags (one transaction for a batch of packets)."""
         with self._write() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO replay_tags (epoch, tag) VALUES (?, ?)",
+                f"INSERT OR IGNORE INTO {_table(table)} (epoch, tag) VALUES (?, ?)",  # noqa: S608
                 [(epoch, tag) for tag in tags],
             )
 
-    def replay_tags(self, epoch: int, limit: int) -> list[bytes]:
-        rows = self._rows("SELECT tag FROM replay_tags WHERE epoch = ? LIMIT ?", (epoch, limit))
+    def replay_tags(
+        self, epoch: int, limit: int, table: ReplayTable = "replay_tags"
+    ) -> list[bytes]:
+        rows = self._rows(
+            f"SELECT tag FROM {_table(table)} WHERE epoch = ? LIMIT ?",  # noqa: S608
+            (epoch, limit),
+        )
         return [bytes(row[0]) for row in rows]
 
-    def drop_replay_tags_before(self, epoch: int) -> int:
+    def drop_replay_tags_before(self, epoch: int, table: ReplayTable = "replay_tags") -> int:
         with self._write() as conn:
-            return conn.execute("DELETE FROM replay_tags WHERE epoch < ?", (epoch,)).rowcount
+            return conn.execute(
+                f"DELETE FROM {_table(table)} WHERE epoch < ?",  # noqa: S608
+                (epoch,),
+            ).rowcount
+
+
+ReplayTable = Literal["replay_tags", "delivered_tags"]
+"""A relay's tags per onion-key epoch; a destination's per day of arrival."""
+
+
+def _table(table: ReplayTable) -> str:
+    if table not in ("replay_tags", "delivered_tags"):
+        raise ValueError(f"no replay table {table!r}")
+    return table
 
 
 def insert_inbox(conn: sqlite3.Connection, message: InboxMessage) -> bool:

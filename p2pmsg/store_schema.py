@@ -286,8 +286,19 @@ def _create_v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _create_v4(conn: sqlite3.Connection) -> None:
+    """Migration 3 -> 4: the replay tags of onion layers we opened as their
+    destination (with our identity key), by the day they arrived."""
+    conn.execute(
+        """CREATE TABLE delivered_tags (
+        epoch INTEGER NOT NULL,
+        tag BLOB NOT NULL,
+        PRIMARY KEY (epoch, tag)) WITHOUT ROWID"""
+    )
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2, _create_v3)
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2, _create_v3, _create_v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

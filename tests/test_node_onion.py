@@ -161,6 +161,27 @@ async def test_a_replayed_packet_is_refused_also_after_the_relay_restarts(
         assert bob.onion.receiver.stats.refused == 1  # it reached bob once
 
 
+async def test_a_packet_replayed_to_its_destination_is_refused_also_after_it_restarts(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Even an ack to a replayed packet would confirm who it was for (S17)."""
+    boot = [world.invite(RELAYS[0])]
+    async with running(world, RELAYS[:3], boot):
+        async with world.node("bob", bootstrap=boot) as bob:
+            await bob.joined.wait()
+            route = [sphinx.Hop(bob.identity.node_id, bob.identity.public.x25519)]
+            packet = sphinx.create_packet(route, b"replay me", os.urandom)[1]
+            for _ in range(3):
+                assert bob.onion.relay.submit(packet)
+            # the payload is no onion message: bob opens its layer and refuses it
+            await until(lambda: bob.onion.relay.stats.replays == 2)
+            assert bob.onion.receiver.stats.refused == 1
+        async with world.node("bob", bootstrap=boot) as bob:
+            assert bob.onion.relay.submit(packet)
+            await until(lambda: bob.onion.relay.stats.replays == 1)
+            assert bob.onion.receiver.stats.refused == 0
+
+
 async def test_a_tagging_relay_is_detected_and_routed_around(
     world: SimWorld, autojump_clock: MockClock
 ) -> None:

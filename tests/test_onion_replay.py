@@ -52,6 +52,19 @@ class ReplayTagsMachine(RuleBasedStateMachine):
             self.admitted.add((epoch, tag(n)))
         assert refused != must_admit
 
+    @rule(epoch=st.integers(min_value=0, max_value=6), n=st.integers(min_value=0, max_value=6))
+    def offer_anywhere(self, epoch: int, n: int) -> None:
+        """As for a key that never rotates: a tag remembered in any epoch is refused."""
+        remembered = any(tag(n) in self.cache.tags(e) for e in self.cache.epochs)
+        fresh = (epoch, tag(n)) not in self.admitted
+        must_admit = fresh and not remembered and self._room(epoch)
+        refused = self.cache.seen_anywhere_or_add(epoch, tag(n))
+        self.calls += 1
+        if not refused:
+            assert fresh and not remembered, "a replay was admitted"
+            self.admitted.add((epoch, tag(n)))
+        assert refused != must_admit
+
     @precondition(lambda self: self.admitted)
     @rule(data=st.data())
     def replay(self, data: st.DataObject) -> None:

@@ -11,6 +11,7 @@ import trio
 
 from cli import main
 from p2pmsg import demo
+from p2pmsg.onion.replay import ReplayTags
 from p2pmsg.sim import control, report, runner
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
@@ -268,3 +269,23 @@ def test_restarted_nodes_lose_and_repeat_nothing() -> None:
     assert result.sent
     assert set(result.received) == set(result.sent)
     assert result.duplicates == 0
+
+
+TAMPERING = 'isps = 3\nrestarts = 2\ntampering = 0.5\nduplicate = 0.3\nreorder = "2s"'
+
+
+def test_tampering_relays_get_no_layer_accepted_twice() -> None:
+    """S17: relays that hold back, duplicate and resend after restarts."""
+    scenario = loads(TINY.replace("isps = 3", TAMPERING), "tiny-tampering.toml")
+    result = runner.run(scenario, 1)
+    assert result.tampered_twice and result.tampered_replays
+    assert result.layers_accepted_twice == 0
+    assert set(result.received) == set(result.sent)
+    assert result.duplicates == 0
+
+
+def test_a_layer_accepted_twice_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same run with destinations that keep no replay tags (as before they did)."""
+    monkeypatch.setattr(ReplayTags, "seen_anywhere_or_add", lambda self, epoch, tag: False)
+    scenario = loads(TINY.replace("isps = 3", TAMPERING), "tiny-tampering.toml")
+    assert runner.run(scenario, 1).layers_accepted_twice > 0

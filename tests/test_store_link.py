@@ -266,6 +266,7 @@ def test_a_version_2_database_migrates_keeping_its_onion_replay_tags(tmp_path: P
     conn.close()
     with Database.open(path) as db:
         assert db.replay_tags(5, 10) == [b"\x01"]
+        assert db.replay_tags(5, 10, "delivered_tags") == []  # migration 3 -> 4 ran too
         assert db.load_link_replay(NOW, WINDOW, 10).entries == []
         db.add_link_replay_tags([(tag(1), NOW)], floor=-math.inf, now=NOW, window=WINDOW)
         assert db.count_link_replay() == 1

@@ -77,6 +77,17 @@ def test_replay_tags_per_epoch(db: Database) -> None:
     assert db.replay_tags(6, 10) == [b"t4"]
 
 
+def test_delivered_tags_are_kept_apart_from_relay_tags(db: Database) -> None:
+    db.add_replay_tags(5, [b"t1"])
+    db.add_replay_tags(5, [b"d1", b"d2"], "delivered_tags")
+    assert db.replay_tags(5, 10) == [b"t1"]
+    assert sorted(db.replay_tags(5, 10, "delivered_tags")) == [b"d1", b"d2"]
+    assert db.drop_replay_tags_before(6, "delivered_tags") == 2
+    assert db.replay_tags(5, 10) == [b"t1"]
+    with pytest.raises(ValueError, match="no replay table"):
+        db.replay_tags(5, 10, "inbox")  # type: ignore[arg-type]
+
+
 def test_version_1_database_migrates_keeping_its_outbox(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)

@@ -122,6 +122,15 @@ class ReplayTags:
         self.admitted += 1
         return False
 
+    def seen_anywhere_or_add(self, epoch: int, tag: bytes) -> bool:
+        """:meth:`seen_or_add`, but a tag remembered in any epoch is a replay:
+        for layers of a key that never rotates, whose epochs are only the
+        days the tags arrived."""
+        if any(tag in tags for tags in self._epochs.values()):
+            self.replays += 1
+            return True
+        return self.seen_or_add(epoch, tag)
+
     def drop_epochs_before(self, epoch: int) -> None:
         """Forget every epoch older than ``epoch``; they are refused from now on."""
         self._raise_floor(epoch - 1)

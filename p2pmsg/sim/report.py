@@ -216,6 +216,9 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "node_probes_unlike_noise": sum(r.node_probes_unlike_noise for r in results),
         "restart_replays": sum(r.restart_replays for r in results),
         "restart_replays_answered": sum(r.restart_replays_answered for r in results),
+        "tampered_twice": sum(r.tampered_twice for r in results),
+        "tampered_replays": sum(r.tampered_replays for r in results),
+        "layers_accepted_twice": sum(r.layers_accepted_twice for r in results),
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
@@ -294,6 +297,14 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
             checks.append(Check(f"replays answered after a restart (of {replays} replayed)",
                               str(answered) if replays else "none replayed", "0",
                               replays > 0 and answered == 0))  # fmt: skip
+    if scenario.topology.tampering:
+        twice, again = f["tampered_twice"], f["tampered_replays"]
+        accepted = f["layers_accepted_twice"]
+        checks.append(Check(f"onion layers accepted twice ({twice} forwarded twice, "
+                            f"{again} sent again after a restart)",
+                            str(accepted), "0",
+                            twice > 0 and accepted == 0
+                            and (again > 0 or not scenario.topology.restarts)))  # fmt: skip
     return checks
 
 

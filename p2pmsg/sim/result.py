@@ -52,6 +52,12 @@ class SeedResult:
     """First payloads recorded before a p2pmsg node restarted, replayed to it after."""
     restart_replays_answered: int = 0
     """Of those, the ones it answered with data (S8: must be 0)."""
+    tampered_twice: int = 0
+    """Packets tampering relays forwarded twice (``topology.tampering``, S17)."""
+    tampered_replays: int = 0
+    """Packets tampering relays sent again after their next hop restarted."""
+    layers_accepted_twice: int = 0
+    """Times a node accepted a packet whose layer it had accepted before (S17: 0)."""
     dns_lookups: int = 0
     """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
     clock_errors: list[bool] = field(default_factory=list)

@@ -47,6 +47,10 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   from the need of a link to a working one.
 * **restarts** (``topology.restarts``): each user's node stops and starts
   again from its home that many times, at random times over the run.
+* **tampering relays** (``topology.tampering``, :mod:`p2pmsg.sim.tamper`):
+  some users' relays hold packets back, forward some twice and send them
+  again after the next hop restarted; every node's relay is watched for a
+  layer it accepts twice (S17).
   When a ``drop`` of the ``border`` is lifted (a heal), each user at home
   looks a user abroad up ten minutes later.
 
@@ -82,6 +86,7 @@ from p2pmsg.sim.lan import SimLan
 from p2pmsg.sim.prober import Prober
 from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
+from p2pmsg.sim.tamper import Insiders
 from p2pmsg.sim.topology import (
     PROBER,
     WEB_PORT,
@@ -159,6 +164,13 @@ class _Run:
         self.dials: dict[str, list[Dialled]] = {}
         """Per user: each dial while the traffic runs (t0 to the end)."""
         self.prober: Prober | None = None
+        users, share = self.groups["users"], topo.tampering
+        tampering = random.Random(f"{seed}/tampering").sample(  # noqa: S311 - a reproducible simulation
+            users, min(len(users), max(1, round(share * len(users))))
+        ) if share else []  # fmt: skip
+        self.insiders = Insiders(
+            self.result, tampering, seed, duplicate=topo.duplicate, reorder=topo.reorder
+        )
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.healed, self.heal_checked = trio.Event(), trio.Event()
@@ -217,6 +229,7 @@ class _Run:
                 name, options=self.options, skew=skew, lan=self.lan(name)
             ) as node:
                 self.nodes[name] = node
+                self.insiders.opened(name, node)
                 if name in self.groups["users"]:
                     node.dialer.observers.append(partial(self.dialled, name))
                 if run:
@@ -235,6 +248,7 @@ class _Run:
                     async for message in node.messages():
                         self.receive(message.id)
                 self.down[name] = trio.Event()  # no new send, and none under way, while it stops
+                self.insiders.closed(name)
                 if self.sending[name]:
                     self.drained[name] = trio.Event()
                     await self.drained[name].wait()
@@ -260,6 +274,14 @@ class _Run:
             self.result.duplicates += 1
         else:
             self.result.received[key] = trio.current_time()
+
+    def start_last(self, nursery: trio.Nursery) -> None:
+        """What runs beside the traffic: the check after a heal, the burst and
+        the tampering relays' replays."""
+        nursery.start_soon(self.after_heal)
+        nursery.start_soon(self.burst)
+        if self.insiders.kept:
+            nursery.start_soon(self.insiders.run)
 
     async def converse(self, a: str, b: str) -> None:
         await trio.sleep_until(self.t0)
@@ -543,8 +565,7 @@ async def run_seed(
             nursery.start_soon(run.newcomer, name, run.result.late_joined)
         for name in run.groups["control"]:
             nursery.start_soon(run.newcomer, name, run.result.control_joined)
-        nursery.start_soon(run.after_heal)
-        nursery.start_soon(run.burst)
+        run.start_last(nursery)
         hour = 0
         while trio.current_time() < run.end + scenario.run.drain:
             await trio.sleep(3600.0)

@@ -9,7 +9,8 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [run]       duration, warmup, drain, seeds
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
-                transports, abroad, clock_skew, bad_clocks, lan, restarts
+                transports, abroad, clock_skew, bad_clocks, lan, restarts,
+                tampering, duplicate, reorder
     [traffic]   pairs, every, browse_every, local, burst, outbox
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
@@ -92,6 +93,14 @@ class Topology:
     restarts: int = 0
     """Each user's node stops and starts again from its home (keys, store and
     queue kept) this many times, at times drawn uniformly over the run."""
+    tampering: float = 0.0
+    """The share of users (at least one if any) whose relays tamper with the
+    onion packets they forward (S17): hold each back, forward some twice,
+    send them again after the next hop restarted (:mod:`p2pmsg.sim.tamper`)."""
+    duplicate: float = 0.0
+    """The share of packets a tampering relay forwards twice."""
+    reorder: float = 0.0
+    """A tampering relay holds each packet back U(0, ``reorder``) seconds."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +215,7 @@ _ACTION_TARGETS: Final = {
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
     "at", "until", "propagation", "within", "join_within", "residual", "lifetime", "flap",
-    "clock_skew", "lan_discovery", "degraded_within", "path_median", "path_p99",
+    "clock_skew", "reorder", "lan_discovery", "degraded_within", "path_median", "path_p99",
 }  # fmt: skip
 _TABLES: Final = {"run": Run, "topology": Topology, "traffic": Traffic, "control": Control}
 
@@ -270,6 +279,9 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("topology", "abroad"): (0, MAX_USERS),
     ("topology", "bad_clocks"): (0, 250),
     ("topology", "restarts"): (0, 100),
+    ("topology", "tampering"): (0, 1),
+    ("topology", "duplicate"): (0, 1),
+    ("topology", "reorder"): (0, 3600),
     ("control", "media_kib"): (0, 16 * 1024),
     ("pass", "control_min"): (0, 1),
     ("censor", "prefix"): (8, 32),
