@@ -292,7 +292,7 @@ def _create_v4(conn: sqlite3.Connection) -> None:
     conn.execute(
         """CREATE TABLE delivered_tags (
         epoch INTEGER NOT NULL,
-        tag BLOB NOT NULL,
+        tag BLOB NOT NULL CHECK (length(tag) = 32),
         PRIMARY KEY (epoch, tag)) WITHOUT ROWID"""
     )
 

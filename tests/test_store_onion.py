@@ -78,10 +78,11 @@ def test_replay_tags_per_epoch(db: Database) -> None:
 
 
 def test_delivered_tags_are_kept_apart_from_relay_tags(db: Database) -> None:
+    d1, d2 = bytes(32), bytes([1]) * 32
     db.add_replay_tags(5, [b"t1"])
-    db.add_replay_tags(5, [b"d1", b"d2"], "delivered_tags")
+    db.add_replay_tags(5, [d1, d2], "delivered_tags")
     assert db.replay_tags(5, 10) == [b"t1"]
-    assert sorted(db.replay_tags(5, 10, "delivered_tags")) == [b"d1", b"d2"]
+    assert sorted(db.replay_tags(5, 10, "delivered_tags")) == [d1, d2]
     assert db.drop_replay_tags_before(6, "delivered_tags") == 2
     assert db.replay_tags(5, 10) == [b"t1"]
     with pytest.raises(ValueError, match="no replay table"):
