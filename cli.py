@@ -13,6 +13,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -27,19 +28,20 @@ from typing import Any, TypeVar
 import platformdirs
 import trio
 
-from p2pmsg import control
+from p2pmsg import bootstrap, control
 from p2pmsg.abc import Transport
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.demo import run_demo
+from p2pmsg.dht import records
 from p2pmsg.endpoint import Endpoint, Invite
-from p2pmsg.errors import BadEndpoint, HomeError, NotFound, P2PMsgError
+from p2pmsg.errors import BadEndpoint, BadInvite, HomeError, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
-from p2pmsg.keys import Identity, encode_key
+from p2pmsg.keys import Identity, decode_key, encode_key
 from p2pmsg.node import Node
 from p2pmsg.ports import free_listen_port
 from p2pmsg.sim import lab
 from p2pmsg.sim.scenario import parse_time
-from p2pmsg.store import Database
+from p2pmsg.store import Database, Store
 from transports import simstack
 from transports.obfs import ObfsTransport, load_or_create_key
 from transports.pt import PtTransport
@@ -189,6 +191,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         mdns=args.mdns,
         bridge=args.bridge,
         use_bridges=use_bridges,
+        publishers=tuple(encode_key(decode_key(key.strip().lower())) for key in args.publisher),
     )
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
@@ -208,6 +211,54 @@ def cmd_invite(args: argparse.Namespace) -> int:
         import segno  # noqa: PLC0415 - only this command needs it
 
         segno.make(str(invite), error="l").terminal(out=sys.stdout, compact=True)
+    return 0
+
+
+def cmd_bootstrap_sign(args: argparse.Namespace) -> int:
+    """Sign a bootstrap list of ``args.invites`` with this node's key, as its publisher."""
+    home = home_of(args)
+    identity = home.load_identity()
+    try:
+        invites = [str(Invite.parse(text)) for text in args.invites]
+        now = time.time()
+        record = records.make_bootstrap_record(
+            identity, invites, seq=int(now * 1000), expires=int(now + args.days * records.DAY)
+        )
+    except ValueError as exc:
+        raise BadInvite(str(exc)) from exc
+    _out(bootstrap.to_line(record))
+    print(
+        f"signed by publisher {identity.public.encoded()}; users trust it with "
+        "`p2pmsg init --publisher KEY`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_bootstrap_import(args: argparse.Namespace) -> int:
+    """Take a signed bootstrap list, pasted or in a file; refused ones say why."""
+    home = home_of(args)
+    home.load_identity()
+    config = home.load_config()
+    text = args.list
+    if not text.startswith(bootstrap.LINE_PREFIX):
+        try:
+            with open(text, encoding="utf-8") as fh:
+                text = fh.read(bootstrap.MAX_LINE_CHARS + 2)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HomeError(f"neither a bootstrap list nor a readable file: {text}") from exc
+    record = bootstrap.from_line(text)
+
+    async def take() -> bool:
+        store = await Store.open(home.db_file)
+        try:
+            lists = bootstrap.BootstrapLists(store, config.publisher_keys(), time.time)
+            return await lists.accept(record)
+        finally:
+            await store.close()
+
+    newer = run_trio(take)
+    _out(f"bootstrap list number {record.seq}: " + ("taken" if newer else "already held"))
     return 0
 
 
@@ -384,17 +435,17 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="p2pmsg", description=__doc__.splitlines()[0])
-    parser.add_argument("--home", help="state directory (default: $P2PMSG_HOME or per-user)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 0 < days <= records.BOOTSTRAP_MAX_TTL / records.DAY:
+        raise argparse.ArgumentTypeError("more than 0 and at most 30 days")
+    return days
 
-    def add(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
-        p.set_defaults(func=func)
-        return p
 
-    p = add("init", cmd_init, "create an identity and config")
+def _add_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", action="append", default=[], metavar="ENDPOINT")
     p.add_argument("--bootstrap", action="append", default=[], metavar="LINK")
     p.add_argument(
@@ -412,9 +463,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LINK",
         help="reach every peer through this bridge's invite (repeat for more bridges)",
     )
+    p.add_argument(
+        "--publisher",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="take signed bootstrap lists from this publisher (repeat for more)",
+    )
+
+
+def _add_bootstrap(sub: Any) -> None:
+    boot = sub.add_parser("bootstrap", help="signed bootstrap lists")
+    bsub = boot.add_subparsers(dest="bootstrap_command", required=True, metavar="ACTION")
+    p = bsub.add_parser("sign", help="sign a list of invites with this node's key, as publisher")
+    p.add_argument("invites", nargs="+", metavar="LINK")
+    p.add_argument("--days", type=_days, default=30.0, help="valid this long (at most 30)")
+    p.set_defaults(func=cmd_bootstrap_sign)
+    p = bsub.add_parser("import", help="take a signed list (the line, or a file holding it)")
+    p.add_argument("list", metavar="LINE_OR_FILE")
+    p.set_defaults(func=cmd_bootstrap_import)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pmsg", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="state directory (default: $P2PMSG_HOME or per-user)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    _add_init(add("init", cmd_init, "create an identity and config"))
     add("invite", cmd_invite, "print this node's invite link").add_argument(
         "--qr", action="store_true", help="also print a QR code"
     )
+    _add_bootstrap(sub)
     contacts = sub.add_parser("contacts", help="manage contacts")
     csub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")
     p = csub.add_parser("add", help="add a contact from an invite link or node id")

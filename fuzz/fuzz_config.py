@@ -35,6 +35,7 @@ def seeds() -> dict[str, bytes]:
     written = Config(
         listen=(Endpoint("tcp", "0.0.0.0:4001"), Endpoint("pt", "[::]:4002", (("k", "a;b"),))),
         bootstrap=("tcp:seed.example:4001",),
+        publishers=("a" * 52,),
     )
     return {
         "written_by_init": written.to_json().encode(),
@@ -49,6 +50,8 @@ def seeds() -> dict[str, bytes]:
         "not_utf8": b'{"listen": ["tcp:h\xe9:1"]}',
         "bad_bridge_invite": b'{"listen": [], "use_bridges": ["p2pmsg://x@tcp:h:1"]}',
         "bridges_not_a_list": b'{"listen": [], "use_bridges": "p2pmsg://x"}',
+        "bad_publisher": b'{"listen": [], "publishers": ["' + b"a" * 51 + b'"]}',
+        "publishers_not_a_list": b'{"listen": [], "publishers": "a"}',
     }
 
 

@@ -17,7 +17,7 @@ from typing import TypeGuard
 
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadInvite, BadKey, HomeError
-from p2pmsg.keys import Identity, load_identity, save_identity, write_private_file
+from p2pmsg.keys import Identity, decode_key, load_identity, save_identity, write_private_file
 
 KEY_FILE = "identity.key"
 CONFIG_FILE = "config.json"
@@ -43,6 +43,12 @@ class Config:
     #: Invites of bridges that every connection goes through (Tor's
     #: ``UseBridges``); empty: peers are dialled directly.
     use_bridges: tuple[Invite, ...] = ()
+    #: Keys of the publishers whose signed bootstrap lists we take
+    #: (:mod:`p2pmsg.bootstrap`), as printed by ``p2pmsg bootstrap sign``.
+    publishers: tuple[str, ...] = ()
+
+    def publisher_keys(self) -> tuple[bytes, ...]:
+        return tuple(decode_key(k) for k in self.publishers)
 
     def to_json(self) -> str:
         data = {
@@ -52,6 +58,7 @@ class Config:
             "mdns": self.mdns,
             "bridge": self.bridge,
             "use_bridges": [str(b) for b in self.use_bridges],
+            "publishers": list(self.publishers),
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -75,15 +82,21 @@ class Config:
         use_bridges = data.get("use_bridges", [])
         if not _str_list(use_bridges):
             raise HomeError("config.json is damaged: use_bridges is a list of invites")
+        publishers = data.get("publishers", [])
+        if not _str_list(publishers):
+            raise HomeError("config.json is damaged: publishers is a list of keys")
         try:
+            for key in publishers:
+                decode_key(key)
             return cls(
                 tuple(Endpoint.parse(e) for e in listen),
                 tuple(bootstrap),
                 mdns,
                 bridge,
                 tuple(Invite.parse(b) for b in use_bridges),
+                tuple(publishers),
             )
-        except (BadEndpoint, BadInvite) as exc:
+        except (BadEndpoint, BadInvite, BadKey) as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc
 
 

@@ -1,7 +1,8 @@
 """Where a node finds its first peers, how it remembers them, and staying joined.
 
 Seeds come from many sources so that no single blocked server can keep a
-node out (SCENARIOS S2): bootstrap invites from the config, the peers cached
+node out (SCENARIOS S2): bootstrap invites from the config and from the
+signed bootstrap lists we hold (:mod:`p2pmsg.bootstrap`), the peers cached
 in the database from the last run, and every contact whose key and endpoints
 we know. The DHT pings them all with staggered starts and is joined on the
 first answer. The cache holds keys and endpoints only (no signed records),
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from p2pmsg.abc import Discovery
+from p2pmsg.bootstrap import BootstrapLists
 from p2pmsg.dht import records
 from p2pmsg.dht.peer import Peer, prefix_of_endpoint
 from p2pmsg.dht.service import Dht
@@ -167,8 +169,10 @@ class Joiner:
         config: Config,
         *,
         on_cache: Callable[[], Awaitable[None]] | None = None,
+        bootstrap: BootstrapLists | None = None,
     ) -> None:
         self.dht = dht
+        self.bootstrap = bootstrap
         self.store = store
         self.joined = joined
         self.config = config
@@ -180,7 +184,8 @@ class Joiner:
         cached = seeds_from_cache(await self.store.get_meta(CACHE_KEY))
         contacts = seeds_from_contacts(await self.store.list_contacts())
         bridges = [str(b) for b in self.config.use_bridges]
-        invites = seeds_from_invites([*bridges, *self.config.bootstrap])
+        listed = await self.bootstrap.invites() if self.bootstrap is not None else []
+        invites = seeds_from_invites([*bridges, *self.config.bootstrap, *listed])
         return unique(invites + cached + contacts, exclude=self.dht.identity.node_id)
 
     async def stay_joined(self, cache_every: float, retry_every: float = 30.0) -> None:

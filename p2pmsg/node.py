@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -32,13 +32,14 @@ import trio
 
 from p2pmsg import join
 from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport
+from p2pmsg.bootstrap import BootstrapLists, BootstrapRefused, from_line
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.liveness import NetworkWatch
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
 from p2pmsg.delivery.reorder import ReorderTimer
 from p2pmsg.delivery.sender import Sender
-from p2pmsg.dht import rpc
+from p2pmsg.dht import records, rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
@@ -96,6 +97,8 @@ class NodeOptions:
     max_queued: int = MAX_QUEUED
     poll_interval: float = 60.0
     cache_every: float = 600.0
+    bootstrap_every: float = 6 * 3600.0
+    """How often the signed bootstrap lists of our publishers are looked up."""
     capabilities: frozenset[str] = frozenset()
     reorder_wait: float = 3.0
     """Longest a message is held back behind an earlier, missing one of its
@@ -156,9 +159,12 @@ class Node:
         rng: Callable[[int], bytes],
         bridges: Sequence[Invite] = (),
         network: str | Callable[[], str] = "default",
+        publishers: Iterable[bytes] = (),
     ) -> None:
         self.identity = identity
         self.store = store
+        self.bootstrap = BootstrapLists(store, publishers, wall_clock)
+        """The signed bootstrap lists of the publishers we trust (:mod:`p2pmsg.bootstrap`)."""
         self.transports = list(transports)
         self.options = options
         self.stats = NodeStats()
@@ -287,6 +293,7 @@ class Node:
                 rng=rng,
                 bridges=config.use_bridges,
                 network=network,
+                publishers=config.publisher_keys(),
             )
             await node._load_paths()
             await node._replay.load()
@@ -298,9 +305,12 @@ class Node:
                 await nursery.start(node.dht.run)
                 await nursery.start(node.onion.run, node.joined)
                 joiner = node._joiner = join.Joiner(
-                    node.dht, node.store, node.joined, config, on_cache=node._save_paths
-                )
+                    node.dht, node.store, node.joined, config, on_cache=node._save_paths,
+                    bootstrap=node.bootstrap,
+                )  # fmt: skip
                 nursery.start_soon(joiner.stay_joined, node.options.cache_every)
+                if node.bootstrap.publishers:
+                    nursery.start_soon(node._refresh_bootstrap_lists)
                 if lan is None and config.mdns is not None:
                     lan = partial(MdnsDiscovery, config.mdns)
                 if lan is not None and not config.bridge:
@@ -403,6 +413,11 @@ class Node:
             "tunnels_carried": vars(self.tunnels.stats).copy(),
             "onion": self.onion.stats(),
             "dht": self.dht.stats(),
+            "bootstrap_lists": {
+                "publishers": len(self.bootstrap.publishers),
+                "accepted": self.bootstrap.accepted,
+                "refused": dict(self.bootstrap.refused),
+            },
         }
 
     # -- path scores -----------------------------------------------------------
@@ -565,6 +580,41 @@ class Node:
             self.stats.app_queue_overflow += 1
 
     # -- the DHT -------------------------------------------------------------
+
+    async def import_bootstrap(self, line: str) -> bool:
+        """Take a signed bootstrap list pasted as text (:mod:`p2pmsg.bootstrap`):
+        True if it is newer than ours, and then it is stored in the DHT too.
+        Raises :class:`~p2pmsg.bootstrap.BootstrapRefused` saying why not."""
+        record = from_line(line)
+        if not await self.bootstrap.accept(record):
+            return False
+        if self.joined.is_set():
+            await self.dht.put(record)
+        return True
+
+    async def refresh_bootstrap(self) -> int:
+        """Look our publishers' lists up in the DHT and keep what is newer;
+        store the newest we hold there again unless it was found. How many
+        were newer."""
+        newer = 0
+        for publisher in sorted(self.bootstrap.publishers):
+            key = records.bootstrap_key(publisher)
+            found = await self.dht.find_records(records.RecordType.BOOTSTRAP, key)
+            for record in found:
+                try:
+                    newer += await self.bootstrap.accept(record)
+                except BootstrapRefused as exc:
+                    log.debug("%s", exc)
+            held = await self.bootstrap.held(publisher)
+            if held is not None and held.expires > self._wall_clock() and held not in found:
+                await self.dht.put(held)
+        return newer
+
+    async def _refresh_bootstrap_lists(self) -> None:
+        await self.joined.wait()
+        while True:
+            await self.refresh_bootstrap()
+            await trio.sleep(self.options.bootstrap_every)
 
     async def find(self, node_id: bytes) -> Peer | None:
         """The current peer record of ``node_id`` in the DHT, as a Peer."""

@@ -40,6 +40,7 @@ class SimWorld:
         bootstrap: Sequence[str] = (),
         bridge: bool = False,
         use_bridges: Sequence[str] = (),
+        publishers: Sequence[str] = (),
     ) -> Home:
         if name not in self.homes:
             home = Home(self.root / name)
@@ -49,6 +50,7 @@ class SimWorld:
                 bootstrap=tuple(bootstrap),
                 bridge=bridge,
                 use_bridges=tuple(Invite.parse(b) for b in use_bridges),
+                publishers=tuple(publishers),
             )
             home.init(config, Identity.generate())
             self.homes[name] = home

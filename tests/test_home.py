@@ -37,6 +37,7 @@ configs = st.builds(
     st.lists(endpoints, max_size=4).map(tuple),
     st.lists(st.text()).map(tuple),
     bridge=st.booleans(),
+    publishers=st.lists(st.binary(min_size=32, max_size=32).map(encode_key), max_size=2).map(tuple),
 )
 
 
@@ -126,6 +127,7 @@ def test_config_known_answer() -> None:
         "mdns": None,
         "bridge": False,
         "use_bridges": [],
+        "publishers": [],
     }
 
 

@@ -42,7 +42,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S17": ("FAIL", NONE),
     "S18": ("FAIL", NONE),
     "S19": ("FAIL", NONE),
-    "S20": ("FAIL", NONE),
+    "S20": ("PASS", NONE),
 }
 """Scenario id -> (outcome, the measured pass figures that fail) at this size.
 A FAIL with NONE fails only on figures it cannot measure yet."""

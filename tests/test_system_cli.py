@@ -576,3 +576,25 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(base: Path) -> None:
     assert "Traceback" not in done.stderr, done.stderr
     assert "Exception ignored" not in done.stderr, done.stderr
     assert done.returncode != 0
+
+
+async def test_the_cli_signs_imports_and_refuses_with_one_line(base: Path) -> None:
+    relay = await init(base / "relay")
+    await init(base / "publisher")
+    signed = await ok(base / "publisher", "bootstrap", "sign", relay, "--days", "7")
+    line = signed.lines[0]
+    key = signed.err.split("publisher ")[1].split(";")[0]
+    await ok(base / "user", "init", "--publisher", key)
+    assert "taken" in (await ok(base / "user", "bootstrap", "import", line)).lines[0]
+    (base / "list.txt").write_text(line + "\n")
+    done = await ok(base / "user", "bootstrap", "import", str(base / "list.txt"))
+    assert "already held" in done.lines[0]
+    await ok(base / "stranger", "init")
+    assert_clean_error(await cli(base / "stranger", "bootstrap", "import", line))
+    assert_clean_error(
+        await cli(base / "user", "bootstrap", "import", "p2pmsg-bootstrap:" + "AAAA")
+    )
+    assert_clean_error(await cli(base / "user", "bootstrap", "import", str(base / "none")))
+    assert_clean_error(await cli(base / "x", "init", "--publisher", "not-a-key"))
+    done = await cli(base / "publisher", "bootstrap", "sign", relay, "--days", "31")
+    assert done.code != 0 and "Traceback" not in done.err

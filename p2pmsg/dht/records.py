@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Everything a node publishes in the DHT under its own name (its peer record,
-its prekey bundle) is a :class:`Record`: a type, the 32-byte DHT key
+its prekey bundle, a publisher's bootstrap list) is a :class:`Record`: a type, the 32-byte DHT key
 it is stored under, the publisher's Ed25519 key, a sequence number, an expiry
 time and a type-specific value, signed by the publisher. A storing node can
 withhold a record but cannot forge or alter one; the sequence number lets a
@@ -40,15 +40,15 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Final
 
 from p2pmsg.dht.peer import Peer
-from p2pmsg.endpoint import MAX_ENDPOINT_CHARS, Endpoint
-from p2pmsg.errors import BadEndpoint, BadKey, RemoteProtocolError
+from p2pmsg.endpoint import MAX_ENDPOINT_CHARS, Endpoint, Invite
+from p2pmsg.errors import BadEndpoint, BadInvite, BadKey, RemoteProtocolError
 from p2pmsg.keys import KEY_BYTES, NODE_ID_BYTES, Identity, PublicIdentity, node_id_of
 
 VERSION: Final = 1
@@ -71,6 +71,7 @@ class RecordType(IntEnum):
 
     PEER = 1
     PREKEYS = 2
+    BOOTSTRAP = 3
 
 
 class InvalidReason(StrEnum):
@@ -396,10 +397,79 @@ def make_prekey_record(identity: Identity, bundle: bytes, seq: int, expires: int
     return sign_record(identity, RecordType.PREKEYS, key, seq, expires, bundle)
 
 
+# --- bootstrap lists (p2pmsg.bootstrap) ------------------------------------
+#
+# value, version 1:  version u8 | n u8 | n x (len u16 | invite link, UTF-8)
+# Canonical only (each invite as str(Invite.parse(i)), no duplicates), 1 to
+# MAX_BOOTSTRAP_INVITES of them.
+
+BOOTSTRAP_VALUE_VERSION: Final = 1
+BOOTSTRAP_MAX_TTL: Final = 30 * DAY
+MAX_BOOTSTRAP_INVITES: Final = 16
+_BOOTSTRAP_DOMAIN: Final = b"p2pmsg bootstrap v1"
+
+
+def bootstrap_key(publisher: bytes) -> bytes:
+    """The DHT key of ``publisher``'s bootstrap list: BLAKE2b-256(domain || key)."""
+    return hashlib.blake2b(_BOOTSTRAP_DOMAIN + publisher, digest_size=KEY_SIZE).digest()
+
+
+def encode_bootstrap_value(invites: Sequence[str]) -> bytes:
+    """Raises ``ValueError`` for a bad, repeated or non-canonical invite, or a bad count."""
+    if not 1 <= len(invites) <= MAX_BOOTSTRAP_INVITES:
+        raise ValueError(f"a bootstrap list holds 1 to {MAX_BOOTSTRAP_INVITES} invites")
+    if len(set(invites)) != len(invites):
+        raise ValueError("an invite is listed twice")
+    out = bytearray([BOOTSTRAP_VALUE_VERSION, len(invites)])
+    for text in invites:
+        try:
+            canonical = str(Invite.parse(text))
+        except BadInvite as exc:
+            raise ValueError(f"a bad invite: {exc}") from exc
+        if canonical != text:
+            raise ValueError("an invite is not in its canonical form")
+        data = text.encode()
+        out += len(data).to_bytes(2, "big") + data
+    if len(out) > MAX_VALUE:
+        raise ValueError(f"the invites take more than {MAX_VALUE} bytes")
+    return bytes(out)
+
+
+def decode_bootstrap_value(value: bytes) -> tuple[str, ...]:
+    """The invites of a bootstrap list. Raises :class:`InvalidRecord` (``BAD_VALUE``)."""
+    reader = _Reader(value)
+    if (version := reader.uint(1)) != BOOTSTRAP_VALUE_VERSION:
+        raise InvalidRecord(InvalidReason.BAD_VALUE, f"unknown bootstrap list version {version}")
+    try:
+        invites = tuple(reader.take(reader.uint(2)).decode() for _ in range(reader.uint(1)))
+        reader.finish()
+        if encode_bootstrap_value(invites) != value:
+            raise ValueError("not the canonical encoding")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRecord(InvalidReason.BAD_VALUE, str(exc)) from exc
+    return invites
+
+
+def _check_bootstrap_record(record: Record) -> None:
+    if record.key != bootstrap_key(record.publisher):
+        raise InvalidRecord(InvalidReason.WRONG_KEY, "a bootstrap list lives at bootstrap_key()")
+    decode_bootstrap_value(record.value)
+
+
+def make_bootstrap_record(
+    identity: Identity, invites: Sequence[str], seq: int, expires: int
+) -> Record:
+    """``identity``'s signed bootstrap list. Raises ``ValueError`` (see the encoder)."""
+    value = encode_bootstrap_value(invites)
+    key = bootstrap_key(identity.public.key)
+    return sign_record(identity, RecordType.BOOTSTRAP, key, seq, expires, value)
+
+
 RULES: Final[Mapping[RecordType, TypeRules]] = MappingProxyType(
     {
         RecordType.PEER: TypeRules(max_ttl=PEER_MAX_TTL, check=_check_peer_record),
         RecordType.PREKEYS: TypeRules(max_ttl=PREKEY_MAX_TTL, check=_check_prekey_record),
+        RecordType.BOOTSTRAP: TypeRules(max_ttl=BOOTSTRAP_MAX_TTL, check=_check_bootstrap_record),
     }
 )
 """The per-type validator table: every :class:`RecordType` has one row."""

@@ -219,6 +219,11 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "tampered_twice": sum(r.tampered_twice for r in results),
         "tampered_replays": sum(r.tampered_replays for r in results),
         "layers_accepted_twice": sum(r.layers_accepted_twice for r in results),
+        "stale_lists": (
+            sum(r.stale_lists for r in results),
+            sum(r.stale_lists_refused for r in results),
+        ),
+        "lists_current": _ratio([(sum(r.lists_current), len(r.lists_current)) for r in results]),
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
@@ -230,7 +235,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
               in_end.mean >= p.eventual),
         Check("duplicates shown", str(f["duplicates"]), "0", f["duplicates"] == 0),
     ]  # fmt: skip
-    v.checks += _scenario_checks(scenario, f)
+    v.checks += _scenario_checks(scenario, f) + _insider_checks(scenario, f)
     v.checks += [Check(what, "not measured", "measured", False) for what in p.unmeasured]
     v.control_failed = p.control_min <= f["control"].mean <= p.control_max
     return v
@@ -297,6 +302,20 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
             checks.append(Check(f"replays answered after a restart (of {replays} replayed)",
                               str(answered) if replays else "none replayed", "0",
                               replays > 0 and answered == 0))  # fmt: skip
+    return checks
+
+
+def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
+    """The checks of S17's tampering relays and S20's stale bootstrap lists."""
+    checks: list[Check] = []
+    if any(rule.action == "stale_lists" for rule in scenario.censor):
+        served, refused = f["stale_lists"]
+        checks.append(Check("expired, rolled-back or untrusted bootstrap lists refused",
+                            f"{refused} of {served}", "all",
+                            served > 0 and refused == served))  # fmt: skip
+        current = f["lists_current"]
+        checks.append(Check("users holding the publisher's newest list", current.text(),
+                            ">= 100.0%", current.mean >= 1.0))  # fmt: skip
     if scenario.topology.tampering:
         twice, again = f["tampered_twice"], f["tampered_replays"]
         accepted = f["layers_accepted_twice"]

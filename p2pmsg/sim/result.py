@@ -58,6 +58,12 @@ class SeedResult:
     """Packets tampering relays sent again after their next hop restarted."""
     layers_accepted_twice: int = 0
     """Times a node accepted a packet whose layer it had accepted before (S17: 0)."""
+    stale_lists: int = 0
+    """Expired, rolled-back or untrusted bootstrap lists the censor served (S20)."""
+    stale_lists_refused: int = 0
+    """Of those, the ones the user's node refused (S20: all)."""
+    lists_current: list[bool] = field(default_factory=list)
+    """Per user: it held the publisher's newest bootstrap list at the end."""
     dns_lookups: int = 0
     """Cleartext DNS connections p2pmsg's own nodes opened (S3: must be 0)."""
     clock_errors: list[bool] = field(default_factory=list)

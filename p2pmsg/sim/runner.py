@@ -74,6 +74,7 @@ import trio
 import trio.testing
 
 from p2pmsg.abc import Discovery
+from p2pmsg.dht import records
 from p2pmsg.dht.service import DhtOptions
 from p2pmsg.dialer import Dialled
 from p2pmsg.errors import OutboxFull
@@ -83,6 +84,7 @@ from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.lan import SimLan
+from p2pmsg.sim.lists import Lists
 from p2pmsg.sim.prober import Prober
 from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
@@ -171,6 +173,12 @@ class _Run:
         self.insiders = Insiders(
             self.result, tampering, seed, duplicate=topo.duplicate, reorder=topo.reorder
         )
+        self.lists = (
+            Lists(self.world, self.result, random.Random(f"{seed}/lists"))  # noqa: S311
+            if any(rule.action == "stale_lists" for rule in scenario.censor)
+            else None
+        )
+        """S20's bootstrap lists: a publisher, and stale lists the censor serves."""
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.healed, self.heal_checked = trio.Event(), trio.Event()
@@ -196,8 +204,12 @@ class _Run:
         for i, name in enumerate(boot):
             self.world.home(name, bootstrap=[self.world.invite(boot[0])] if i else [])
         invites = [self.world.invite(b) for b in boot]
+        publishers = []
+        if self.lists is not None:
+            publishers = [self.lists.key]
+            self.lists.invites = invites[: records.MAX_BOOTSTRAP_INVITES]
         for name in self.groups["users"] + self.groups["control"] + self.groups["skewed"]:
-            self.world.home(name, bootstrap=invites)
+            self.world.home(name, bootstrap=invites, publishers=publishers)
         for name in self.groups["late"]:  # a friend already in hands over an invite
             friend = self.world.invite(self.rng.choice(self.groups["users"]))
             extra = [friend] if self.s.topology.alternate == "invite" else []
@@ -228,16 +240,8 @@ class _Run:
             async with self.world.node(
                 name, options=self.options, skew=skew, lan=self.lan(name)
             ) as node:
-                self.nodes[name] = node
-                self.insiders.opened(name, node)
-                if name in self.groups["users"]:
-                    node.dialer.observers.append(partial(self.dialled, name))
-                if run:
-                    self.result.restarts += 1
-                    if self.prober is not None:  # it replays what it recorded
-                        self.prober.node_restarted(name)
-                    self.down.pop(name).set()
-                else:
+                await self.opened(name, node, run)
+                if not run:
                     task_status.started()
                 with trio.move_on_at(stop):
                     if not run:
@@ -258,6 +262,20 @@ class _Run:
                         self.receive(node.messages().receive_nowait().id)
                     except trio.WouldBlock:
                         break
+
+    async def opened(self, name: str, node: Node, run: int) -> None:
+        """``name``'s node is up for its ``run``-th time (0: the first)."""
+        self.nodes[name] = node
+        self.insiders.opened(name, node)
+        if name in self.groups["users"]:
+            node.dialer.observers.append(partial(self.dialled, name))
+            if not run and self.lists is not None:
+                await self.lists.ship(node)
+        if run:
+            self.result.restarts += 1
+            if self.prober is not None:  # it replays what it recorded
+                self.prober.node_restarted(name)
+            self.down.pop(name).set()
 
     def dialled(self, name: str, dial: Dialled) -> None:
         if self.t0 <= trio.current_time() <= self.end:
@@ -282,6 +300,10 @@ class _Run:
         nursery.start_soon(self.burst)
         if self.insiders.kept:
             nursery.start_soon(self.insiders.run)
+        if self.lists is not None:
+            boot = self.groups["bootstrap"][0]
+            users = self.groups["users"]
+            nursery.start_soon(self.lists.run, self.nodes, boot, users, self.t0, self.end)
 
     async def converse(self, a: str, b: str) -> None:
         await trio.sleep_until(self.t0)
@@ -456,6 +478,9 @@ class _Run:
         if rule.action == "probe":
             await self.probe(rule)
             return
+        if rule.action == "stale_lists" and self.lists is not None:
+            await self.lists.serve_stale(self.nodes, self.groups["users"], self.end)
+            return
         if rule.target in ("border", "flows"):
             await self.switch_on(rule)
             return
@@ -498,6 +523,8 @@ class _Run:
         self.result.wire_bytes = self.meter.wire_bytes
         self.collect_lan()
         self.collect_dials()
+        if self.lists is not None:
+            await self.lists.collect(self.nodes, self.groups["users"])
         for name, node in self.nodes.items():
             alarm = node.dht.clock.verdict().error is not None
             if name in self.groups["skewed"]:

@@ -36,7 +36,7 @@ from p2pmsg.errors import P2PMsgError
 
 ACTIONS: Final = (
     "drop", "blocklist_add", "dpi", "learn_fingerprint", "police", "reset_every", "inject_dns",
-    "probe", "delay",
+    "probe", "delay", "stale_lists",
 )  # fmt: skip
 """Censor actions this runner carries out (see docs/scenarios.md)."""
 TARGETS: Final = ("bootstrap", "servers", "learned", "border", "flows")

@@ -120,12 +120,21 @@ class World:
     ) -> SimHost:
         return self.net.add_host(name, ip=ip, asn=asn, country=country, isp=isp)
 
-    def home(self, name: str, *, listen: bool = True, bootstrap: Sequence[str] = ()) -> Home:
+    def home(
+        self,
+        name: str,
+        *,
+        listen: bool = True,
+        bootstrap: Sequence[str] = (),
+        publishers: Sequence[str] = (),
+    ) -> Home:
         """The home of node ``name``, made (with its seeded identity) on first use."""
         if name not in self.homes:
             home = Home(self.root / name)
             endpoints = self._endpoints(name, home) if listen else ()
-            config = Config(listen=endpoints, bootstrap=tuple(bootstrap))
+            config = Config(
+                listen=endpoints, bootstrap=tuple(bootstrap), publishers=tuple(publishers)
+            )
             home.init(config, Identity.generate(self.rng(f"identity/{name}")))
             self.homes[name] = home
         return self.homes[name]
