@@ -122,6 +122,8 @@ class OnionService:
         self._fetched: OrderedDict[bytes, int] = OrderedDict()
         self._signed_prekey_at = 0.0
         self.prekeys_published = trio.Event()
+        self.prekey_record: rec.Record | None = None
+        """The prekey record we published last."""
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -249,18 +251,26 @@ class OnionService:
             await self.store.set_meta("signed_prekey_at", str(now))
 
     async def _publish_prekeys(self) -> int:
-        """Store our current bundle in the DHT; on how many nodes."""
-        bundle = self.receiver.secrets().bundle(self.identity)
+        """Store our current bundle in the DHT under each of its keys; on how
+        many nodes, at the key that reached the fewest."""
+        bundle = prekeys.encode_bundle(self.receiver.secrets().bundle(self.identity))
         now = self._wall_clock()
-        record = rec.sign_record(
-            self.identity,
-            rec.RecordType.PREKEYS,
-            rec.prekey_key(self.identity.node_id),
-            int(now * 1000),
-            int(now) + PREKEY_TTL,
-            prekeys.encode_bundle(bundle),
-        )
-        stored = await self.dht.put(record)
+        copies = [
+            rec.make_prekey_record(
+                self.identity, bundle, int(now * 1000), int(now) + PREKEY_TTL, replica
+            )
+            for replica in range(rec.PREKEY_REPLICAS)
+        ]
+        self.prekey_record = copies[0]
+        reached = [0] * len(copies)
+
+        async def put(i: int) -> None:
+            reached[i] = await self.dht.put(copies[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(copies)):
+                nursery.start_soon(put, i)
+        stored = min(reached)
         log.info("published our prekeys on %d nodes", stored)
         if stored:
             self.prekeys_published.set()

@@ -11,17 +11,16 @@ import os
 import random
 from functools import partial
 
-import nacl.bindings as sodium
 import trio
 from simworld import sim_wall_clock
 
 from p2pmsg.abc import Link
 from p2pmsg.dht.host import serve_dht
-from p2pmsg.dht.peer import ID_BITS, Peer
+from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import Dialer
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.keys import Identity, node_id_of
+from p2pmsg.keys import Identity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.sim.net import SimNetwork
 from transports.sim import SimTransport
@@ -91,17 +90,6 @@ class DhtWorld:
         for dht in built[1:]:
             assert await dht.join([as_seed(built[0])])
         return built
-
-
-def grind(rng: random.Random, near: bytes, bits: int) -> Identity:
-    """An identity whose node id shares its first ``bits`` bits with ``near``
-    (brute force: ~2**bits key generations of ~25 us)."""
-    want = int.from_bytes(near, "big") >> (ID_BITS - bits)
-    while True:
-        seed = rng.randbytes(32)
-        public, _ = sodium.crypto_sign_seed_keypair(seed)
-        if int.from_bytes(node_id_of(public), "big") >> (ID_BITS - bits) == want:
-            return Identity(seed)
 
 
 def as_seed(dht: Dht) -> Peer:

@@ -14,7 +14,7 @@ import random
 
 import pytest
 import trio
-from dhtworld import DhtWorld, as_seed, grind
+from dhtworld import DhtWorld, as_seed
 from simworld import sim_wall_clock
 from trio.testing import MockClock
 
@@ -23,6 +23,7 @@ from p2pmsg.dht.mailbox import entry_id, epoch_of, mailbox_keys, sign_clear
 from p2pmsg.dht.peer import distance
 from p2pmsg.dht.service import Dht, DhtOptions, RpcFailed
 from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.sim.sybils import grind
 
 SMALL = DhtOptions(max_per_prefix_bucket=None, max_per_prefix_table=None, mailbox_k=5)
 PACKET = 2560  # a Sphinx packet's size

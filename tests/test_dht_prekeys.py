@@ -21,12 +21,14 @@ from p2pmsg.dht.records import (
     MAX_CLOCK_SKEW,
     MAX_VALUE,
     PREKEY_MAX_TTL,
+    PREKEY_REPLICAS,
     RULES,
     InvalidReason,
     InvalidRecord,
     RecordType,
     make_prekey_record,
     prekey_key,
+    prekey_keys,
     sign_record,
     validate,
 )
@@ -50,6 +52,22 @@ def test_prekey_key_is_a_domain_separated_hash_of_the_node_id() -> None:
     assert prekey_key(ALICE.node_id) not in {ALICE.node_id, prekey_key(BOB.node_id)}
     assert int(RecordType.PREKEYS) == 2
     assert RULES[PREKEYS].max_ttl == PREKEY_MAX_TTL == 7 * DAY
+
+
+def test_a_bundle_has_three_keys_and_each_copy_validates_only_there() -> None:
+    """S15: copies under keys the hash scatters, so Sybils at one hide nothing."""
+    keys = prekey_keys(ALICE.node_id)
+    assert len(set(keys)) == PREKEY_REPLICAS == 3 and keys[0] == prekey_key(ALICE.node_id)
+    want = hashlib.blake2b(b"p2pmsg prekeys v1" + ALICE.node_id + b"\x02", digest_size=32)
+    assert keys[2] == want.digest()
+    for replica, key in enumerate(keys):
+        record = make_prekey_record(ALICE, BUNDLE, 1, int(NOW) + DAY, replica)
+        assert record.key == key
+        validate(record, NOW)
+        with refused(InvalidReason.WRONG_KEY):  # BOB's keys are not ALICE's to fill
+            validate(sign_record(BOB, PREKEYS, key, 1, int(NOW) + DAY, BUNDLE), NOW)
+    with pytest.raises(ValueError, match="replica"):
+        prekey_key(ALICE.node_id, PREKEY_REPLICAS)
 
 
 def test_a_prekey_record_validates_and_is_stored() -> None:

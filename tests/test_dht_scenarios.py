@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 
-import nacl.bindings as sodium
 import pytest
 import trio
 from dhtworld import as_seed, serve_rpc
@@ -31,9 +30,10 @@ from p2pmsg.dht.record_store import DEFAULT_MAX_PER_SOURCE
 from p2pmsg.dht.service import Dht, DhtOptions, RpcFailed
 from p2pmsg.dialer import Dialer
 from p2pmsg.endpoint import Endpoint
-from p2pmsg.keys import Identity, PublicIdentity, node_id_of
+from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.sim.net import DELIVER, DROP, Packet, SimNetwork, Verdict
+from p2pmsg.sim.sybils import grind
 from transports.sim import SimTransport
 
 NO_CAPS = DhtOptions(max_per_prefix_bucket=None, max_per_prefix_table=None)
@@ -112,20 +112,6 @@ class World:
                 assert await dht.join([as_seed(d) for d in chosen])
             built.append(dht)
         return built
-
-
-def grind(rng: random.Random, near: bytes, bits: int) -> Identity:
-    """An identity whose node id shares its first ``bits`` bits with ``near``.
-
-    Node ids are BLAKE2b of the public key, so this is brute force: ~2**bits
-    key generations (~25 us each).
-    """
-    want = int.from_bytes(near, "big") >> (ID_BITS - bits)
-    while True:
-        seed = rng.randbytes(32)
-        public, _ = sodium.crypto_sign_seed_keypair(seed)
-        if int.from_bytes(node_id_of(public), "big") >> (ID_BITS - bits) == want:
-            return Identity(seed)
 
 
 def shared_bits(a: bytes, b: bytes) -> int:

@@ -31,7 +31,7 @@ from transports.obfs_core import ALPHABET, REPLAY_WINDOW, ClientHandshake
 
 NOW = 1_800_000_000.0
 PROBES = 10_000
-AT_ONCE = 8  # probe and noise: 16 connections at once, the listener's backlog
+AT_ONCE = 8  # probe and noise: 16 connections at once
 
 
 def probe_classes(key: bytes, recorded: bytes, budget: int, rng: random.Random) -> list[bytes]:

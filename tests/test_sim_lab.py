@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -11,8 +12,9 @@ import trio
 
 from cli import main
 from p2pmsg import demo
+from p2pmsg.dht import records
 from p2pmsg.onion.replay import ReplayTags
-from p2pmsg.sim import control, report, runner
+from p2pmsg.sim import control, lab, report, runner
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.net import SimNetwork
@@ -289,3 +291,65 @@ def test_a_layer_accepted_twice_is_counted(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(ReplayTags, "seen_anywhere_or_add", lambda self, epoch, tag: False)
     scenario = loads(TINY.replace("isps = 3", TAMPERING), "tiny-tampering.toml")
     assert runner.run(scenario, 1).layers_accepted_twice > 0
+
+
+SYBILS = """
+[[censor]]
+action = "sybils"
+target = "victim"
+sybils = 10.0
+prefixes = 2
+
+[[censor]]
+action = "sybils"
+target = "random"
+sybils = 0.5
+"""
+
+
+def test_sybils_near_a_victim_fill_three_slots_per_network_and_lookups_hold() -> None:
+    """S14 in small: 60 Sybils from 2 networks around u0000, 3 more at random ids."""
+    scenario = loads(TINY.replace("[pass]", SYBILS + "[pass]"), "tiny-sybils.toml")
+    result = runner.run(scenario, 1)
+    (entries, most), *_ = result.victim_sybils
+    assert result.sybil_pings_answered > 0
+    assert 0 < entries <= 3 * 2 and most <= 3
+    assert all(result.victim_lookups) and len(result.victim_lookups) == 5
+    assert all(result.user_lookups)
+
+
+def test_without_the_per_network_limit_the_victims_table_fills_with_sybils(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dht = dataclasses.replace(runner.NODE_OPTIONS.dht, max_per_prefix_table=None,
+                              max_per_prefix_bucket=None)  # fmt: skip
+    monkeypatch.setattr(runner, "NODE_OPTIONS", dataclasses.replace(runner.NODE_OPTIONS, dht=dht))
+    scenario = loads(TINY.replace("[pass]", SYBILS + "[pass]"), "tiny-sybils.toml")
+    (entries, most), *_ = runner.run(scenario, 1).victim_sybils
+    assert entries > 3 * 2 and most > 3
+
+
+LIARS = """
+[[censor]]
+action = "sybils"
+target = "keys"
+sybils = 10
+"""
+
+
+def test_liars_at_a_users_keys_hide_nothing_and_forge_nothing() -> None:
+    """S15 in small: 10 liars next to u0000's peer record and first prekey key."""
+    scenario = loads(TINY.replace("[pass]", LIARS + "[pass]"), "tiny-liars.toml")
+    result = runner.run(scenario, 1)
+    assert result.forgeries_served > 0
+    assert result.forged_accepted == 0
+    assert all(result.key_fetches) and len(result.key_fetches) == 2 * 5
+
+
+def test_under_one_key_the_liars_hide_the_newest_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S15 at the CI size, with the bundle under its first key alone: the victim
+    publishes a new one during the run, and only the liars are asked to keep it."""
+    monkeypatch.setattr(records, "PREKEY_REPLICAS", 1)
+    scenario = lab.resize(lab.find("S15"), nodes=12, duration=300.0)
+    fetches = runner.run(scenario, 1).key_fetches
+    assert 0 < sum(fetches) < len(fetches)

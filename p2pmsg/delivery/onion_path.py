@@ -293,8 +293,8 @@ class OnionPath:
         return sealed.seal(self.identity, recipient, inner, self._rng)
 
     async def _bundle(self, recipient: PublicIdentity) -> prekeys.PrekeyBundle:
-        found = await self.dht.find_records(
-            rec.RecordType.PREKEYS, rec.prekey_key(recipient.node_id)
+        found = await self.dht.find_newest(
+            rec.RecordType.PREKEYS, rec.prekey_keys(recipient.node_id)
         )
         for record in found:
             if record.publisher != recipient.key:

@@ -370,30 +370,46 @@ def peer_from_record(record: Record, prefix: str) -> Peer:
 # --- prekey records -----------------------------------------------------------
 #
 # The value is the e2e layer's prekey bundle, opaque here (the e2e layer
-# validates it; the DHT never imports it). The key is derived from the
-# publisher's node id, so a publisher can only ever fill its own slot.
+# validates it; the DHT never imports it). The keys are derived from the
+# publisher's node id, so a publisher can only ever fill its own slots. A
+# bundle is stored under PREKEY_REPLICAS keys, scattered over the id space
+# by the hash, so Sybils ground next to one of them hide nothing (S15).
 
 PREKEY_MAX_TTL: Final = 7 * DAY
+PREKEY_REPLICAS: Final = 3
 _PREKEY_DOMAIN: Final = b"p2pmsg prekeys v1"
 
 
-def prekey_key(node_id: bytes) -> bytes:
-    """The DHT key of ``node_id``'s prekey bundle: BLAKE2b-256(domain || node id)."""
-    return hashlib.blake2b(_PREKEY_DOMAIN + node_id, digest_size=KEY_SIZE).digest()
+def prekey_key(node_id: bytes, replica: int = 0) -> bytes:
+    """The DHT key of copy ``replica`` of ``node_id``'s prekey bundle:
+    BLAKE2b-256(domain || node id), and the replica's number appended after
+    the first."""
+    if not 0 <= replica < PREKEY_REPLICAS:
+        raise ValueError(f"a prekey replica is 0 to {PREKEY_REPLICAS - 1}")
+    suffix = bytes([replica]) if replica else b""
+    return hashlib.blake2b(_PREKEY_DOMAIN + node_id + suffix, digest_size=KEY_SIZE).digest()
+
+
+def prekey_keys(node_id: bytes) -> tuple[bytes, ...]:
+    """Every key ``node_id``'s prekey bundle is stored under."""
+    return tuple(prekey_key(node_id, i) for i in range(PREKEY_REPLICAS))
 
 
 def _check_prekey_record(record: Record) -> None:
-    if record.key != prekey_key(node_id_of(record.publisher)):
-        raise InvalidRecord(InvalidReason.WRONG_KEY, "a prekey record lives at prekey_key(id)")
+    if record.key not in prekey_keys(node_id_of(record.publisher)):
+        raise InvalidRecord(InvalidReason.WRONG_KEY, "a prekey record lives at prekey_keys(id)")
     if not record.value:
         raise InvalidRecord(InvalidReason.BAD_VALUE, "an empty prekey bundle")
 
 
-def make_prekey_record(identity: Identity, bundle: bytes, seq: int, expires: int) -> Record:
-    """``identity``'s signed prekey record. Raises ``ValueError`` on bad sizes."""
+def make_prekey_record(
+    identity: Identity, bundle: bytes, seq: int, expires: int, replica: int = 0
+) -> Record:
+    """``identity``'s signed prekey record, copy ``replica``. Raises
+    ``ValueError`` on bad sizes."""
     if not bundle:
         raise ValueError("a prekey bundle is not empty")
-    key = prekey_key(identity.node_id)
+    key = prekey_key(identity.node_id, replica)
     return sign_record(identity, RecordType.PREKEYS, key, seq, expires, bundle)
 
 

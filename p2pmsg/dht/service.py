@@ -419,6 +419,21 @@ class Dht:
         )
         return values
 
+    async def find_newest(self, rtype: rec.RecordType, keys: Sequence[bytes]) -> list[rec.Record]:
+        """:meth:`find_records` under each of ``keys`` at once (the copies of
+        one record: :func:`~p2pmsg.dht.records.prekey_keys`), newest first, so
+        Sybils around one key hide nothing the others hold."""
+        found: list[list[rec.Record]] = [[] for _ in keys]
+
+        async def one(i: int) -> None:
+            found[i] = await self.find_records(rtype, keys[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(keys)):
+                nursery.start_soon(one, i)
+        merged = {(r.publisher, r.seq, r.value): r for copies in found for r in copies}
+        return sorted(merged.values(), key=lambda r: r.seq, reverse=True)
+
     async def find_peer(self, node_id: bytes) -> Peer | None:
         """The newest valid peer record of ``node_id`` in the DHT, as a Peer.
 

@@ -55,7 +55,9 @@ Address = tuple[str, int]
 
 EPHEMERAL_PORTS = range(49152, 65536)
 DEFAULT_QUEUE_PACKETS = 64
-DEFAULT_BACKLOG = 16
+DEFAULT_BACKLOG = 4096
+"""Linux's ``somaxconn`` on these machines: trio listens with the OS maximum.
+(It was 16, which refused bursts of lookups that a real node accepts: S14.)"""
 DEFAULT_MAX_PACKET = 1 << 20
 
 

@@ -224,6 +224,15 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
             sum(r.stale_lists_refused for r in results),
         ),
         "lists_current": _ratio([(sum(r.lists_current), len(r.lists_current)) for r in results]),
+        "victim_sybils": [t for r in results for t in r.victim_sybils],
+        "sybil_pings_answered": sum(r.sybil_pings_answered for r in results),
+        "victim_lookups": _ratio([(sum(r.victim_lookups), len(r.victim_lookups)) for r in results]),
+        "user_lookups": _ratio([(sum(r.user_lookups), len(r.user_lookups)) for r in results]),
+        "key_fetches": _ratio([(sum(r.key_fetches), len(r.key_fetches)) for r in results]),
+        "forged": (
+            sum(r.forged_accepted for r in results),
+            sum(r.forgeries_served for r in results),
+        ),
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
@@ -306,8 +315,32 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
 
 
 def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
-    """The checks of S17's tampering relays and S20's stale bootstrap lists."""
+    """The checks of S14's Sybils, S17's tampering relays and S20's stale bootstrap lists."""
     checks: list[Check] = []
+    for rule in scenario.censor:
+        if rule.action == "sybils" and rule.target == "victim":
+            counts, pinged = f["victim_sybils"], f["sybil_pings_answered"]
+            most = max((total for total, _ in counts), default=0)
+            per = max((one for _, one in counts), default=0)
+            checks.append(Check(f"Sybils in the victim's table ({rule.sybils:g} per user "
+                                f"from {rule.prefixes} networks)",
+                                f"{most}, at most {per} from one network",
+                                f"<= {3 * rule.prefixes}, <= 3 from one",
+                                pinged > 0 and most <= 3 * rule.prefixes and per <= 3))  # fmt: skip
+            found = f["victim_lookups"]
+            checks.append(Check("the victim's lookups of users under the eclipse", found.text(),
+                                ">= 99.0%", found.mean >= 0.99))  # fmt: skip
+        if rule.action == "sybils" and rule.target == "keys":
+            found, (accepted, served) = f["key_fetches"], f["forged"]
+            checks.append(Check(f"fetches of the victim's records, newest within 10 s "
+                                f"({rule.sybils:g} liars at its keys)", found.text(),
+                                ">= 99.0%", found.mean >= 0.99))  # fmt: skip
+            checks.append(Check(f"forged records accepted (of {served} served)", str(accepted),
+                                "0", served > 0 and accepted == 0))  # fmt: skip
+        if rule.action == "sybils" and rule.target == "random":
+            found, share = f["user_lookups"], rule.sybils / (1 + rule.sybils)
+            checks.append(Check(f"lookups with {share:.0%} of the DHT's nodes Sybils",
+                                found.text(), ">= 95.0%", found.mean >= 0.95))  # fmt: skip
     if any(rule.action == "stale_lists" for rule in scenario.censor):
         served, refused = f["stale_lists"]
         checks.append(Check("expired, rolled-back or untrusted bootstrap lists refused",

@@ -58,6 +58,20 @@ class SeedResult:
     """Packets tampering relays sent again after their next hop restarted."""
     layers_accepted_twice: int = 0
     """Times a node accepted a packet whose layer it had accepted before (S17: 0)."""
+    sybil_pings_answered: int = 0
+    """PINGs of the victim's Sybils that it answered (S14: the attack reached it)."""
+    victim_sybils: list[tuple[int, int]] = field(default_factory=list)
+    """At the end: its Sybils in the victim's routing table, and most from one network."""
+    victim_lookups: list[bool] = field(default_factory=list)
+    """Near the end, the victim's lookup of each other user: found."""
+    user_lookups: list[bool] = field(default_factory=list)
+    """Near the end, each other user's lookups of three users: found."""
+    key_fetches: list[bool] = field(default_factory=list)
+    """S15: each fetch of the liars' victim's records got the newest within 10 s."""
+    forged_accepted: int = 0
+    """Records under the victim's keys that fetches returned and it did not sign."""
+    forgeries_served: int = 0
+    """Old, altered or self-signed records the liars answered with."""
     stale_lists: int = 0
     """Expired, rolled-back or untrusted bootstrap lists the censor served (S20)."""
     stale_lists_refused: int = 0

@@ -78,6 +78,7 @@ from p2pmsg.dht import records
 from p2pmsg.dht.service import DhtOptions
 from p2pmsg.dialer import Dialled
 from p2pmsg.errors import OutboxFull
+from p2pmsg.join import seeds_from_invites
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, rules
@@ -88,6 +89,7 @@ from p2pmsg.sim.lists import Lists
 from p2pmsg.sim.prober import Prober
 from p2pmsg.sim.result import SeedResult, heals
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
+from p2pmsg.sim.sybils import Sybils
 from p2pmsg.sim.tamper import Insiders
 from p2pmsg.sim.topology import (
     PROBER,
@@ -179,6 +181,12 @@ class _Run:
             else None
         )
         """S20's bootstrap lists: a publisher, and stale lists the censor serves."""
+        self.sybils = (
+            Sybils(self.world, self.result, topo.country, random.Random(f"{seed}/sybils"))  # noqa: S311
+            if any(rule.action == "sybils" for rule in scenario.censor)
+            else None
+        )
+        """S14's Sybils in the DHT."""
         self.started: dict[str, float] = {}
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.healed, self.heal_checked = trio.Event(), trio.Event()
@@ -300,6 +308,8 @@ class _Run:
         nursery.start_soon(self.burst)
         if self.insiders.kept:
             nursery.start_soon(self.insiders.run)
+        if self.sybils is not None:
+            nursery.start_soon(self.measure_sybils)
         if self.lists is not None:
             boot = self.groups["bootstrap"][0]
             users = self.groups["users"]
@@ -467,6 +477,39 @@ class _Run:
         )
         await self.prober.run(suspects, rng, self.end)
 
+    async def start_sybils(self, rule: CensorRule) -> None:
+        """Start the rule's Sybils (:mod:`p2pmsg.sim.sybils`); near a victim,
+        they attack it until the end. They run until the run ends."""
+        assert self.sybils is not None
+        users = self.groups["users"]
+        seeds = seeds_from_invites([self.world.invite(b) for b in self.groups["bootstrap"]])
+        victim = self.nodes[users[0]].identity.node_id
+        async with trio.open_nursery() as nursery:
+            if rule.target == "keys":  # S15: liars next to u0000's keys, `sybils` in all
+                self.sybils.keys_of = users[0]
+                liars = [
+                    (records.RecordType.PEER, victim),
+                    (records.RecordType.PREKEYS, records.prekey_key(victim)),
+                ]
+                keys = [key for _, key in liars]
+                count = max(1, round(rule.sybils))
+                await self.sybils.start(nursery, count, count, keys, seeds, liars=liars)
+            elif rule.target == "victim":
+                count = max(1, round(rule.sybils * len(users)))
+                started = await self.sybils.start(nursery, count, rule.prefixes, [victim], seeds)
+                self.sybils.victim = users[0]
+                await self.sybils.attack(started, self.nodes[users[0]], self.end)
+            else:
+                count = max(1, round(rule.sybils * len(users)))
+                await self.sybils.start(nursery, count, count, [], seeds)
+            await trio.sleep_forever()
+
+    async def measure_sybils(self) -> None:
+        """Near the end of the traffic, the lookups of users under the Sybils."""
+        assert self.sybils is not None
+        await trio.sleep_until(self.t0 + 0.9 * self.s.run.duration)
+        await self.sybils.measure(self.nodes, self.groups["users"])
+
     def condemn(self, server: str) -> None:
         """Block ``server``: it answered a probe."""
         now = trio.current_time()
@@ -480,6 +523,9 @@ class _Run:
             return
         if rule.action == "stale_lists" and self.lists is not None:
             await self.lists.serve_stale(self.nodes, self.groups["users"], self.end)
+            return
+        if rule.action == "sybils":
+            await self.start_sybils(rule)
             return
         if rule.target in ("border", "flows"):
             await self.switch_on(rule)

@@ -15,7 +15,8 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
-                residual, residual_p, kbps, lifetime, isp, flap, latency, loss
+                residual, residual_p, kbps, lifetime, isp, flap, latency, loss,
+                sybils, prefixes
     [pass]      delivery, within, eventual, control_max, control_min,
                 joined, join_within, lan_discovery, degraded,
                 degraded_within, path_median, path_p99, unmeasured
@@ -36,10 +37,12 @@ from p2pmsg.errors import P2PMsgError
 
 ACTIONS: Final = (
     "drop", "blocklist_add", "dpi", "learn_fingerprint", "police", "reset_every", "inject_dns",
-    "probe", "delay", "stale_lists",
+    "probe", "delay", "stale_lists", "sybils",
 )  # fmt: skip
 """Censor actions this runner carries out (see docs/scenarios.md)."""
-TARGETS: Final = ("bootstrap", "servers", "learned", "border", "flows")
+TARGETS: Final = (
+    "bootstrap", "servers", "learned", "border", "flows", "victim", "random", "keys",
+)  # fmt: skip
 MATCHES: Final = ("any", "fully_encrypted", "not_allowlisted", "sni")
 CONTROLS: Final = ("fixed_servers", "bootstrap_only")
 WIRES: Final = ("plain", "random", "tls")
@@ -164,6 +167,11 @@ class CensorRule:
     """For ``delay``: one-way latency added to every packet."""
     loss: float = 0.0
     """For ``delay``: share of packets lost, each resent after a timeout."""
+    sybils: float = 10.0
+    """For ``sybils``: how many per user (``victim``, ``random``), or in all
+    (``keys``) (:mod:`p2pmsg.sim.sybils`)."""
+    prefixes: int = 16
+    """For ``sybils`` near a ``victim``: the /16 networks they come from."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,7 @@ class Scenario:
 _ACTION_TARGETS: Final = {
     "drop": ("bootstrap", "servers", "border", "flows"),
     "blocklist_add": ("learned", "bootstrap", "servers"),
+    "sybils": ("victim", "random", "keys"),
 }
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
@@ -285,6 +294,8 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("control", "media_kib"): (0, 16 * 1024),
     ("pass", "control_min"): (0, 1),
     ("censor", "prefix"): (8, 32),
+    ("censor", "sybils"): (0.01, 100),
+    ("censor", "prefixes"): (1, 250),
     ("censor", "min_clients"): (1, MAX_USERS),
     ("pass", "delivery"): (0, 1),
     ("pass", "eventual"): (0, 1),
