@@ -15,8 +15,12 @@ Packets are handled in batches by one worker (:meth:`Relay.run`): peel each,
 refuse the replay tags already seen in that epoch, *commit* the new tags to
 SQLite in one transaction (group commit: one fsync per batch, not per
 packet), and only then forward; so a packet replayed after a crash and
-restart is refused too (SCENARIOS S8, S17). The inbound queue is bounded:
-when it is full the packet is dropped and counted.
+restart is refused too (SCENARIOS S8, S17). Layers opened with our identity
+key (we are the destination) are refused when replayed as well, or even our
+ack would tell a replayer who the packet was for: that key never rotates, so
+their tags are kept by the day they arrived, for a deposit's lifetime and a
+day more (:attr:`Relay.delivered`). The inbound queue is bounded: when it
+is full the packet is dropped and counted.
 
 Forwarding reuses secure links per next hop (:mod:`p2pmsg.packet_links`). When the
 last relay (command ``EXIT``) cannot reach the destination, it deposits the

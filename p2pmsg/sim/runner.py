@@ -47,12 +47,18 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   from the need of a link to a working one.
 * **restarts** (``topology.restarts``): each user's node stops and starts
   again from its home that many times, at random times over the run.
+  When a ``drop`` of the ``border`` is lifted (a heal), each user at home
+  looks a user abroad up ten minutes later.
 * **tampering relays** (``topology.tampering``, :mod:`p2pmsg.sim.tamper`):
   some users' relays hold packets back, forward some twice and send them
   again after the next hop restarted; every node's relay is watched for a
   layer it accepts twice (S17).
-  When a ``drop`` of the ``border`` is lifted (a heal), each user at home
-  looks a user abroad up ten minutes later.
+* **Sybils** (``sybils`` rules, :mod:`p2pmsg.sim.sybils`): lying DHT
+  services next to one user's id, at random ids, or next to a user's keys;
+  near the end, users' lookups and fetches under them are counted (S14, S15).
+* **signed bootstrap lists** (a ``stale_lists`` rule, :mod:`p2pmsg.sim.lists`):
+  a publisher every user trusts, its new list in the DHT at t0, and old
+  ones the censor serves (S20).
 
 It returns a :class:`SeedResult`: raw counts and samples, judged by
 :mod:`p2pmsg.sim.report`.
@@ -168,12 +174,8 @@ class _Run:
         self.dials: dict[str, list[Dialled]] = {}
         """Per user: each dial while the traffic runs (t0 to the end)."""
         self.prober: Prober | None = None
-        users, share = self.groups["users"], topo.tampering
-        tampering = random.Random(f"{seed}/tampering").sample(  # noqa: S311 - a reproducible simulation
-            users, min(len(users), max(1, round(share * len(users))))
-        ) if share else []  # fmt: skip
         self.insiders = Insiders(
-            self.result, tampering, seed, duplicate=topo.duplicate, reorder=topo.reorder
+            self.result, self.tampering(), seed, duplicate=topo.duplicate, reorder=topo.reorder
         )
         self.lists = (
             Lists(self.world, self.result, random.Random(f"{seed}/lists"))  # noqa: S311
@@ -205,6 +207,14 @@ class _Run:
             )
             for u in (self.groups["users"] if fixed else [])
         }  # fmt: skip
+
+    def tampering(self) -> list[str]:
+        """The users whose relays tamper (``topology.tampering``: at least one if any)."""
+        users, share = self.groups["users"], self.s.topology.tampering
+        if not share:
+            return []
+        count = min(len(users), max(1, round(share * len(users))))
+        return random.Random(f"{self.seed}/tampering").sample(users, count)  # noqa: S311
 
     def make_homes(self) -> list[tuple[str, str]]:
         """Every node's home; the pairs of users who are contacts."""
@@ -302,8 +312,9 @@ class _Run:
             self.result.received[key] = trio.current_time()
 
     def start_last(self, nursery: trio.Nursery) -> None:
-        """What runs beside the traffic: the check after a heal, the burst and
-        the tampering relays' replays."""
+        """What runs beside the traffic: the check after a heal, the burst, the
+        tampering relays' replays, the lookups under Sybils and the publisher
+        of bootstrap lists."""
         nursery.start_soon(self.after_heal)
         nursery.start_soon(self.burst)
         if self.insiders.kept:
@@ -493,7 +504,7 @@ class _Run:
                 ]
                 keys = [key for _, key in liars]
                 count = max(1, round(rule.sybils))
-                await self.sybils.start(nursery, count, count, keys, seeds, liars=liars)
+                await self.sybils.start(nursery, count, min(count, 250), keys, seeds, liars=liars)
             elif rule.target == "victim":
                 count = max(1, round(rule.sybils * len(users)))
                 started = await self.sybils.start(nursery, count, rule.prefixes, [victim], seeds)
@@ -501,7 +512,7 @@ class _Run:
                 await self.sybils.attack(started, self.nodes[users[0]], self.end)
             else:
                 count = max(1, round(rule.sybils * len(users)))
-                await self.sybils.start(nursery, count, count, [], seeds)
+                await self.sybils.start(nursery, count, min(count, 250), [], seeds)
             await trio.sleep_forever()
 
     async def measure_sybils(self) -> None:

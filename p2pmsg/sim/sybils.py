@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -72,8 +73,8 @@ FETCH_WITHIN = 10.0
 class SybilDht(Dht):
     """The real service, except that it names only Sybils and keeps nothing."""
 
-    crowd: list[bytes]
-    """Every Sybil's encoded peer record (shared by all of one run's Sybils)."""
+    crowd: list[tuple[bytes, bytes]]
+    """Every Sybil's node id and encoded peer record (shared by one run's Sybils)."""
 
     async def handle(self, requester: PublicIdentity, request: rpc.Request) -> rpc.Response:
         match request.method:
@@ -90,10 +91,10 @@ class SybilDht(Dht):
                 return await super().handle(requester, request)
 
     def _nearest(self, target: bytes, not_: bytes) -> list[bytes]:
-        keyed = [(records.decode(r).key, r) for r in self.crowd]
-        keyed = [(k, r) for k, r in keyed if k != not_]
-        keyed.sort(key=lambda kr: distance(kr[0], target))
-        return [r for _, r in keyed[:ANSWER]]
+        others = (kr for kr in self.crowd if kr[0] != not_)
+        return [
+            r for _, r in heapq.nsmallest(ANSWER, others, key=lambda kr: distance(kr[0], target))
+        ]
 
 
 class LiarDht(SybilDht):
@@ -151,8 +152,7 @@ class Sybils:
 
     def __init__(self, world: World, result: SeedResult, country: str, rng: random.Random) -> None:
         self.world, self.result, self.country, self.rng = world, result, country, rng
-        self.crowd: list[bytes] = []
-        self.ids: set[bytes] = set()
+        self.crowd: list[tuple[bytes, bytes]] = []
         self.victim: str | None = None
         self.keys_of: str | None = None
         """The user whose keys the liars sit next to (S15)."""
@@ -221,8 +221,7 @@ class Sybils:
 
         bound = await nursery.start(transport.serve, Endpoint.parse(f"sim:{host}"), serve)
         own = dht.publish_local([str(bound)], frozenset())
-        self.crowd.append(records.encode(own))
-        self.ids.add(identity.node_id)
+        self.crowd.append((identity.node_id, records.encode(own)))
         await nursery.start(dht.run)
         with contextlib.suppress(RpcFailed):
             await dht.join(seeds)
