@@ -42,7 +42,7 @@ from p2pmsg.delivery import onion_frames
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS
-from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.errors import RemoteProtocolError, StoreError
 from p2pmsg.keys import Identity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.replay import ReplayTags
@@ -142,6 +142,8 @@ class RelayStats:
     tagged: int = 0
     queue_full: int = 0
     delivered_here: int = 0
+    not_saved: int = 0
+    """Packets dropped because their replay tags could not be saved (disk full)."""
 
 
 @dataclass(frozen=True)
@@ -271,10 +273,8 @@ class Relay:
                 fresh.setdefault(epoch, []).append(result.replay_tag)
                 forwards.append(result.result)
             accepted.append(packet)
-        for epoch, tags in fresh.items():
-            await self.store.add_replay_tags(epoch, tags)
-        if delivered:
-            await self.store.add_replay_tags(today, delivered, "delivered_tags")
+        if not await self._save_tags(fresh, (today, delivered), len(accepted)):
+            return
         for packet in accepted:
             for observe in self.observers:
                 observe(packet)
@@ -283,6 +283,25 @@ class Relay:
         for deliver in mine:
             self.stats.delivered_here += 1
             await self._spawn(nursery, self._on_deliver, deliver)
+
+    async def _save_tags(
+        self, fresh: dict[int, list[bytes]], delivered: tuple[int, list[bytes]], packets: int
+    ) -> bool:
+        """Commit a batch's new tags (one transaction per epoch); False when they
+        could not be saved: the batch is dropped (fail closed), and its senders
+        try again by new routes."""
+        try:
+            for epoch, tags in fresh.items():
+                await self.store.add_replay_tags(epoch, tags)
+            if delivered[1]:
+                await self.store.add_replay_tags(*delivered, "delivered_tags")
+        except StoreError as exc:
+            log.warning(
+                "dropped %d onion packets: their tags could not be saved (%s)", packets, exc
+            )
+            self.stats.not_saved += packets
+            return False
+        return True
 
     async def _spawn(
         self, nursery: trio.Nursery, fn: Callable[[T], Awaitable[None]], item: T

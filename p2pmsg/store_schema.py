@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from p2pmsg.delivery.frames import MessageKind, MsgFrame
 from p2pmsg.endpoint import MAX_ENDPOINT_CHARS
@@ -338,14 +338,33 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
 
+_ADVICE: Final = {
+    "SQLITE_FULL": "the disk is full; free some space and try again (nothing of this"
+    " write was kept, nothing before it was lost)",
+    "SQLITE_IOERR": "the disk failed to read or write; check it, then try again",
+    "SQLITE_CORRUPT": "the database file is damaged; stop the node and move the file"
+    " aside to start afresh (identity.key keeps the node's identity and invite), or"
+    " restore it from a backup",
+    "SQLITE_NOTADB": "the database file is not a p2pmsg database or is damaged beyond"
+    " reading; move it aside, or restore it from a backup",
+}
+"""What to tell the person about the SQLite errors they can do something about."""
+
+
 @contextmanager
 def translated(what: str) -> Iterator[None]:
-    """Turn any SQLite error into a one-line :class:`StoreError`."""
+    """Turn any SQLite error into a one-line :class:`StoreError`, with advice
+    for a full disk, a failing one and a damaged file."""
     try:
         yield
     except sqlite3.Error as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise StoreError(f"{what}: {detail}") from exc
+        name = getattr(exc, "sqlite_errorname", "")  # or extended: SQLITE_IOERR_WRITE
+        advice = next(
+            (text for code, text in _ADVICE.items() if name == code or name.startswith(code + "_")),
+            "",
+        )
+        raise StoreError(f"{what}: {detail}" + (f": {advice}" if advice else "")) from exc
 
 
 def _create_private(path: Path) -> None:

@@ -400,3 +400,37 @@ async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path
         published = dict(keys.published())
         assert sorted(published) == [100, 101, 102]  # epoch 99's key is gone
         assert await store.get_secret("onion:99") is None
+
+
+async def test_a_full_disk_at_the_recipient_loses_nothing_and_the_node_runs_on(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Bob's disk fills (SQLite's own full condition, ``max_page_count``): the
+    message that reaches him is neither kept nor acked, and he runs on; once
+    there is room, alice's retries bring it, once."""
+    boot = [world.invite(RELAYS[0])]
+    async with (
+        running(world, RELAYS, boot),
+        world.node("bob", bootstrap=boot) as bob,
+        world.node("alice", bootstrap=boot) as alice,
+    ):
+        await bob.joined.wait()
+        await alice.joined.wait()
+        await until(bob.onion.prekeys_published.is_set)
+        await alice.store.add_contact(world.contact_of("bob"))
+        conn = bob.store._db._conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        sent = await alice.send("bob", LONG)
+        receiver = bob.onion.receiver.stats
+        await until(lambda: receiver.not_saved > 0)
+        assert await bob.store.count_inbox() == 0
+        assert receiver.acks_sent == 0
+        conn.execute(f"PRAGMA max_page_count = {2 * pages + 1024}")
+        with trio.fail_after(3 * 3600):
+            got = await bob.messages().receive()
+            assert await alice.deliveries().receive() == sent
+        assert (got.id, got.text) == (sent, LONG)
+        await trio.sleep(600)
+        assert await bob.store.count_inbox() == 1

@@ -430,6 +430,39 @@ def test_inbox_dedup_survives_reopen(path: Path) -> None:
         assert database.count_inbox() == 2
 
 
+def test_a_full_disk_refuses_each_write_loudly_and_loses_nothing(db: Database) -> None:
+    """SQLite's own full condition (``max_page_count``, as a full disk gives):
+    each write fails whole with advice, what was written stays, and writing
+    works again once there is room. A refused receive is never acked, so its
+    sender sends it again."""
+    conn = db._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = replace(out(1), body=bytes(60_000))
+    with pytest.raises(StoreError, match="disk is full; free some space") as refused:
+        db.enqueue(big)
+    assert len(str(refused.value).splitlines()) == 1
+    with pytest.raises(StoreError, match="disk is full"):
+        db.add_received(replace(inb(1), body=bytes(60_000)))
+    assert db.count_queued() == 0 and db.count_inbox() == 0
+    conn.execute(f"PRAGMA max_page_count = {2 * pages + 64}")
+    db.enqueue(big)
+    assert db.add_received(replace(inb(1), body=bytes(60_000)))
+    assert (db.count_queued(), db.count_inbox()) == (1, 1)
+
+
+def test_a_damaged_database_file_is_named_with_a_way_out(path: Path) -> None:
+    with Database.open(path) as database:
+        database.enqueue(out(1))
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the first page's b-tree, past its header
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="damaged") as damaged, Database.open(path) as database:
+        database.list_outbox()
+    assert "move the file aside" in str(damaged.value) or "restore it" in str(damaged.value)
+
+
 # bounds
 
 

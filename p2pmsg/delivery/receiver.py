@@ -38,7 +38,7 @@ from p2pmsg.e2e import sealed, session
 from p2pmsg.e2e.prekeys import PrekeySecrets
 from p2pmsg.e2e.primitives import CorruptState, DecryptError, ReplayedStart, UnknownPrekey
 from p2pmsg.e2e.ratchet import RatchetState
-from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.errors import RemoteProtocolError, StoreError
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.route import NoRoute
@@ -58,6 +58,8 @@ class ReceiverStats:
     acks_received: int = 0
     unreadable_sent: int = 0
     unreadable_received: int = 0
+    not_saved: int = 0
+    """Messages not committed (disk full); unacked, so their senders try again."""
 
 
 class MailboxService(Protocol):
@@ -134,6 +136,9 @@ class Receiver:
         except RemoteProtocolError as exc:
             log.debug("refused an onion message: %s", exc)
             self.stats.refused += 1
+        except StoreError as exc:  # not committed, so not acked: the sender tries again
+            log.warning("could not keep an onion message: %s", exc)
+            self.stats.not_saved += 1
 
     async def _reply(self, surb_id: bytes, payload: bytes) -> None:
         opened = await self.onion.open_reply(surb_id, payload)
