@@ -49,6 +49,7 @@ from p2pmsg.errors import (
     HandshakeError,
     ListenError,
     RemoteProtocolError,
+    StoreError,
     UnknownContact,
 )
 from p2pmsg.home import Home
@@ -488,6 +489,8 @@ class Node:
             await self._serve_peer(secure)
         except _LINK_ERRORS as exc:
             log.debug("inbound link ended: %r", exc)
+        except StoreError as exc:  # what it carried is not acked: its sender sends it again
+            log.warning("ended an inbound link: %s", exc)
         finally:
             self.onion.links.detach(secure)
             await secure.aclose()

@@ -75,6 +75,31 @@ async def test_message_waits_for_an_offline_peer_then_arrives(
             assert await alice.deliveries().receive() == sent
 
 
+async def test_a_full_disk_ends_the_link_unacked_and_the_message_comes_later(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Direct delivery to a recipient whose disk is full (SQLite's own full
+    condition): no ack, the node runs on, and alice's retry delivers once."""
+    async with world.node("alice") as alice, world.node("bob") as bob:
+        await alice.store.add_contact(world.contact_of("bob"))
+        conn = bob.store._db._conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        body = bytes(60_000)
+        sent = await alice.send("bob", body, direct=True)
+        await trio.sleep(120)
+        (queued,) = await alice.store.list_outbox()
+        assert queued.state == "queued" and queued.attempts >= 1
+        assert await bob.store.count_inbox() == 0
+        conn.execute(f"PRAGMA max_page_count = {2 * pages + 1024}")
+        got = await bob.messages().receive()
+        assert (got.id, got.body) == (sent, body)
+        assert await alice.deliveries().receive() == sent
+        await trio.sleep(600)
+        assert await bob.store.count_inbox() == 1
+
+
 async def test_lost_acks_cause_a_retry_but_one_delivery(
     world: SimWorld, autojump_clock: MockClock
 ) -> None:
