@@ -36,10 +36,13 @@ import binascii
 import logging
 from collections.abc import Callable, Iterable
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
+
+import trio
 
 from p2pmsg.dht import records
 from p2pmsg.dht.records import InvalidReason, InvalidRecord, Record, RecordType
+from p2pmsg.dht.service import Dht
 from p2pmsg.errors import P2PMsgError
 from p2pmsg.keys import PublicIdentity
 from p2pmsg.store import Store
@@ -107,6 +110,14 @@ class BootstrapLists:
         self.accepted = 0
         self.refused: dict[str, int] = {}
 
+    def stats(self) -> dict[str, Any]:
+        """For ``status``: publishers trusted, lists taken, refusals by reason."""
+        return {
+            "publishers": len(self.publishers),
+            "accepted": self.accepted,
+            "refused": dict(self.refused),
+        }
+
     async def held(self, publisher: bytes) -> Record | None:
         """The newest list we hold from ``publisher`` (expired or not)."""
         line = await self.store.get_meta(_SLOT.format(publisher.hex()))
@@ -155,6 +166,42 @@ class BootstrapLists:
         await self.store.set_meta(_SLOT.format(record.publisher.hex()), to_line(record))
         self.accepted += 1
         return True
+
+    async def take(self, line: str, dht: Dht | None) -> bool:
+        """Take a list pasted as text: True if it is newer than ours, and then
+        it is stored in the DHT too (with ``dht``: once the node has joined).
+        Raises :class:`BootstrapRefused` saying why not."""
+        record = from_line(line)
+        if not await self.accept(record):
+            return False
+        if dht is not None:
+            await dht.put(record)
+        return True
+
+    async def refresh(self, dht: Dht) -> int:
+        """Look our publishers' lists up in the DHT and keep what is newer;
+        store the newest we hold there again unless it was found. How many
+        were newer."""
+        newer = 0
+        for publisher in sorted(self.publishers):
+            key = records.bootstrap_key(publisher)
+            found = await dht.find_records(RecordType.BOOTSTRAP, key)
+            for record in found:
+                try:
+                    newer += await self.accept(record)
+                except BootstrapRefused as exc:
+                    log.debug("%s", exc)
+            held = await self.held(publisher)
+            if held is not None and held.expires > self._wall_clock() and held not in found:
+                await dht.put(held)
+        return newer
+
+    async def keep_fresh(self, dht: Dht, joined: trio.Event, every: float) -> None:
+        """:meth:`refresh` once the node has joined, then every ``every`` seconds."""
+        await joined.wait()
+        while True:
+            await self.refresh(dht)
+            await trio.sleep(every)
 
     async def invites(self) -> list[str]:
         """The invites of every list we hold that is still valid."""

@@ -32,14 +32,14 @@ import trio
 
 from p2pmsg import join
 from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport
-from p2pmsg.bootstrap import BootstrapLists, BootstrapRefused, from_line
+from p2pmsg.bootstrap import BootstrapLists
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.liveness import NetworkWatch
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
 from p2pmsg.delivery.reorder import ReorderTimer
 from p2pmsg.delivery.sender import Sender
-from p2pmsg.dht import records, rpc
+from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
@@ -311,7 +311,12 @@ class Node:
                 )  # fmt: skip
                 nursery.start_soon(joiner.stay_joined, node.options.cache_every)
                 if node.bootstrap.publishers:
-                    nursery.start_soon(node._refresh_bootstrap_lists)
+                    nursery.start_soon(
+                        node.bootstrap.keep_fresh,
+                        node.dht,
+                        node.joined,
+                        node.options.bootstrap_every,
+                    )
                 if lan is None and config.mdns is not None:
                     lan = partial(MdnsDiscovery, config.mdns)
                 if lan is not None and not config.bridge:
@@ -414,11 +419,7 @@ class Node:
             "tunnels_carried": vars(self.tunnels.stats).copy(),
             "onion": self.onion.stats(),
             "dht": self.dht.stats(),
-            "bootstrap_lists": {
-                "publishers": len(self.bootstrap.publishers),
-                "accepted": self.bootstrap.accepted,
-                "refused": dict(self.bootstrap.refused),
-            },
+            "bootstrap_lists": self.bootstrap.stats(),
         }
 
     # -- path scores -----------------------------------------------------------
@@ -585,39 +586,13 @@ class Node:
     # -- the DHT -------------------------------------------------------------
 
     async def import_bootstrap(self, line: str) -> bool:
-        """Take a signed bootstrap list pasted as text (:mod:`p2pmsg.bootstrap`):
-        True if it is newer than ours, and then it is stored in the DHT too.
-        Raises :class:`~p2pmsg.bootstrap.BootstrapRefused` saying why not."""
-        record = from_line(line)
-        if not await self.bootstrap.accept(record):
-            return False
-        if self.joined.is_set():
-            await self.dht.put(record)
-        return True
+        """Take a signed bootstrap list pasted as text: True if it is newer than
+        ours (:meth:`~p2pmsg.bootstrap.BootstrapLists.take`)."""
+        return await self.bootstrap.take(line, self.dht if self.joined.is_set() else None)
 
     async def refresh_bootstrap(self) -> int:
-        """Look our publishers' lists up in the DHT and keep what is newer;
-        store the newest we hold there again unless it was found. How many
-        were newer."""
-        newer = 0
-        for publisher in sorted(self.bootstrap.publishers):
-            key = records.bootstrap_key(publisher)
-            found = await self.dht.find_records(records.RecordType.BOOTSTRAP, key)
-            for record in found:
-                try:
-                    newer += await self.bootstrap.accept(record)
-                except BootstrapRefused as exc:
-                    log.debug("%s", exc)
-            held = await self.bootstrap.held(publisher)
-            if held is not None and held.expires > self._wall_clock() and held not in found:
-                await self.dht.put(held)
-        return newer
-
-    async def _refresh_bootstrap_lists(self) -> None:
-        await self.joined.wait()
-        while True:
-            await self.refresh_bootstrap()
-            await trio.sleep(self.options.bootstrap_every)
+        """Our publishers' lists from the DHT (:meth:`~p2pmsg.bootstrap.BootstrapLists.refresh`)."""
+        return await self.bootstrap.refresh(self.dht)
 
     async def find(self, node_id: bytes) -> Peer | None:
         """The current peer record of ``node_id`` in the DHT, as a Peer."""

@@ -53,6 +53,21 @@ async def running(world: SimWorld, names: Sequence[str], boot: list[str]) -> Asy
         yield
 
 
+@asynccontextmanager
+async def alice_and_bob(world: SimWorld) -> AsyncIterator[tuple[Node, Node]]:
+    """The relays running, and alice and bob joined, bob a contact of alice's."""
+    boot = [world.invite(RELAYS[0])]
+    async with (
+        running(world, RELAYS, boot),
+        world.node("bob", bootstrap=boot) as bob,
+        world.node("alice", bootstrap=boot) as alice,
+    ):
+        await bob.joined.wait()
+        await alice.joined.wait()
+        await alice.store.add_contact(world.contact_of("bob"))
+        yield alice, bob
+
+
 def befriend(world: SimWorld, a: str, b: str, boot: list[str]) -> None:
     world.home(a, bootstrap=boot)
     world.home(b, bootstrap=boot)
@@ -65,15 +80,7 @@ def befriend(world: SimWorld, a: str, b: str, boot: list[str]) -> None:
 async def test_a_message_crosses_three_relays_and_its_ack_comes_back(
     world: SimWorld, autojump_clock: MockClock, text: str
 ) -> None:
-    boot = [world.invite(RELAYS[0])]
-    async with (
-        running(world, RELAYS, boot),
-        world.node("bob", bootstrap=boot) as bob,
-        world.node("alice", bootstrap=boot) as alice,
-    ):
-        await bob.joined.wait()
-        await alice.joined.wait()
-        await alice.store.add_contact(world.contact_of("bob"))
+    async with alice_and_bob(world) as (alice, bob):
         sent = await alice.send("bob", text)
         with trio.fail_after(600):
             got = await bob.messages().receive()
@@ -318,14 +325,7 @@ async def test_a_packet_whose_first_relay_cannot_be_reached_takes_another_route(
     it). A packet routed through relay0 first goes over a route without it in
     the same attempt, and relay0 takes a failure (found by the S1 simulation:
     blocked bootstrap relays cost a whole retry)."""
-    boot = [world.invite(RELAYS[0])]
-    async with (
-        running(world, RELAYS, boot),
-        world.node("bob", bootstrap=boot) as bob,
-        world.node("alice", bootstrap=boot) as alice,
-    ):
-        await alice.joined.wait()
-        await bob.joined.wait()
+    async with alice_and_bob(world) as (alice, bob):
         await until(lambda: len(alice.onion.path.candidates(sim_wall_clock())) >= 4)
 
         def censor(packet: Packet) -> Verdict:
@@ -408,16 +408,8 @@ async def test_a_full_disk_at_the_recipient_loses_nothing_and_the_node_runs_on(
     """Bob's disk fills (SQLite's own full condition, ``max_page_count``): the
     message that reaches him is neither kept nor acked, and he runs on; once
     there is room, alice's retries bring it, once."""
-    boot = [world.invite(RELAYS[0])]
-    async with (
-        running(world, RELAYS, boot),
-        world.node("bob", bootstrap=boot) as bob,
-        world.node("alice", bootstrap=boot) as alice,
-    ):
-        await bob.joined.wait()
-        await alice.joined.wait()
+    async with alice_and_bob(world) as (alice, bob):
         await until(bob.onion.prekeys_published.is_set)
-        await alice.store.add_contact(world.contact_of("bob"))
         conn = bob.store._db._conn
         assert conn is not None
         pages = conn.execute("PRAGMA page_count").fetchone()[0]

@@ -430,6 +430,15 @@ def bootstrap_key(publisher: bytes) -> bytes:
     return hashlib.blake2b(_BOOTSTRAP_DOMAIN + publisher, digest_size=KEY_SIZE).digest()
 
 
+def _check_invite(text: str) -> None:
+    try:
+        canonical = str(Invite.parse(text))
+    except BadInvite as exc:
+        raise ValueError(f"a bad invite: {exc}") from exc
+    if canonical != text:
+        raise ValueError("an invite is not in its canonical form")
+
+
 def encode_bootstrap_value(invites: Sequence[str]) -> bytes:
     """Raises ``ValueError`` for a bad, repeated or non-canonical invite, or a bad count."""
     if not 1 <= len(invites) <= MAX_BOOTSTRAP_INVITES:
@@ -438,12 +447,7 @@ def encode_bootstrap_value(invites: Sequence[str]) -> bytes:
         raise ValueError("an invite is listed twice")
     out = bytearray([BOOTSTRAP_VALUE_VERSION, len(invites)])
     for text in invites:
-        try:
-            canonical = str(Invite.parse(text))
-        except BadInvite as exc:
-            raise ValueError(f"a bad invite: {exc}") from exc
-        if canonical != text:
-            raise ValueError("an invite is not in its canonical form")
+        _check_invite(text)
         data = text.encode()
         out += len(data).to_bytes(2, "big") + data
     if len(out) > MAX_VALUE:
