@@ -21,6 +21,7 @@ reason, so its bytes go on a TCP stream with no cleartext length in front.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -46,6 +47,25 @@ class Link(Protocol):
     async def receive(self) -> bytes: ...
 
     async def aclose(self) -> None: ...
+
+
+def remote_host(link: Link) -> str | None:
+    """The address a served link came from, for per-address limits
+    (:mod:`p2pmsg.admission`); None when its transport cannot tell or the
+    address is loopback (tests, a local proxy such as obfs4proxy).
+
+    A link that knows its peer's address has a ``remote_host`` attribute;
+    a wrapping link passes its inner link's on.
+    """
+    host = getattr(link, "remote_host", None)
+    if not isinstance(host, str) or not host:
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
 
 
 class Transport(Protocol):

@@ -31,7 +31,8 @@ from typing import Any
 import trio
 
 from p2pmsg import join
-from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport
+from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport, remote_host
+from p2pmsg.admission import Admission, Limits, Ticket
 from p2pmsg.bootstrap import BootstrapLists
 from p2pmsg.delivery import frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
@@ -90,7 +91,9 @@ class NodeOptions:
     message_ttl: float = 7 * 86400.0
     replay_window: float = 86400.0
     replay_capacity: int = 100_000
-    max_inbound: int = 256
+    admission: Limits = field(default_factory=Limits)
+    """Limits on inbound links per address, per network and in all, and
+    the memory their buffers may hold (:mod:`p2pmsg.admission`)."""
     max_parallel_peers: int = 16
     batch: int = 64
     app_queue: int = 256
@@ -180,7 +183,7 @@ class Node:
         for transport in self.transports:
             if isinstance(transport, KeepsReplays):  # obfs: its hellos' tags saved too
                 transport.keep_replays(self._replay)
-        self._inbound = 0
+        self.admission = Admission(options.admission)
         self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
             options.app_queue
         )
@@ -420,6 +423,7 @@ class Node:
             "onion": self.onion.stats(),
             "dht": self.dht.stats(),
             "bootstrap_lists": self.bootstrap.stats(),
+            "inbound": self.admission.stats(),
         }
 
     # -- path scores -----------------------------------------------------------
@@ -464,16 +468,17 @@ class Node:
         log.info("listening on a %s endpoint", endpoint.transport)
 
     async def _handle_inbound(self, link: Link) -> None:
-        if self._inbound >= self.options.max_inbound:
+        ticket = self.admission.admit(remote_host(link), trio.current_time())
+        if not isinstance(ticket, Ticket):  # closed before its handshake, as Tor does
             self.stats.inbound_refused += 1
+            log.debug("refused an inbound link: %s", ticket)
             return
-        self._inbound += 1
         try:
-            await self._accept_and_serve(link)
+            await self._accept_and_serve(link, ticket)
         finally:
-            self._inbound -= 1
+            ticket.close()
 
-    async def _accept_and_serve(self, link: Link) -> None:
+    async def _accept_and_serve(self, link: Link, ticket: Ticket) -> None:
         try:
             secure = await accept_secure(
                 self._replay.guard(link),  # answers only once the flight's tag is on disk
@@ -486,6 +491,7 @@ class Node:
         except HandshakeError:
             self.stats.refused_handshakes += 1
             return
+        ticket.established()
         try:
             await self._serve_peer(secure)
         except _LINK_ERRORS as exc:

@@ -8,6 +8,7 @@ import trio.testing
 from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
+from p2pmsg.admission import Limits, Refused
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import OutboxFull, UnknownContact
 from p2pmsg.keys import Identity
@@ -200,9 +201,29 @@ async def test_a_bad_frame_ends_that_link_only(world: SimWorld, autojump_clock: 
 
 
 async def test_inbound_links_are_bounded(world: SimWorld, autojump_clock: MockClock) -> None:
-    async with world.node("bob", options=NodeOptions(max_inbound=3)) as bob:
+    async with world.node("bob", options=NodeOptions(admission=Limits(links=3))) as bob:
         silent = [await world.net.connect(f"c{i}", "bob", 1) for i in range(5)]
         await trio.testing.wait_all_tasks_blocked()
         assert bob.stats.inbound_refused == 2
         for stream in silent:
             await stream.aclose()
+
+
+async def test_one_address_gets_only_its_share_of_handshakes(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Half-open handshakes from one address stop at its limit; another address
+    still gets a link, and a finished handshake frees its place."""
+    async with world.node("bob") as bob, world.node("alice") as alice:
+        per_address = bob.options.admission.pending_per_address
+        silent = [await world.net.connect("flooder", "bob", 1) for _ in range(per_address + 3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert bob.stats.inbound_refused == 3
+        assert bob.admission.refused[Refused.PENDING_ADDRESS] == 3
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = await alice.send("bob", "past the flood", direct=True)
+        assert (await bob.messages().receive()).id == sent
+        for stream in silent:
+            await stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert bob.admission.pending == 0

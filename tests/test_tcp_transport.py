@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pmsg.abc import Link
+from p2pmsg.abc import Link, remote_host
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import UnsupportedEndpoint
 from p2pmsg.testing.conformance import open_link_pair, receive_exactly
@@ -164,3 +164,10 @@ async def test_aborted_send_breaks_both_ends() -> None:
 async def _receive_until_failure(link: Link) -> None:
     while True:
         await link.receive()
+
+
+async def test_a_served_link_knows_its_peers_address_and_loopback_counts_as_unknown() -> None:
+    async with open_link_pair(TcpTransport(), LOOPBACK) as (_client, server):
+        assert isinstance(server, TcpLink)
+        assert server.remote_host == "127.0.0.1"
+        assert remote_host(server) is None  # loopback: tests and local proxies share it

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from p2pmsg.abc import MAX_SEND, Link, Transport
+from p2pmsg.abc import MAX_SEND, Link, Transport, remote_host
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import LocalProtocolError
 from p2pmsg.keys import Identity
@@ -518,3 +518,23 @@ class DeframerMachine(RuleBasedStateMachine):
 
 TestDeframerMachine = DeframerMachine.TestCase
 TestDeframerMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_a_wrapped_link_passes_its_peers_address_on(
+    stack: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = SimNetwork()
+    served: list[str | None] = []
+    transport, dialer = STACKS[stack](SimTransport(net, "a")), STACKS[stack](SimTransport(net, "b"))
+
+    async def handler(link: Link) -> None:
+        served.append(remote_host(link))
+
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(transport.serve, Endpoint(transport.name, "a:0"), handler)
+        link = await dialer.dial(bound)
+        await trio.testing.wait_all_tasks_blocked()
+        await link.aclose()
+        nursery.cancel_scope.cancel()
+    assert served == ["b"]

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import trio
 
-from p2pmsg.abc import Link, LinkHandler, Transport
+from p2pmsg.abc import Link, LinkHandler, Transport, remote_host
 from p2pmsg.endpoint import Endpoint, format_address
 from p2pmsg.errors import BadEndpoint, BadKey, StoreError, UnsupportedEndpoint
 from p2pmsg.keys import decode_key, encode_key
@@ -170,6 +170,10 @@ class ObfsLink:
         self._receive_lock = trio.Lock()
         self._closed = False
         self._broken = False
+
+    @property
+    def remote_host(self) -> str | None:
+        return remote_host(self._inner)
 
     def _check_usable(self) -> None:
         if self._closed:

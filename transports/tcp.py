@@ -49,6 +49,14 @@ class TcpLink:
     def socket(self) -> trio.socket.SocketType:
         return self._stream.socket
 
+    @property
+    def remote_host(self) -> str | None:
+        """The peer's address (no port), None once the socket is gone."""
+        try:
+            return str(self._stream.socket.getpeername()[0])
+        except OSError:
+            return None
+
     def _check_usable(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the link was closed")

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import trio
 
-from p2pmsg.abc import MAX_SEND, Link, LinkHandler, Transport
+from p2pmsg.abc import MAX_SEND, Link, LinkHandler, Transport, remote_host
 from p2pmsg.endpoint import Endpoint, format_address
 from p2pmsg.errors import BadEndpoint, RemoteProtocolError, UnsupportedEndpoint
 from transports.inner import ReportAs
@@ -196,6 +196,10 @@ class TlsLink:
         self._closed = False
         self._broken = False
         self._eof = False
+
+    @property
+    def remote_host(self) -> str | None:
+        return remote_host(self._inner)
 
     def _check_usable(self) -> None:
         if self._closed:

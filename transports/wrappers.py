@@ -64,7 +64,7 @@ from functools import partial
 
 import trio
 
-from p2pmsg.abc import MAX_SEND, Link, LinkHandler, Transport
+from p2pmsg.abc import MAX_SEND, Link, LinkHandler, Transport, remote_host
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import UnsupportedEndpoint
 from transports.inner import ReportAs, feed
@@ -107,6 +107,10 @@ class TimeoutLink:
         self._waited = 0.0  # seconds receives have waited since the last data
         self._closed = False
         self._broken: str | None = None
+
+    @property
+    def remote_host(self) -> str | None:
+        return remote_host(self._inner)
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -241,6 +245,10 @@ class PaddingLink:
         self._next_cover: float | None = None
         self._closed = False
         self._broken: str | None = None
+
+    @property
+    def remote_host(self) -> str | None:
+        return remote_host(self._inner)
 
     def _check_usable(self) -> None:
         if self._closed:

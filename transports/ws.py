@@ -35,7 +35,7 @@ from functools import partial
 import trio
 from wsproto.frame_protocol import CloseReason
 
-from p2pmsg.abc import Link, LinkHandler, Transport
+from p2pmsg.abc import Link, LinkHandler, Transport, remote_host
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import BadEndpoint, UnsupportedEndpoint
 from transports.inner import ReportAs, feed
@@ -99,6 +99,10 @@ class WsLink:
         self._receive_lock = trio.Lock()
         self._closed = False
         self._broken = False
+
+    @property
+    def remote_host(self) -> str | None:
+        return remote_host(self._inner)
 
     def _check_usable(self) -> None:
         if self._closed:

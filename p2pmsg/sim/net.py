@@ -161,6 +161,11 @@ class SimStream(trio.abc.Channel[bytes]):
     def flow_id(self) -> int:
         return self._flow.id
 
+    @property
+    def remote_host(self) -> str:
+        """The peer's host, for per-address limits (:func:`p2pmsg.abc.remote_host`)."""
+        return self.remote[0]
+
     def _check_usable(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this end of the stream was closed")

@@ -1,0 +1,132 @@
+"""The admission of inbound links (p2pmsg.admission): its limits as a state machine."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from p2pmsg.admission import Admission, Limits, Refused, Ticket, prefix_of
+from p2pmsg.link.connection import MAX_BUFFER
+
+ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.1.1", "2001:db8::1", "2001:db8:0:1::1", "u0001", None)
+SMALL = Limits(
+    links=9, links_per_address=3, links_per_prefix=4, pending=6, pending_per_address=2,
+    pending_per_prefix=3, opens_per_second=0.5, opens_burst=4, memory=8 * 1000, link_bytes=1000,
+)  # fmt: skip
+
+
+def test_prefixes_are_slash_24_and_slash_48_and_names_their_own() -> None:
+    assert prefix_of("10.1.2.3") == prefix_of("10.1.2.200") == "10.1.2.0/24"
+    assert prefix_of("::ffff:10.1.2.3") == "10.1.2.0/24"
+    assert prefix_of("2001:db8:1:2::5") == prefix_of("[2001:db8:1:ffff::9]") == "2001:db8:1::/48"
+    assert prefix_of("u0001") != prefix_of("u0002")
+
+
+def test_the_default_link_reservation_covers_the_secure_links_buffer() -> None:
+    assert Limits().link_bytes > MAX_BUFFER
+    assert Limits().memory // Limits().link_bytes >= 64
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"links": 0}, {"opens_per_second": 0}, {"memory": 10, "link_bytes": 100}]
+)
+def test_impossible_limits_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        Limits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_an_address_that_opens_too_fast_waits_for_its_bucket() -> None:
+    admission = Admission(Limits(opens_per_second=1.0, opens_burst=2))
+    for _ in range(2):
+        ticket = admission.admit("10.0.0.1", now=0.0)
+        assert isinstance(ticket, Ticket)
+        ticket.close()
+    assert admission.admit("10.0.0.1", now=0.0) is Refused.RATE
+    assert isinstance(admission.admit("10.0.0.2", now=0.0), Ticket)
+    assert isinstance(admission.admit("10.0.0.1", now=1.0), Ticket)
+
+
+class AdmissionMachine(RuleBasedStateMachine):
+    """Against a model: the counts never pass a limit, a refusal names a limit
+    that was reached, and closing every ticket returns to nothing held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admission = Admission(SMALL)
+        self.open: list[Ticket] = []
+        self.now = 0.0
+
+    def _held(self, pending_only: bool) -> tuple[int, Counter[str]]:
+        tickets = [t for t in self.open if t.pending or not pending_only]
+        counts: Counter[str] = Counter()
+        for t in tickets:
+            if t.address is not None:
+                counts[t.address] += 1
+                counts[prefix_of(t.address)] += 1
+        return len(tickets), counts
+
+    @rule(address=st.sampled_from(ADDRESSES), wait=st.sampled_from([0.0, 0.0, 1.0, 5.0]))
+    def admit(self, address: str | None, wait: float) -> None:
+        self.now += wait
+        links, per = self._held(pending_only=False)
+        pending, per_pending = self._held(pending_only=True)
+        got = self.admission.admit(address, self.now)
+        if isinstance(got, Ticket):
+            self.open.append(got)
+            return
+        lim = SMALL
+        reached = {
+            Refused.TOTAL: links >= lim.links,
+            Refused.MEMORY: (links + 1) * lim.link_bytes > lim.memory,
+            Refused.PENDING: pending >= lim.pending,
+            Refused.RATE: address is not None,
+        }
+        if address is not None:
+            prefix = prefix_of(address)
+            reached |= {
+                Refused.ADDRESS: per[address] >= lim.links_per_address,
+                Refused.PREFIX: per[prefix] >= lim.links_per_prefix,
+                Refused.PENDING_ADDRESS: per_pending[address] >= lim.pending_per_address,
+                Refused.PENDING_PREFIX: per_pending[prefix] >= lim.pending_per_prefix,
+            }
+        assert reached.get(got), f"refused for {got} without reaching it"
+
+    @precondition(lambda self: self.open)
+    @rule(index=st.integers(min_value=0), close=st.booleans())
+    def finish_or_close(self, index: int, close: bool) -> None:
+        ticket = self.open[index % len(self.open)]
+        if close:
+            ticket.close()
+            ticket.close()  # idempotent
+            self.open.remove(ticket)
+        else:
+            ticket.established()
+
+    @invariant()
+    def within_limits(self) -> None:
+        links, per = self._held(pending_only=False)
+        pending, per_pending = self._held(pending_only=True)
+        lim, a = SMALL, self.admission
+        assert (a.links, a.pending) == (links, pending)
+        assert links <= lim.links and pending <= lim.pending
+        assert a.reserved_bytes == links * lim.link_bytes <= lim.memory
+        for key, n in per.items():
+            is_prefix = "/" in key
+            assert n <= (lim.links_per_prefix if is_prefix else lim.links_per_address)
+            assert per_pending[key] <= (
+                lim.pending_per_prefix if is_prefix else lim.pending_per_address
+            )
+
+    def teardown(self) -> None:
+        for ticket in self.open:
+            ticket.close()
+        assert (self.admission.links, self.admission.pending, self.admission.reserved_bytes) == (
+            0, 0, 0,
+        )  # fmt: skip
+        assert not self.admission._links and not self.admission._pending
+
+
+TestAdmission = AdmissionMachine.TestCase
