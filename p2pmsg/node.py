@@ -493,7 +493,7 @@ class Node:
             return
         ticket.established()
         try:
-            await self._serve_peer(secure)
+            await self._serve_peer(secure, ticket.address)
         except _LINK_ERRORS as exc:
             log.debug("inbound link ended: %r", exc)
         except StoreError as exc:  # what it carried is not acked: its sender sends it again
@@ -502,12 +502,12 @@ class Node:
             self.onion.links.detach(secure)
             await secure.aclose()
 
-    async def _serve_peer(self, link: SecureLink) -> None:
+    async def _serve_peer(self, link: SecureLink, address: str | None) -> None:
         while True:
             with trio.fail_after(self.options.idle_timeout):
                 data = await link.receive()
             if len(data) > 1 and data[1] in (rpc.REQUEST_TYPE, rpc.RESPONSE_TYPE):
-                await self._answer_rpc(link, data)
+                await self._answer_rpc(link, data, address)
                 continue
             if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
                 self._take_packet(data)
@@ -536,14 +536,14 @@ class Node:
             raise
         self.onion.relay.submit(packet)
 
-    async def _answer_rpc(self, link: SecureLink, data: bytes) -> None:
+    async def _answer_rpc(self, link: SecureLink, data: bytes, address: str | None) -> None:
         try:
             message = rpc.decode(data)
         except RemoteProtocolError:
             self.stats.bad_frames += 1
             raise
         if isinstance(message, rpc.Request):
-            response = await self.dht.handle(link.peer, message)
+            response = await self.dht.handle(link.peer, message, address)
             await link.send(rpc.encode_response(response))
 
     async def _commit_received(self, peer: PublicIdentity, frame: MsgFrame) -> None:

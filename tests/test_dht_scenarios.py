@@ -24,7 +24,7 @@ from trio.testing import MockClock
 
 from p2pmsg.abc import Link
 from p2pmsg.dht import records as rec
-from p2pmsg.dht import rpc
+from p2pmsg.dht import rpc, service
 from p2pmsg.dht.peer import ID_BITS, distance
 from p2pmsg.dht.record_store import DEFAULT_MAX_PER_SOURCE
 from p2pmsg.dht.service import Dht, DhtOptions, RpcFailed
@@ -492,6 +492,30 @@ async def test_store_floods_are_refused_beyond_rate_and_quota(autojump_clock: Mo
             result = await store_all(world.dialers[other.identity.node_id], responder, more)
             assert result == Counter({rpc.Status.OK: 5})
         assert len(responder.records) == 1 + stored + 5 * len(others)
+        nursery.cancel_scope.cancel()
+
+
+async def test_many_ids_from_one_address_share_its_request_rate(
+    autojump_clock: MockClock,
+) -> None:
+    """Each of a flooder's ids has a full bucket, but together they get what
+    ADDRESS_SHARE ids would from their address; another address is served."""
+    rng = random.Random(5)
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, rng)
+        (responder,) = await world.build(["10.0.0.1"])
+        options, share = responder.options, service.ADDRESS_SHARE
+        await trio.sleep(options.burst / options.rate)
+        statuses: Counter[rpc.Status] = Counter()
+        for i in range(500):
+            ping = rpc.Request(i.to_bytes(rpc.RID_BYTES, "big"), rpc.Method.PING, b"", b"")
+            flooder = Identity(rng.randbytes(32)).public
+            statuses[(await responder.handle(flooder, ping, "203.0.113.9")).status] += 1
+        assert statuses[rpc.Status.OK] == options.burst * share
+        assert statuses[rpc.Status.RATE_LIMITED] == 500 - options.burst * share
+        honest = Identity(rng.randbytes(32)).public
+        answer = await responder.handle(honest, ping, "198.51.100.7")
+        assert answer.status is rpc.Status.OK
         nursery.cancel_scope.cancel()
 
 

@@ -74,6 +74,9 @@ def _fit(records: list[bytes], budget: int) -> list[bytes]:
 
 #: Bytes of records one reply may carry: a response must fit one link message.
 REPLY_BUDGET = MAX_MESSAGE - 1024
+ADDRESS_SHARE = 4
+"""An address may send this many times one id's request rate: a few honest
+nodes behind one NAT, not a flooder's thousand ids."""
 
 
 class RpcFailed(P2PMsgError):
@@ -130,6 +133,10 @@ class Dht:
         )
         self.records = RecordStore(own=[identity.public.key])
         self.limiter = RateLimiter(options.rate, options.burst)
+        self.address_limiter = RateLimiter(
+            options.rate * ADDRESS_SHARE, options.burst * ADDRESS_SHARE
+        )
+        """Requests per address too: a flooder's many ids share few addresses."""
         self.clock = clock or ClockCheck()
         """How far our wall clock is from our peers' (PING replies feed it)."""
         self.own_record: rec.Record | None = None
@@ -156,7 +163,7 @@ class Dht:
             "peers": len(self.table),
             "records": len(self.records),
             "refused_records": self.records.stats,
-            "rate_limited": self.limiter.refused,
+            "rate_limited": self.limiter.refused + self.address_limiter.refused,
             "dropped_verifications": self.dropped_verifications,
             "pooled_links": len(self.links),
             "mailbox": self.mailboxes.store.stats(),
@@ -221,11 +228,17 @@ class Dht:
 
     # -- serving ---------------------------------------------------------------
 
-    async def handle(self, requester: PublicIdentity, request: rpc.Request) -> rpc.Response:
-        """Answer one request from an authenticated ``requester``."""
+    async def handle(
+        self, requester: PublicIdentity, request: rpc.Request, address: str | None = None
+    ) -> rpc.Response:
+        """Answer one request from an authenticated ``requester``, which came
+        from ``address`` when the link it came on knows it."""
         now = self._wall_clock()
         # Monotonic time: wall-clock floats are too coarse, and may step.
-        if not self.limiter.allow(requester.node_id, trio.current_time()):
+        mono = trio.current_time()
+        if not self.limiter.allow(requester.node_id, mono) or (
+            address is not None and not self.address_limiter.allow(address.encode(), mono)
+        ):
             return rpc.Response(request.rid, rpc.Status.RATE_LIMITED)
         if request.sender:
             self._consider(requester, request.sender)

@@ -76,7 +76,9 @@ class SybilDht(Dht):
     crowd: list[tuple[bytes, bytes]]
     """Every Sybil's node id and encoded peer record (shared by one run's Sybils)."""
 
-    async def handle(self, requester: PublicIdentity, request: rpc.Request) -> rpc.Response:
+    async def handle(
+        self, requester: PublicIdentity, request: rpc.Request, address: str | None = None
+    ) -> rpc.Response:
         match request.method:
             case rpc.Method.FIND_NODE if len(request.body) == 32:
                 near = self._nearest(request.body, requester.node_id)
@@ -111,7 +113,9 @@ class LiarDht(SybilDht):
         super().__init__(*args, **kwargs)
         self.kept: dict[bytes, records.Record] = {}
 
-    async def handle(self, requester: PublicIdentity, request: rpc.Request) -> rpc.Response:
+    async def handle(
+        self, requester: PublicIdentity, request: rpc.Request, address: str | None = None
+    ) -> rpc.Response:
         if request.method is rpc.Method.STORE:
             with contextlib.suppress(records.InvalidRecord):
                 record = records.decode(request.body)
