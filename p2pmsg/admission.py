@@ -53,7 +53,7 @@ class Limits:
     pending_per_prefix: int = 16
     opens_per_second: float = 1.0
     opens_burst: float = 16.0
-    memory: int = 48 * 1024 * 1024
+    memory: int = 64 * 1024 * 1024
     """Bytes the buffers of inbound links may hold in all."""
     link_bytes: int = MAX_BUFFER + 2 * MAX_SEND
     """What one link's buffers can hold at most: its reservation."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,11 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
             sum(r.forged_accepted for r in results),
             sum(r.forgeries_served for r in results),
         ),
+        "flood_tries": sum((Counter(r.flood_tries) for r in results), Counter()),
+        "flood_nodes": [t for r in results for t in r.flood_nodes],
+        "flood_refused": sum((Counter(r.flood_refused) for r in results), Counter()),
+        "flooded_p99": _percentile([t for r in results for t in r.latencies(r.flooded)], 0.99),
+        "baseline_p99": _percentile([t for r in results for t in r.baseline_latencies], 0.99),
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
@@ -349,6 +355,8 @@ def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
         current = f["lists_current"]
         checks.append(Check("users holding the publisher's newest list", current.text(),
                             ">= 100.0%", current.mean >= 1.0))  # fmt: skip
+    if any(rule.action == "flood" for rule in scenario.censor):
+        checks += _flood_checks(f)
     if scenario.topology.tampering:
         twice, again = f["tampered_twice"], f["tampered_replays"]
         accepted = f["layers_accepted_twice"]
@@ -358,6 +366,23 @@ def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
                             twice > 0 and accepted == 0
                             and (again > 0 or not scenario.topology.restarts)))  # fmt: skip
     return checks
+
+
+def _flood_checks(f: dict[str, Any]) -> list[Check]:
+    """S16: the flood reached the nodes, their inbound memory stayed under its
+    cap, and honest latency stayed within twice the same seeds' without it."""
+    tries, nodes = f["flood_tries"], f["flood_nodes"]
+    peak = max((p for p, _ in nodes), default=0)
+    cap = min((c for _, c in nodes), default=0)
+    refused = sum(f["flood_refused"].values())
+    p99, base = f["flooded_p99"], f["baseline_p99"]
+    return [
+        Check(f"inbound memory under the flood ({sum(tries.values())} tries, "
+              f"{refused} links refused)", f"{peak / 2**20:.1f} MiB", f"<= {cap / 2**20:g} MiB",
+              refused > 0 and peak <= cap),
+        Check("latency p99 of the flooded users' messages", f"{p99:.2f} s",
+              f"<= 2 x {base:.2f} s (without it)", p99 <= 2 * base),
+    ]  # fmt: skip
 
 
 def table(v: Verdict) -> str:

@@ -72,6 +72,17 @@ class SeedResult:
     """Records under the victim's keys that fetches returned and it did not sign."""
     forgeries_served: int = 0
     """Old, altered or self-signed records the liars answered with."""
+    flood_tries: dict[str, int] = field(default_factory=dict)
+    """S16: the flooder's tries, per attack (:mod:`p2pmsg.sim.flood`)."""
+    flood_nodes: list[tuple[int, int]] = field(default_factory=list)
+    """S16, per flooded user at the end: the peak bytes its inbound links
+    reserved, and its memory cap."""
+    flood_refused: dict[str, int] = field(default_factory=dict)
+    """S16: the inbound links the flooded users refused, by reason."""
+    flooded: set[str] = field(default_factory=set)
+    """S16: messages from or to a user the flood hits."""
+    baseline_latencies: list[float] = field(default_factory=list)
+    """S16: the latencies of those messages in the same seed's run without the flood."""
     stale_lists: int = 0
     """Expired, rolled-back or untrusted bootstrap lists the censor served (S20)."""
     stale_lists_refused: int = 0
@@ -103,6 +114,14 @@ class SeedResult:
     lan_found: list[float] = field(default_factory=list)
     """Per user and LAN neighbour: seconds from both being up to the first
     sighting (inf if never)."""
+
+    def latencies(self, only: set[str] | None = None) -> list[float]:
+        """Seconds from sending to arriving, of each message (of ``only``) that arrived."""
+        return [
+            self.received[k] - t
+            for k, t in self.sent.items()
+            if k in self.received and (only is None or k in only)
+        ]
 
 
 def heals(rule: CensorRule) -> bool:

@@ -90,6 +90,7 @@ from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
+from p2pmsg.sim.flood import Flood
 from p2pmsg.sim.lan import SimLan
 from p2pmsg.sim.lists import Lists
 from p2pmsg.sim.prober import Prober
@@ -133,7 +134,12 @@ class _Run:
     """One seed's world, its parts and what they saw."""
 
     def __init__(
-        self, scenario: Scenario, seed: int, root: Path, wrappers: Mapping[str, SimWrapper] | None
+        self,
+        scenario: Scenario,
+        seed: int,
+        root: Path,
+        wrappers: Mapping[str, SimWrapper] | None,
+        calm: bool = False,
     ) -> None:
         self.s, self.seed = scenario, seed
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
@@ -194,6 +200,12 @@ class _Run:
         self.healed, self.heal_checked = trio.Event(), trio.Event()
         self.t0 = trio.current_time() + scenario.run.warmup
         self.end = self.t0 + scenario.run.duration
+        self.flood = (
+            Flood(self.world, self.result, scenario, self.groups["users"], self.t0, calm=calm)
+            if any(rule.action == "flood" for rule in scenario.censor)
+            else None
+        )
+        """S16's flooder."""
         self.result.t0 = self.t0
         fixed = scenario.control.kind == "fixed_servers"
         by_ip = {h.ip: name for name, h in self.hosts.items()}
@@ -345,6 +357,8 @@ class _Run:
                 self.result.cross_border.add(message_id)
             if self.degrading:
                 self.result.degraded.add(message_id)
+            if self.flood is not None and self.flood.marks(frm, to, now):
+                self.result.flooded.add(message_id)
             self.result.payload_bytes += len(text)
             if frm in self.clients:
                 self.clients[frm].send(to, message_id)
@@ -538,6 +552,9 @@ class _Run:
         if rule.action == "sybils":
             await self.start_sybils(rule)
             return
+        if rule.action == "flood" and self.flood is not None:
+            await self.flood.run(self.nodes, rule, min(self.end, self.t0 + rule.until))
+            return
         if rule.target in ("border", "flows"):
             await self.switch_on(rule)
             return
@@ -582,6 +599,8 @@ class _Run:
         self.collect_dials()
         if self.lists is not None:
             await self.lists.collect(self.nodes, self.groups["users"])
+        if self.flood is not None:
+            self.flood.collect(self.nodes)
         for name, node in self.nodes.items():
             alarm = node.dht.clock.verdict().error is not None
             if name in self.groups["skewed"]:
@@ -613,13 +632,16 @@ async def run_seed(
     root: Path,
     progress: Progress | None = None,
     wrappers: Mapping[str, SimWrapper] | None = None,
+    *,
+    calm: bool = False,
 ) -> SeedResult:
     """Run ``scenario`` once, under trio's current (mock) clock. See the module docstring.
 
     ``wrappers`` build the transports other than ``sim`` that the scenario's
     nodes speak (``transports.simstack.WRAPPERS``); a scenario that names one
-    it lacks is a :class:`ScenarioError`."""
-    run = _Run(scenario, seed, root, wrappers)
+    it lacks is a :class:`ScenarioError`. ``calm``: without the flooder of a
+    ``flood`` rule, for its baseline."""
+    run = _Run(scenario, seed, root, wrappers, calm)
     pairs = run.make_homes()
     async with trio.open_nursery() as nursery:
         for name in run.groups["bootstrap"] + run.groups["users"] + run.groups["skewed"]:
@@ -669,7 +691,27 @@ def run(
     progress: Progress | None = None,
     wrappers: Mapping[str, SimWrapper] | None = None,
 ) -> SeedResult:
-    """:func:`run_seed` in a fresh trio run: autojump clock, seeded scheduler, temp homes."""
+    """:func:`run_seed` in a fresh trio run: autojump clock, seeded scheduler, temp homes.
+
+    A scenario with a ``flood`` runs twice: first ``calm``, for the baseline
+    its latencies are held to (``SeedResult.baseline_latencies``)."""
+    flood = any(rule.action == "flood" for rule in scenario.censor)
+    baseline = _run_once(scenario, seed, progress, wrappers, calm=True) if flood else None
+    result = _run_once(scenario, seed, progress, wrappers)
+    if baseline is not None:
+        result.baseline_latencies = baseline.latencies(baseline.flooded)
+    return result
+
+
+def _run_once(
+    scenario: Scenario,
+    seed: int,
+    progress: Progress | None,
+    wrappers: Mapping[str, SimWrapper] | None,
+    *,
+    calm: bool = False,
+) -> SeedResult:
     with tempfile.TemporaryDirectory(prefix="p2pmsg-sim-") as tmp, seeded_scheduler(seed):
         clock = trio.testing.MockClock(autojump_threshold=0)
-        return trio.run(run_seed, scenario, seed, Path(tmp), progress, wrappers, clock=clock)
+        go = partial(run_seed, calm=calm)
+        return trio.run(go, scenario, seed, Path(tmp), progress, wrappers, clock=clock)

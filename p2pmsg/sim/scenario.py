@@ -16,7 +16,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
                 residual, residual_p, kbps, lifetime, isp, flap, latency, loss,
-                sybils, prefixes
+                sybils, prefixes, ids, addresses, victims
     [pass]      delivery, within, eventual, control_max, control_min,
                 joined, join_within, lan_discovery, degraded,
                 degraded_within, path_median, path_p99, unmeasured
@@ -37,11 +37,11 @@ from p2pmsg.errors import P2PMsgError
 
 ACTIONS: Final = (
     "drop", "blocklist_add", "dpi", "learn_fingerprint", "police", "reset_every", "inject_dns",
-    "probe", "delay", "stale_lists", "sybils",
+    "probe", "delay", "stale_lists", "sybils", "flood",
 )  # fmt: skip
 """Censor actions this runner carries out (see docs/scenarios.md)."""
 TARGETS: Final = (
-    "bootstrap", "servers", "learned", "border", "flows", "victim", "random", "keys",
+    "bootstrap", "servers", "learned", "border", "flows", "victim", "random", "keys", "users",
 )  # fmt: skip
 MATCHES: Final = ("any", "fully_encrypted", "not_allowlisted", "sni")
 CONTROLS: Final = ("fixed_servers", "bootstrap_only")
@@ -172,6 +172,12 @@ class CensorRule:
     (``keys``) (:mod:`p2pmsg.sim.sybils`)."""
     prefixes: int = 16
     """For ``sybils`` near a ``victim``: the /16 networks they come from."""
+    ids: int = 1000
+    """For ``flood``: the flooder's identities (:mod:`p2pmsg.sim.flood`)."""
+    addresses: int = 10
+    """For ``flood``: the addresses they share, each in a /24 of its own."""
+    victims: int = 1
+    """For ``flood``: how many users it hits (the first ones)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,7 @@ _ACTION_TARGETS: Final = {
     "drop": ("bootstrap", "servers", "border", "flows"),
     "blocklist_add": ("learned", "bootstrap", "servers"),
     "sybils": ("victim", "random", "keys"),
+    "flood": ("users",),
 }
 _TIME_FIELDS: Final = {
     "duration", "warmup", "drain", "latency", "border_latency", "every", "browse_every",
@@ -296,6 +303,9 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("censor", "prefix"): (8, 32),
     ("censor", "sybils"): (0.01, 100),
     ("censor", "prefixes"): (1, 250),
+    ("censor", "ids"): (1, 100_000),
+    ("censor", "addresses"): (1, 250),
+    ("censor", "victims"): (1, MAX_USERS),
     ("censor", "min_clients"): (1, MAX_USERS),
     ("pass", "delivery"): (0, 1),
     ("pass", "eventual"): (0, 1),
