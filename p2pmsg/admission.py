@@ -22,7 +22,12 @@ before its handshake starts:
   (:attr:`Limits.link_bytes`: the secure link's receive bound and one
   transport read) out of :attr:`Limits.memory`; a link that would take the
   reservations past the cap is refused. Reserving the worst case, not
-  measuring, is what makes the cap hold whatever the flooder sends.
+  measuring, is what makes the cap hold whatever the flooder sends;
+* **eviction**: when the links, the memory or the places for handshakes are
+  all taken, a newcomer from an address holding at least two fewer than the
+  busiest address ends that address's oldest link (or handshake) and takes
+  its place. A flood from a few addresses thus gives way to newcomers from
+  others, however many each address may hold.
 
 An address of ``None`` is one the transport cannot tell (loopback, or a link
 that came through a local proxy such as obfs4proxy): only the totals apply
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -46,13 +52,13 @@ class Limits:
     """Tunables of :class:`Admission`; the defaults are a headless node's."""
 
     links: int = 256
-    links_per_address: int = 8
-    links_per_prefix: int = 64
-    pending: int = 64
-    pending_per_address: int = 4
-    pending_per_prefix: int = 16
-    opens_per_second: float = 1.0
-    opens_burst: float = 16.0
+    links_per_address: int = 32
+    links_per_prefix: int = 128
+    pending: int = 256
+    pending_per_address: int = 32
+    pending_per_prefix: int = 64
+    opens_per_second: float = 2.0
+    opens_burst: float = 32.0
     memory: int = 64 * 1024 * 1024
     """Bytes the buffers of inbound links may hold in all."""
     link_bytes: int = MAX_BUFFER + 2 * MAX_SEND
@@ -105,6 +111,9 @@ class Ticket:
     """What it counts under: its address and prefix (none for an unknown address)."""
     pending: bool = True
     closed: bool = False
+    evict: Callable[[], object] | None = None
+    """Ends the link, for :meth:`Admission.admit` to make room; without it,
+    the link is never evicted."""
 
     def established(self) -> None:
         if self.pending and not self.closed:
@@ -123,11 +132,15 @@ class Admission:
 
     limits: Limits = field(default_factory=Limits)
     refused: Counter[Refused] = field(default_factory=Counter)
+    evicted: int = 0
+    """Links ended to make room for a link from a less busy address."""
     peak_bytes: int = 0
     _links: Counter[str] = field(default_factory=Counter)
     _pending: Counter[str] = field(default_factory=Counter)
     _total: int = 0
     _total_pending: int = 0
+    _held: dict[str, list[Ticket]] = field(default_factory=dict)
+    """The links of each known address, oldest first."""
     _opens: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,8 +160,18 @@ class Admission:
         return self._total * self.limits.link_bytes
 
     def admit(self, address: str | None, now: float) -> Ticket | Refused:
-        """Take a new inbound link from ``address`` (None: unknown), or say why not."""
+        """Take a new inbound link from ``address`` (None: unknown), or say why not.
+
+        When the links or the memory are all taken, the oldest link of the
+        address holding the most is evicted first, if that address holds at
+        least two more than ``address`` does: a flood from a few addresses
+        gives way to newcomers from others, as Tor's and libp2p's connection
+        trimming do."""
         reason = self._refusal(address, now)
+        if reason in (Refused.TOTAL, Refused.MEMORY, Refused.PENDING) and self._evict_for(
+            address, pending=reason is Refused.PENDING
+        ):
+            reason = self._refusal(address, now)
         if reason is not None:
             self.refused[reason] += 1
             return reason
@@ -158,6 +181,8 @@ class Admission:
         for key in ticket.keys:
             self._links[key] += 1
             self._pending[key] += 1
+        if address is not None:
+            self._held.setdefault(address, []).append(ticket)
         self.peak_bytes = max(self.peak_bytes, self.reserved_bytes)
         return ticket
 
@@ -181,6 +206,23 @@ class Admission:
             reason = Refused.RATE
         return reason
 
+    def _evict_for(self, address: str | None, *, pending: bool) -> bool:
+        """End the oldest link (handshake under way, with ``pending``) of the
+        address holding the most, if it holds two more than ``address``."""
+        counts = self._pending if pending else self._links
+        busiest = max(self._held, key=lambda a: counts[a], default=None)
+        own = 0 if address is None else counts[address]
+        if busiest is None or counts[busiest] < own + 2:
+            return False
+        kind = (t for t in self._held[busiest] if t.pending or not pending)
+        victim = next((t for t in kind if t.evict is not None), None)
+        if victim is None or victim.evict is None:
+            return False
+        victim.close()
+        victim.evict()
+        self.evicted += 1
+        return True
+
     def _settle(self, ticket: Ticket) -> None:
         self._total_pending -= 1
         for key in ticket.keys:
@@ -189,6 +231,11 @@ class Admission:
     def _release(self, ticket: Ticket) -> None:
         if ticket.pending:
             self._settle(ticket)
+        if ticket.address is not None:
+            held = self._held[ticket.address]
+            held.remove(ticket)
+            if not held:
+                del self._held[ticket.address]
         self._total -= 1
         for key in ticket.keys:
             _decrement(self._links, key)
@@ -199,6 +246,7 @@ class Admission:
             "pending": self._total_pending,
             "reserved_bytes": self.reserved_bytes,
             "peak_bytes": self.peak_bytes,
+            "evicted": self.evicted,
             "memory_cap": self.limits.memory,
             "refused": {reason.name.lower(): n for reason, n in self.refused.items()},
         }

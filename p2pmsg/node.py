@@ -474,7 +474,9 @@ class Node:
             log.debug("refused an inbound link: %s", ticket)
             return
         try:
-            await self._accept_and_serve(link, ticket)
+            with trio.CancelScope() as evicted:
+                ticket.evict = evicted.cancel  # room for a link from a less busy address
+                await self._accept_and_serve(link, ticket)
         finally:
             ticket.close()
 

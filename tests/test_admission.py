@@ -49,9 +49,46 @@ def test_an_address_that_opens_too_fast_waits_for_its_bucket() -> None:
     assert isinstance(admission.admit("10.0.0.1", now=1.0), Ticket)
 
 
+def test_when_full_the_busiest_address_gives_way_to_a_newcomer() -> None:
+    admission = Admission(Limits(links=4, opens_burst=10))
+    ended: list[str] = []
+
+    def up(address: str) -> Ticket:
+        ticket = admission.admit(address, now=0.0)
+        assert isinstance(ticket, Ticket)
+        ticket.established()
+        ticket.evict = lambda: ended.append(address)
+        return ticket
+
+    flood = [up("10.0.0.1") for _ in range(3)]
+    honest = up("10.9.0.1")
+    assert admission.admit("10.0.0.1", now=0.0) is Refused.TOTAL  # no busier address
+    newcomer = admission.admit("10.8.0.1", now=0.0)
+    assert isinstance(newcomer, Ticket)
+    assert ended == ["10.0.0.1"] and flood[0].closed and not honest.closed
+    assert (admission.links, admission.evicted) == (4, 1)
+    newcomer.established()
+    assert isinstance(admission.admit("10.7.0.1", now=0.0), Ticket)  # 2 against none
+    assert ended == ["10.0.0.1"] * 2
+    assert admission.admit("10.6.0.1", now=0.0) is Refused.TOTAL  # 1 against none: fair
+
+
+def test_half_open_handshakes_give_way_too() -> None:
+    admission = Admission(Limits(pending=3, opens_burst=10))
+    ended: list[Ticket] = []
+    for _ in range(3):
+        ticket = admission.admit("10.0.0.1", now=0.0)
+        assert isinstance(ticket, Ticket)
+        ticket.evict = lambda t=ticket: ended.append(t)
+    assert admission.admit("10.0.0.1", now=0.0) is Refused.PENDING
+    assert isinstance(admission.admit("10.9.0.1", now=0.0), Ticket)
+    assert len(ended) == 1 and ended[0].closed and admission.pending == 3
+
+
 class AdmissionMachine(RuleBasedStateMachine):
     """Against a model: the counts never pass a limit, a refusal names a limit
-    that was reached, and closing every ticket returns to nothing held."""
+    that was reached, evictions make room, and closing every ticket returns to
+    nothing held."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,6 +113,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         got = self.admission.admit(address, self.now)
         if isinstance(got, Ticket):
             self.open.append(got)
+            got.evict = lambda: self.open.remove(got)  # admit has closed it
             return
         lim = SMALL
         reached = {

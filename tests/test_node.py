@@ -214,9 +214,9 @@ async def test_one_address_gets_only_its_share_of_handshakes(
 ) -> None:
     """Half-open handshakes from one address stop at its limit; another address
     still gets a link, and a finished handshake frees its place."""
-    async with world.node("bob") as bob, world.node("alice") as alice:
-        per_address = bob.options.admission.pending_per_address
-        silent = [await world.net.connect("flooder", "bob", 1) for _ in range(per_address + 3)]
+    options = NodeOptions(admission=Limits(pending_per_address=4))
+    async with world.node("bob", options=options) as bob, world.node("alice") as alice:
+        silent = [await world.net.connect("flooder", "bob", 1) for _ in range(4 + 3)]
         await trio.testing.wait_all_tasks_blocked()
         assert bob.stats.inbound_refused == 3
         assert bob.admission.refused[Refused.PENDING_ADDRESS] == 3
