@@ -162,11 +162,11 @@ class Admission:
     def admit(self, address: str | None, now: float) -> Ticket | Refused:
         """Take a new inbound link from ``address`` (None: unknown), or say why not.
 
-        When the links or the memory are all taken, the oldest link of the
-        address holding the most is evicted first, if that address holds at
-        least two more than ``address`` does: a flood from a few addresses
-        gives way to newcomers from others, as Tor's and libp2p's connection
-        trimming do."""
+        When the links, the memory or the places for handshakes are all
+        taken, the oldest link (or handshake) of the address holding the most
+        is evicted first, if that address holds at least two more than
+        ``address`` does: a flood from a few addresses gives way to newcomers
+        from others, as Tor's and libp2p's connection trimming do."""
         reason = self._refusal(address, now)
         if reason in (Refused.TOTAL, Refused.MEMORY, Refused.PENDING) and self._evict_for(
             address, pending=reason is Refused.PENDING

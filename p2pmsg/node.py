@@ -471,7 +471,7 @@ class Node:
         ticket = self.admission.admit(remote_host(link), trio.current_time())
         if not isinstance(ticket, Ticket):  # closed before its handshake, as Tor does
             self.stats.inbound_refused += 1
-            log.debug("refused an inbound link: %s", ticket)
+            log.debug("refused an inbound link: %s", ticket.value)
             return
         try:
             with trio.CancelScope() as evicted:

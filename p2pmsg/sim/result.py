@@ -80,7 +80,7 @@ class SeedResult:
     flood_refused: dict[str, int] = field(default_factory=dict)
     """S16: the inbound links the flooded users refused, by reason."""
     flooded: set[str] = field(default_factory=set)
-    """S16: messages from or to a user the flood hits."""
+    """S16: messages from or to a user the flood hits, sent while it is on."""
     baseline_latencies: list[float] = field(default_factory=list)
     """S16: the latencies of those messages in the same seed's run without the flood."""
     stale_lists: int = 0
