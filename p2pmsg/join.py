@@ -37,6 +37,10 @@ from p2pmsg.store import Contact, Store
 log = logging.getLogger(__name__)
 
 CACHE_KEY = "dht_peers"
+RETRY_FIRST = 1.0
+"""Seconds before the first retry of a failed join (then doubling)."""
+RETRY_MOST = 30.0
+"""The longest wait between join attempts while the routing table is empty."""
 MAX_CACHED = 200
 MAX_LAN_PEERS = 256
 
@@ -188,10 +192,13 @@ class Joiner:
         invites = seeds_from_invites([*bridges, *self.config.bootstrap, *listed])
         return unique(invites + cached + contacts, exclude=self.dht.identity.node_id)
 
-    async def stay_joined(self, cache_every: float, retry_every: float = 30.0) -> None:
+    async def stay_joined(self, cache_every: float) -> None:
         """Join from every seed source; then keep our record stored, the
-        routing table cached and enough peers' clocks read, retrying the join
-        while the table is empty."""
+        routing table cached and enough peers' clocks read. While the table is
+        empty the join is retried after :data:`RETRY_FIRST` seconds, doubling
+        up to :data:`RETRY_MOST`, so a node started while its seeds were down
+        joins soon after they come up."""
+        retry = RETRY_FIRST
         while True:
             if not len(self.dht.table):
                 seeds = await self.seeds()
@@ -208,7 +215,12 @@ class Joiner:
                 await self.store.set_meta(CACHE_KEY, cache)
                 if self.on_cache is not None:
                     await self.on_cache()
-            await trio.sleep(cache_every if len(self.dht.table) else retry_every)
+            if len(self.dht.table):
+                retry = RETRY_FIRST
+                await trio.sleep(cache_every)
+            else:
+                await trio.sleep(retry)
+                retry = min(2 * retry, RETRY_MOST)
 
     async def lan(
         self, discovery: Callable[[], Discovery], *, task_status: trio.TaskStatus[None]

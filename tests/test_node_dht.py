@@ -6,7 +6,7 @@ import trio
 from simworld import EPOCH, SimWorld
 from trio.testing import MockClock
 
-from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict
+from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict, deliver_all
 from p2pmsg.store import Contact
 
 
@@ -88,3 +88,20 @@ async def test_a_wholly_blocked_static_list_is_survived_through_a_contacts_invit
         with trio.fail_after(120):
             await alice.joined.wait()
         assert [p.prefix for p in alice.dht.table.peers()] == ["host:friend"]
+
+
+async def test_a_node_started_while_its_seed_was_down_joins_soon_after_it_is_up(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    # The join is retried after 1 s, then 2, 4 ... up to 30 s: a seed that
+    # comes back 8 s in is reached within the next wait, not 30 s later.
+    world.home("seed")
+    world.net.policy = lambda p: Drop() if p.dst_host == "seed" else Deliver()
+    boot = [world.invite("seed")]
+    async with world.node("seed"), world.node("alice", bootstrap=boot) as alice:
+        start = trio.current_time()
+        await trio.sleep(8)
+        assert not alice.joined.is_set()
+        world.net.policy = deliver_all
+        await alice.joined.wait()
+        assert trio.current_time() - start < 25

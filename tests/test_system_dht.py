@@ -422,8 +422,8 @@ async def test_peers_and_lookup_mistakes_are_one_line_errors(base: Path) -> None
 async def test_a_node_whose_bootstrap_node_was_down_joins_once_it_is_up(base: Path) -> None:
     # The node's first join attempt must fail for certain: the test holds the
     # bootstrap node's port, accepts the node's dial and hangs up on it. The
-    # node should try again (every 30 s while its table is empty) and join
-    # once the bootstrap node runs.
+    # node should try again (after 1 s, doubling up to 30 s, while its table
+    # is empty) and join once the bootstrap node runs.
     async with cluster_of(base, 2) as cluster:
         boot, late = cluster.members
         port = int(boot.link.rsplit(":", 1)[1])
