@@ -7,7 +7,8 @@ implies (a request's FIND_NODE target or FIND_VALUE key, a response's node
 or value reply), and the raw input goes to every body decoder as well, so the
 fuzzer reaches them without having to build a valid header first. Each body
 that decodes must encode back to the bytes it came from (the mailbox bodies
-too: DEPOSIT, FETCH and its reply, CLEAR; PING's reply). Only
+too: DEPOSIT, FETCH and its reply, CLEAR; PING's reply; a PAID request and
+the write inside it, and a PUZZLE's price). Only
 :class:`RemoteProtocolError` may come out; anything else is a bug.
 
 Run under atheris (see fuzz/README.md)::
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import struct
 
-from p2pmsg.dht import rpc
+import trio
+
+from p2pmsg.dht import puzzle, rpc
 from p2pmsg.dht.mailbox import entry_id, mailbox_keys, sign_clear
 from p2pmsg.dht.records import PeerInfo, encode, make_peer_record
 from p2pmsg.errors import RemoteProtocolError
@@ -43,6 +46,8 @@ def _message(data: bytes) -> None:
             _target(message.body)
         elif message.method is rpc.Method.FIND_VALUE:
             _find_value(message.body)
+        elif message.method is rpc.Method.PAID:
+            _paid(message.body)
         else:
             _mailbox_request(message.body)
     else:
@@ -52,6 +57,25 @@ def _message(data: bytes) -> None:
         _replies(message.body)
         _fetch_reply(message.body)
         _pong(message.body)
+        _price(message.body)
+
+
+def _paid(body: bytes) -> None:
+    try:
+        paid = puzzle.decode_paid(body)
+    except RemoteProtocolError:
+        return
+    assert puzzle.encode_paid(paid) == body, "paid request does not round-trip"
+    puzzle.check(paid, PUBLISHER.node_id)
+    _mailbox_request(paid.body)
+
+
+def _price(body: bytes) -> None:
+    try:
+        price = puzzle.decode_price(body)
+    except RemoteProtocolError:
+        return
+    assert price.effort >= 1 and puzzle.encode_price(price) == body, "price does not round-trip"
 
 
 def _target(body: bytes) -> None:
@@ -135,6 +159,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
     _mailbox_request(data)
     _fetch_reply(data)
     _pong(data)
+    _paid(data)
+    _price(data)
 
 
 def seeds() -> dict[str, bytes]:
@@ -160,6 +186,8 @@ def seeds() -> dict[str, bytes]:
     blob = bytes(range(256)) * 10
     clear = rpc.encode_clear_body(box, sign_clear(OTHER, 20833, 1, [entry_id(blob)]))
     fetch_reply = response(rpc.encode_fetch_reply([blob, b"x"], more=True))
+    price = puzzle.Price(bytes(range(16)), puzzle.MIN_EFFORT)
+    paid_store = trio.run(puzzle.solve, price, key, rpc.Method.STORE, record)
     return {
         "deposit": request(rpc.Method.DEPOSIT, rpc.encode_deposit(box, NOW + 86400, blob)),
         "fetch": request(rpc.Method.FETCH, rpc.encode_fetch(box, None, 64)),
@@ -174,6 +202,12 @@ def seeds() -> dict[str, bytes]:
         "find_node": find_node,
         "find_value": request(rpc.Method.FIND_VALUE, rpc.encode_find_value(1, key)),
         "store": request(rpc.Method.STORE, record),
+        "paid_store": request(rpc.Method.PAID, puzzle.encode_paid(paid_store)),
+        "paid_cut": request(rpc.Method.PAID, puzzle.encode_paid(paid_store)[:28]),
+        "puzzle": response(puzzle.encode_price(price), rpc.Status.PUZZLE),
+        "puzzle_no_effort": response(
+            puzzle.encode_price(puzzle.Price(bytes(16), 0)), rpc.Status.PUZZLE
+        ),
         "ping_reply": response(rpc.encode_pong(NOW * 1000, record)),
         "ping_reply_unlisted": response(rpc.encode_pong(NOW * 1000, b"")),
         "ping_reply_cut": response(rpc.encode_pong(NOW * 1000, b""))[:-1],

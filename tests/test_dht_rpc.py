@@ -379,11 +379,13 @@ def test_the_methods_and_statuses_are_the_documented_ones() -> None:
         "DEPOSIT": 5,
         "FETCH": 6,
         "CLEAR": 7,
+        "PAID": 8,
     }
     assert {s.name: s.value for s in Status} == {
         "OK": 0,
         "ERROR": 1,
         "RATE_LIMITED": 2,
         "REFUSED": 3,
+        "PUZZLE": 4,
     }
     assert (rpc.REQUEST_TYPE, rpc.RESPONSE_TYPE, rpc.VERSION) == (3, 4, 1)

@@ -23,8 +23,8 @@ from simworld import sim_wall_clock
 from trio.testing import MockClock
 
 from p2pmsg.abc import Link
+from p2pmsg.dht import puzzle, rpc, service
 from p2pmsg.dht import records as rec
-from p2pmsg.dht import rpc, service
 from p2pmsg.dht.peer import ID_BITS, distance
 from p2pmsg.dht.record_store import DEFAULT_MAX_PER_SOURCE
 from p2pmsg.dht.service import Dht, DhtOptions, RpcFailed
@@ -516,6 +516,39 @@ async def test_many_ids_from_one_address_share_its_request_rate(
         honest = Identity(rng.randbytes(32)).public
         answer = await responder.handle(honest, ping, "198.51.100.7")
         assert answer.status is rpc.Status.OK
+        nursery.cancel_scope.cancel()
+
+
+async def test_under_a_write_flood_stores_cost_work_and_honest_ones_still_land(
+    autojump_clock: MockClock,
+) -> None:
+    """A window with more writes than a calm node takes prices the next ones:
+    a plain STORE is answered PUZZLE, an honest node's put pays and lands,
+    and once the flood stops, writes are free again."""
+    rng = random.Random(6)
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, rng)
+        responder, honest = await world.build(["10.0.0.1", "10.1.0.1"])
+        await trio.sleep(puzzle.WINDOW)
+        now = sim_wall_clock()
+        for record in peer_records(rng, puzzle.CALM + 1, now):  # each from its own id
+            store = rpc.Request(bytes(8), rpc.Method.STORE, b"", rec.encode(record))
+            flooder = Identity(rng.randbytes(32)).public
+            assert (await responder.handle(flooder, store)).status is rpc.Status.OK
+        await trio.sleep(puzzle.WINDOW)
+        dialer = world.dialers[honest.identity.node_id]
+        plain = await store_all(dialer, responder, peer_records(rng, 1, now))
+        assert plain == Counter({rpc.Status.PUZZLE: 1})
+
+        record = peer_records(rng, 1, now)[0]
+        assert await honest.put(record) == 1
+        assert responder.records.get(record.type, record.key, now) == [record]
+        assert responder.pricing.stats()["paid"] == 1
+
+        await trio.sleep(2 * puzzle.WINDOW)  # calm windows
+        assert await store_all(dialer, responder, peer_records(rng, 1, now)) == Counter(
+            {rpc.Status.OK: 1}
+        )
         nursery.cancel_scope.cancel()
 
 

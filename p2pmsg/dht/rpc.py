@@ -19,6 +19,10 @@ and its own signed peer record (may be empty). Mailbox bodies::
     DEPOSIT  key 32 | expires u64 | blob (1..MAX_BLOB)   -> empty
     FETCH    key 32 | limit u8 | after (empty or id 16)  -> more u8 | count u8 | (len u16 | blob)*
     CLEAR    key 32 | the owner's signed clear request    -> empty
+
+A node under a flood of writes answers STORE and DEPOSIT with status
+PUZZLE and a price; the writer resends the write inside a PAID request with
+a proof of work (:mod:`p2pmsg.dht.puzzle`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Method(IntEnum):
     DEPOSIT = 5
     FETCH = 6
     CLEAR = 7
+    PAID = 8
+    """A STORE or DEPOSIT with a proof of work (:mod:`p2pmsg.dht.puzzle`)."""
 
 
 class Status(IntEnum):
@@ -58,6 +64,8 @@ class Status(IntEnum):
     ERROR = 1
     RATE_LIMITED = 2
     REFUSED = 3
+    PUZZLE = 4
+    """Pay first: the body is a price (:func:`p2pmsg.dht.puzzle.encode_price`)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ verified, not one it claimed.
 
 Inbound, the node hands each request to :meth:`Dht.handle`. A requester may
 attach its signed peer record; when it is not in our table yet, it is queued
-(bounded, drop when full) for a verifying PING dialled back to it.
+(bounded, drop when full) for a verifying PING dialled back to it. Writes
+(STORE, DEPOSIT) are free until a window brings more than a calm node takes;
+then they cost a proof of work (:mod:`p2pmsg.dht.puzzle`), which
+:meth:`Dht.call` pays when asked.
 
 Every node keeps its own signed peer record, republished by :meth:`Dht.run`
 before it expires, and stored at the k nodes closest to its id; a new one
@@ -32,8 +35,8 @@ from typing import Any
 import trio
 
 from p2pmsg.clock import MIN_PEERS, ClockCheck
+from p2pmsg.dht import puzzle, rpc
 from p2pmsg.dht import records as rec
-from p2pmsg.dht import rpc
 from p2pmsg.dht.driver import LookupRun
 from p2pmsg.dht.known import KnownPeers
 from p2pmsg.dht.linkpool import Connect, LinkPool
@@ -74,6 +77,8 @@ def _fit(records: list[bytes], budget: int) -> list[bytes]:
 
 #: Bytes of records one reply may carry: a response must fit one link message.
 REPLY_BUDGET = MAX_MESSAGE - 1024
+PRICED = frozenset({rpc.Method.STORE, rpc.Method.DEPOSIT})
+"""The writes that cost a proof of work under load."""
 ADDRESS_SHARE = 4
 """An address may send this many times one id's request rate: a few honest
 nodes behind one NAT, not a flooder's thousand ids."""
@@ -137,6 +142,8 @@ class Dht:
             options.rate * ADDRESS_SHARE, options.burst * ADDRESS_SHARE
         )
         """Requests per address too: a flooder's many ids share few addresses."""
+        self.pricing = puzzle.Pricing(rng)
+        """The price of writes: free while calm, a proof of work under load."""
         self.clock = clock or ClockCheck()
         """How far our wall clock is from our peers' (PING replies feed it)."""
         self.own_record: rec.Record | None = None
@@ -164,6 +171,7 @@ class Dht:
             "records": len(self.records),
             "refused_records": self.records.stats,
             "rate_limited": self.limiter.refused + self.address_limiter.refused,
+            "pricing": self.pricing.stats(),
             "dropped_verifications": self.dropped_verifications,
             "pooled_links": len(self.links),
             "mailbox": self.mailboxes.store.stats(),
@@ -240,6 +248,11 @@ class Dht:
             address is not None and not self.address_limiter.allow(address.encode(), mono)
         ):
             return rpc.Response(request.rid, rpc.Status.RATE_LIMITED)
+        if request.method in PRICED or request.method is rpc.Method.PAID:
+            priced = self._priced(requester, request, mono)
+            if isinstance(priced, rpc.Response):
+                return priced
+            request = priced
         if request.sender:
             self._consider(requester, request.sender)
         try:
@@ -249,6 +262,27 @@ class Dht:
             return rpc.Response(request.rid, rpc.Status.REFUSED)
         await trio.lowlevel.checkpoint()
         return rpc.Response(request.rid, rpc.Status.OK, body)
+
+    def _priced(
+        self, requester: PublicIdentity, request: rpc.Request, mono: float
+    ) -> rpc.Request | rpc.Response:
+        """The write to answer (a PAID one unwrapped), or the answer that
+        refuses it or asks for work first."""
+        if request.method is rpc.Method.PAID:
+            try:
+                paid = puzzle.decode_paid(request.body)
+                method = rpc.Method(paid.method)
+            except (RemoteProtocolError, ValueError):
+                return rpc.Response(request.rid, rpc.Status.REFUSED)
+            if method not in PRICED:
+                return rpc.Response(request.rid, rpc.Status.REFUSED)
+            price = self.pricing.accept(paid, requester.node_id, mono)
+            request = rpc.Request(request.rid, method, request.sender, paid.body)
+        else:
+            price = self.pricing.ask(mono)
+        if price is None:
+            return request
+        return rpc.Response(request.rid, rpc.Status.PUZZLE, puzzle.encode_price(price))
 
     def _answer(self, requester: PublicIdentity, request: rpc.Request, now: float) -> bytes:
         match request.method:
@@ -274,6 +308,8 @@ class Dht:
                 return b""
             case rpc.Method.DEPOSIT | rpc.Method.FETCH | rpc.Method.CLEAR:
                 return self.mailboxes.answer(request.method, requester.node_id, request.body, now)
+            case rpc.Method.PAID:  # unwrapped by _priced
+                raise RemoteProtocolError("a paid request inside a paid request")
 
     def _values(self, rtype: int, key: bytes, now: float) -> list[bytes]:
         try:
@@ -331,17 +367,29 @@ class Dht:
         """
         sender = rec.encode(self.shared_record) if self.shared_record else b""
         request = rpc.Request(self._rng(rpc.RID_BYTES), method, sender, body)
-        try:
-            with trio.fail_after(self.options.rpc_timeout):
-                response, used = await self.links.exchange(peer, request)
-        except RPC_ERRORS as exc:
-            self.table.on_failure(peer.node_id)
-            raise RpcFailed(f"{method.name} failed: {type(exc).__name__}") from exc
+        response, used = await self._exchange(peer, request)
+        if response.status is rpc.Status.PUZZLE and method in PRICED:
+            try:
+                price = puzzle.decode_price(response.body)
+                paid = await puzzle.solve(price, self.identity.node_id, method, body)
+            except (RemoteProtocolError, ValueError) as exc:
+                raise RpcFailed(f"{method.name} not paid for: {exc}") from exc
+            paid_body = puzzle.encode_paid(paid)
+            request = rpc.Request(self._rng(rpc.RID_BYTES), rpc.Method.PAID, sender, paid_body)
+            response, used = await self._exchange(peer, request)
         if response.status is not rpc.Status.OK:
             raise RpcFailed(f"{method.name} answered {response.status.name}")
         verified = Peer(peer.node_id, peer.public_key, peer.endpoints, prefix_of_endpoint(used))
         self._offer(verified)
         return response.body
+
+    async def _exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
+        try:
+            with trio.fail_after(self.options.rpc_timeout):
+                return await self.links.exchange(peer, request)
+        except RPC_ERRORS as exc:
+            self.table.on_failure(peer.node_id)
+            raise RpcFailed(f"{request.method.name} failed: {type(exc).__name__}") from exc
 
     def _offer(self, peer: Peer) -> None:
         result = self.table.offer(peer, trio.current_time())
