@@ -16,6 +16,7 @@ from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
 from p2pmsg.delivery.onion_frames import FRAGMENT_DATA
+from p2pmsg.delivery.onion_path import Attempt
 from p2pmsg.delivery.sender import SPARE_RETRIES
 from p2pmsg.dht.records import RecordType, prekey_key
 from p2pmsg.keys import PublicIdentity
@@ -369,16 +370,16 @@ async def test_early_retries_go_twice_over_disjoint_routes(
             await alice.joined.wait()
             path = alice.onion.path
             await until(lambda: len(path.candidates(sim_wall_clock())) >= 12)
-            real_send = path.send
+            real_prepare = path.prepare
 
-            async def send(
+            async def prepare(
                 recipient: PublicIdentity, message: OutboxMessage, **kw: Any
-            ) -> tuple[bytes, ...]:
-                used = await real_send(recipient, message, **kw)
-                sends.append((message.attempts, kw.get("spare", False), set(used)))
-                return used
+            ) -> Attempt:
+                attempt = await real_prepare(recipient, message, **kw)
+                sends.append((message.attempts, kw.get("spare", False), set(attempt.relays)))
+                return attempt
 
-            path.send = send  # type: ignore[method-assign]
+            path.prepare = prepare  # type: ignore[method-assign]
             await alice.send("bob", "are you there?")
             await until(lambda: any(a > SPARE_RETRIES for a, _, _ in sends))
     retries = range(1, SPARE_RETRIES + 1)
@@ -387,6 +388,33 @@ async def test_early_retries_go_twice_over_disjoint_routes(
     for (_, _, first), (_, spare, second) in itertools.pairwise(sends):
         if spare:
             assert not first & second
+
+
+async def test_an_attempt_that_hangs_does_not_hold_up_the_next_message(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """S10: a first relay across a cut border hangs its dial for seconds. The
+    attempts of one contact's messages go out side by side, so the next
+    message is delivered while the first one's attempt still hangs."""
+    async with alice_and_bob(world) as (alice, bob):
+        path, hung = alice.onion.path, trio.Event()
+        real_transmit = path.transmit
+
+        async def transmit(attempt: Attempt) -> None:
+            if not hung.is_set():
+                hung.set()
+                await trio.sleep_forever()  # a dial that never answers
+            await real_transmit(attempt)
+
+        path.transmit = transmit  # type: ignore[method-assign]
+        first = await alice.send("bob", "first")
+        await hung.wait()
+        second = await alice.send("bob", "second")
+        with trio.fail_after(30):
+            got = await bob.messages().receive()
+        assert (got.id, got.text) == (second, "second")
+        (row,) = [m for m in await alice.store.list_outbox() if m.id == first]
+        assert row.state is OutboxState.QUEUED
 
 
 async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-One attempt at one outbox message (:meth:`OnionPath.send`):
+One attempt at one outbox message (:meth:`OnionPath.send`: prepared, then
+transmitted):
 
 1. e2e: the message frame is encrypted with the recipient's Double Ratchet
    session (started from its signed prekey bundle in the DHT when there is
@@ -86,6 +87,20 @@ class OnionOptions:
     surb_ttl: float = 2 * 86_400.0
 
 
+@dataclass(frozen=True, eq=False)
+class Attempt:
+    """One prepared attempt at a message: committed, not yet sent (each one
+    its own, compared and hashed by identity)."""
+
+    relays: tuple[bytes, ...]
+    """Every relay of its routes (the SURB's and the forward ones)."""
+    surb_id: bytes
+    parts: tuple[tuple[bytes, list[Candidate]], ...]
+    """Each fragment and its forward route."""
+    candidates: Sequence[Candidate]
+    dest: sphinx.Hop
+
+
 class OnionPath:
     """Builds and sends onion packets for outbox messages; reads acks."""
 
@@ -131,10 +146,25 @@ class OnionPath:
         avoid: Collection[bytes] = (),
         spare: bool = False,
     ) -> tuple[bytes, ...]:
-        """One attempt, on routes that keep out of ``avoid`` while enough other
-        relays remain; the relays it used. A ``spare`` copy of an attempt never
-        starts a new session. Raises :class:`NoRoute`, :class:`NoPrekeys` or a
-        dial error."""
+        """One attempt (:meth:`prepare`, then :meth:`transmit`); the relays it used."""
+        attempt = await self.prepare(recipient, message, avoid=avoid, spare=spare)
+        await self.transmit(attempt)
+        return attempt.relays
+
+    async def prepare(
+        self,
+        recipient: PublicIdentity,
+        message: OutboxMessage,
+        *,
+        avoid: Collection[bytes] = (),
+        spare: bool = False,
+    ) -> Attempt:
+        """Encrypt one attempt and commit its session and SURB, on routes that
+        keep out of ``avoid`` while enough other relays remain. A ``spare``
+        copy of an attempt never starts a new session. Attempts for one
+        recipient must be prepared one at a time (each advances its ratchet);
+        their transmissions may overlap. Raises :class:`NoRoute` or
+        :class:`NoPrekeys`."""
         now = self._wall_clock()
         candidates = self.candidates(now)
         ends = (self.identity.node_id, recipient.node_id)
@@ -153,12 +183,16 @@ class OnionPath:
             SurbRecord(surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl)
         )
         dest = sphinx.Hop(recipient.node_id, recipient.x25519)
-        for part, forward in zip(parts, forwards, strict=True):
-            await self._send_part(part, forward, candidates, ends, dest)
-        self._sent[surb_id] = trio.current_time()
+        return Attempt(relays, surb_id, tuple(zip(parts, forwards, strict=True)), candidates, dest)
+
+    async def transmit(self, attempt: Attempt) -> None:
+        """Send a prepared attempt's packets. Raises a dial error or :class:`NoRoute`."""
+        ends = (self.identity.node_id, attempt.dest.node_id)
+        for part, forward in attempt.parts:
+            await self._send_part(part, forward, attempt.candidates, ends, attempt.dest)
+        self._sent[attempt.surb_id] = trio.current_time()
         while len(self._sent) > MAX_REMEMBERED:
             self._sent.popitem(last=False)
-        return relays
 
     async def _send_part(
         self,

@@ -7,7 +7,10 @@ onion route (:mod:`p2pmsg.delivery.onion_path`) and is marked delivered
 when its ack returns through a reply block. A crash at any point leaves
 messages that will be retried. Contacts known only by node id, or whose known endpoints
 fail, are resolved through the DHT's peer records. At most
-``max_parallel_peers`` peers are worked on at once, one attempt per peer.
+``max_parallel_peers`` peers are worked on at once, one batch per peer;
+onion attempts are prepared in turn and sent in the background (at most
+:data:`PARALLEL_TRANSMITS` at once), so one that waits for a dial holds up
+neither the others nor the contact's next batch.
 
 A contact found on our LAN (``lan``, see :class:`p2pmsg.join.LanPeers`) gets
 even its onion-bound messages over a secure link on the LAN, as Briar
@@ -34,7 +37,7 @@ import trio
 from p2pmsg import join
 from p2pmsg.delivery import frames, rto
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
-from p2pmsg.delivery.onion_path import NoPrekeys, OnionPath
+from p2pmsg.delivery.onion_path import Attempt, NoPrekeys, OnionPath
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.e2e.primitives import NoSession
@@ -45,6 +48,8 @@ from p2pmsg.store import Contact, OutboxMessage, Store
 
 log = logging.getLogger(__name__)
 
+PARALLEL_TRANSMITS = 64
+"""Onion attempts on their way out at once, over every peer."""
 SPARE_RETRIES = 3
 """Onion retries sent twice, over disjoint routes."""
 
@@ -80,6 +85,8 @@ class Sender:
         self._rng = rng
         self._wake = trio.Event()
         self._busy: set[bytes] = set()
+        self._transmits = trio.CapacityLimiter(PARALLEL_TRANSMITS)
+        self._nursery: trio.Nursery | None = None
         self.lan: join.LanPeers | None = None
         """Contacts on our LAN, reached straight over it."""
         self.lan_sent = 0
@@ -90,6 +97,7 @@ class Sender:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             while True:
                 self._wake = trio.Event()
@@ -162,7 +170,10 @@ class Sender:
                 log.info("onion delivery failed: %s", type(exc).__name__)
 
     async def _send_routed(self, contact: Contact, batch: list[OutboxMessage]) -> None:
-        """One onion attempt per message, each on fresh routes."""
+        """One onion attempt per message, each on fresh routes: prepared one
+        after another (each advances the session), then sent in the
+        background, so a first relay that hangs holds up only its own packet,
+        not the contact's next messages."""
         if self.onion is None:
             raise NoRoute("onion routing is off in this node")
         key = contact.public_key
@@ -173,15 +184,37 @@ class Sender:
             key = found.public_key
             await self.store.set_contact_key(contact.node_id, key)
         recipient = PublicIdentity(key)
+        onion = self.onion
         for message in batch:
             if message.attempts:
-                await self.onion.attempt_failed(message.id, copies=_copies(message.attempts - 1))
-            used = await self.onion.send(recipient, message)
+                await onion.attempt_failed(message.id, copies=_copies(message.attempts - 1))
+            attempt = await onion.prepare(recipient, message)
+            await self._start_transmit(attempt, "onion delivery")
             if _copies(message.attempts) == 2:
                 try:
-                    await self.onion.send(recipient, message, avoid=used, spare=True)
-                except (*DIAL_ERRORS, NoRoute) as exc:
+                    spare = await onion.prepare(
+                        recipient, message, avoid=attempt.relays, spare=True
+                    )
+                except NoRoute as exc:
                     log.debug("spare copy not sent: %r", exc)
+                else:
+                    await self._start_transmit(spare, "spare copy")
+
+    async def _start_transmit(self, attempt: Attempt, what: str) -> None:
+        """Send ``attempt`` in the background once fewer than
+        :data:`PARALLEL_TRANSMITS` are on their way."""
+        assert self._nursery is not None
+        await self._transmits.acquire_on_behalf_of(attempt)
+        self._nursery.start_soon(self._transmit, attempt, what)
+
+    async def _transmit(self, attempt: Attempt, what: str) -> None:
+        assert self.onion is not None
+        try:
+            await self.onion.transmit(attempt)
+        except (*DIAL_ERRORS, NoRoute) as exc:
+            log.info("%s failed: %s", what, type(exc).__name__)
+        finally:
+            self._transmits.release_on_behalf_of(attempt)
 
     async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
         """Push over the contact's known endpoints; when that is impossible or
