@@ -18,8 +18,9 @@ packet), and only then forward; so a packet replayed after a crash and
 restart is refused too (SCENARIOS S8, S17). Layers opened with our identity
 key (we are the destination) are refused when replayed as well, or even our
 ack would tell a replayer who the packet was for: that key never rotates, so
-their tags are kept by the day they arrived, for a deposit's lifetime and a
-day more (:attr:`Relay.delivered`). The inbound queue is bounded: when it
+their tags are kept by the day they arrived, for 25 days: longer than the
+latest replays seen (570 h) and than a deposit's lifetime
+(:attr:`Relay.delivered`). The inbound queue is bounded: when it
 is full the packet is dropped and counted.
 
 Forwarding reuses secure links per next hop (:mod:`p2pmsg.packet_links`). When the
@@ -155,8 +156,9 @@ class RelayOptions:
     deposit_ttl: int = 14 * 86_400
     delivered_capacity: int = 20_000
     """Replay tags of layers opened as the destination, per day of arrival."""
-    delivered_days: int = 15
-    """Days those are kept: a deposit's lifetime, and a day more."""
+    delivered_days: int = 25
+    """Days those are kept: longer than the latest replays seen (570 h, the
+    GFW's; SCENARIOS S17) and than a deposit's lifetime (14 days)."""
 
 
 Deliverer = Callable[[sphinx.Deliver], Awaitable[None]]
