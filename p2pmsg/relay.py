@@ -86,8 +86,9 @@ class OnionKeys:
         for epoch in [e for e in self._keys if e < current - 1]:
             del self._keys[epoch]
             await self._store.delete_secret(_KEY_SLOT.format(epoch))
-        for stale in range(current - 8, current - 1):
-            await self._store.delete_secret(_KEY_SLOT.format(stale))
+        if changed:  # a new epoch, or our first look since a start: sweep a week back
+            for stale in range(current - 8, current - 1):
+                await self._store.delete_secret(_KEY_SLOT.format(stale))
         return changed
 
     def published(self) -> tuple[tuple[int, bytes], ...]:

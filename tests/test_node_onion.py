@@ -430,6 +430,29 @@ async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path
         assert await store.get_secret("onion:99") is None
 
 
+async def test_onion_keys_are_swept_at_start_and_at_new_epochs_only(tmp_path: Path) -> None:
+    """A key left by a run days ago goes at the first refresh; the refreshes
+    within an epoch (every 10 minutes) write nothing."""
+    async with await Store.open(tmp_path / "s.sqlite", offload=run_inline) as store:
+        await store.set_secret("onion:95", os.urandom(32))
+        keys = OnionKeys(store, os.urandom)
+        now = 100 * 86_400.0 + 5.0
+        assert await keys.refresh(now)
+        assert await store.get_secret("onion:95") is None
+        deleted: list[str] = []
+        real_delete = store.delete_secret
+
+        async def delete_secret(name: str) -> None:
+            deleted.append(name)
+            await real_delete(name)
+
+        store.delete_secret = delete_secret  # type: ignore[method-assign]
+        assert not await keys.refresh(now + 600.0)
+        assert deleted == []
+        assert await keys.refresh(now + 86_400.0)
+        assert "onion:99" in deleted
+
+
 async def test_a_full_disk_at_the_recipient_loses_nothing_and_the_node_runs_on(
     world: SimWorld, autojump_clock: MockClock
 ) -> None:
