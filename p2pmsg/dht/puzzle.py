@@ -26,11 +26,12 @@ Each window that took too many writes doubles the effort (from
 :data:`MIN_EFFORT` up to :data:`MAX_EFFORT`); each calm one, where at most
 half of ``calm`` writes were even tried (taken, priced or badly paid),
 halves it, down to off. In between it holds, so writers that never pay
-cannot bring the price down by being refused. Every window under a price draws a new seed; the one
-before stays valid for a window, so a price just given is still honoured.
-Writers refuse to work for more than :data:`MAX_EFFORT` (about a second of
-Python), and solve in slices with checkpoints between them so the rest of
-the node runs on (:func:`solve`).
+cannot bring the price down by being refused. Every window under a price
+draws a new seed; the one before stays valid for a window, so a price just
+given is still honoured. Writers refuse to work for more than
+:data:`MAX_EFFORT` (about half a second of Python), and solve in slices
+with checkpoints between them so the rest of the node runs on
+(:func:`solve`).
 
 Pure except :func:`solve`'s checkpoints: time and randomness are parameters.
 """
