@@ -288,14 +288,23 @@ class Database(OnionTables, LinkReplayTables):
         value = self._rows("SELECT min(expires) FROM outbox WHERE state = 'queued'")[0][0]
         return None if value is None else float(value)
 
-    def pending_for_peer(self, peer: bytes, limit: int = DEFAULT_LIMIT) -> list[OutboxMessage]:
-        """Queued messages for ``peer``, oldest first, whether due or not.
+    def pending_for_peer(
+        self, peer: bytes, limit: int = DEFAULT_LIMIT, *, due: float | None = None
+    ) -> list[OutboxMessage]:
+        """Queued messages for ``peer``, oldest first: whether due or not, or
+        with ``due`` only those sent direct or due by then (so that older
+        messages waiting for a retry never hide newer ones past ``limit``).
 
         Includes messages past their expiry until :meth:`expire_due` runs.
         """
+        where = "WHERE peer = ? AND state = 'queued'"
+        params: tuple[object, ...] = (peer,)
+        if due is not None:
+            where += " AND (direct OR next_attempt <= ?)"
+            params += (due,)
         rows = self._rows(
-            SELECT_OUTBOX + "WHERE peer = ? AND state = 'queued' ORDER BY created, rowid LIMIT ?",
-            (peer, _check_limit(limit)),
+            SELECT_OUTBOX + where + " ORDER BY created, rowid LIMIT ?",
+            (*params, _check_limit(limit)),
         )
         return [outbox_from_row(row) for row in rows]
 

@@ -17,7 +17,7 @@ from trio.testing import MockClock
 
 from p2pmsg.delivery.onion_frames import FRAGMENT_DATA
 from p2pmsg.delivery.onion_path import Attempt
-from p2pmsg.delivery.sender import SPARE_RETRIES
+from p2pmsg.delivery.sender import PARALLEL_TRANSMITS, SPARE_RETRIES
 from p2pmsg.dht.records import RecordType, prekey_key
 from p2pmsg.keys import PublicIdentity
 from p2pmsg.node import Node
@@ -415,6 +415,28 @@ async def test_an_attempt_that_hangs_does_not_hold_up_the_next_message(
         assert (got.id, got.text) == (second, "second")
         (row,) = [m for m in await alice.store.list_outbox() if m.id == first]
         assert row.state is OutboxState.QUEUED
+
+
+async def test_at_most_parallel_transmits_attempts_are_on_their_way_at_once(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Attempts whose dials all hang fill PARALLEL_TRANSMITS places; the next
+    one waits for a place rather than piling up."""
+    async with alice_and_bob(world) as (alice, _):
+        path, in_flight, most = alice.onion.path, 0, 0
+
+        async def transmit(attempt: Attempt) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await trio.sleep_forever()  # a dial that never answers
+
+        path.transmit = transmit  # type: ignore[method-assign]
+        for i in range(PARALLEL_TRANSMITS + 6):
+            await alice.send("bob", f"message {i}")
+        await until(lambda: in_flight >= PARALLEL_TRANSMITS)
+        await trio.sleep(600)  # retries fall due meanwhile
+        assert most == in_flight == PARALLEL_TRANSMITS
 
 
 async def test_a_relay_publishes_keys_for_senders_a_day_behind_or_ahead(tmp_path: Path) -> None:

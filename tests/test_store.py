@@ -398,6 +398,10 @@ def test_pending_for_peer(db: Database) -> None:
     db.enqueue(out(4, created=2.0))
     assert [m.id for m in db.pending_for_peer(PEER)] == [mid(4), mid(1)]
     assert [m.id for m in db.pending_for_peer(PEER, limit=1)] == [mid(4)]
+    # Due ones only: an older message waiting for its retry hides no newer one.
+    db.mark_attempt(mid(4), 60.0)
+    assert [m.id for m in db.pending_for_peer(PEER, limit=1, due=55.0)] == [mid(1)]
+    assert [m.id for m in db.pending_for_peer(PEER, due=10.0)] == []
 
 
 def test_message_reprs_hide_bodies() -> None:

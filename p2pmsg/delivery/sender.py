@@ -125,11 +125,7 @@ class Sender:
             now = self._wall_clock()
             # A direct link carries every queued message for the peer at once;
             # an onion attempt is one packet per message, sent only when due.
-            batch = [
-                m
-                for m in await self.store.pending_for_peer(peer, limit=self.batch)
-                if m.direct or m.next_attempt <= now
-            ]
+            batch = await self.store.pending_for_peer(peer, limit=self.batch, due=now)
             first = self.onion.timer.rto() if self.onion is not None else rto.INITIAL_RTO
             for message in batch:
                 jitter = int.from_bytes(self._rng(2), "big") / 65536
