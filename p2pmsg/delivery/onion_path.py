@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-One attempt at one outbox message (:meth:`OnionPath.send`: prepared, then
-transmitted):
+One attempt at one outbox message (:meth:`OnionPath.prepare`, then
+:meth:`OnionPath.transmit`):
 
 1. e2e: the message frame is encrypted with the recipient's Double Ratchet
    session (started from its signed prekey bundle in the DHT when there is
@@ -137,19 +137,6 @@ class OnionPath:
         last hop of our reply blocks, so replies come back over that link."""
 
     # -- sending ---------------------------------------------------------------
-
-    async def send(
-        self,
-        recipient: PublicIdentity,
-        message: OutboxMessage,
-        *,
-        avoid: Collection[bytes] = (),
-        spare: bool = False,
-    ) -> tuple[bytes, ...]:
-        """One attempt (:meth:`prepare`, then :meth:`transmit`); the relays it used."""
-        attempt = await self.prepare(recipient, message, avoid=avoid, spare=spare)
-        await self.transmit(attempt)
-        return attempt.relays
 
     async def prepare(
         self,
