@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.sim.net import SimNetwork
+from p2pmsg.sim.world import byte_stream
 from p2pmsg.store import Contact, run_inline
 from transports.sim import SimTransport
 
@@ -27,10 +29,15 @@ def sim_wall_clock() -> float:
 class SimWorld:
     """Homes and nodes on one simulated network, all on the autojump clock."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, seed: int | None = None) -> None:
         self.root = root
+        self.seed = seed
         self.net = SimNetwork()
         self.homes: dict[str, Home] = {}
+        self._runs: dict[str, int] = {}
+
+    def rng(self, label: str) -> Callable[[int], bytes]:
+        return os.urandom if self.seed is None else byte_stream(self.seed, label)
 
     def home(
         self,
@@ -52,7 +59,7 @@ class SimWorld:
                 use_bridges=tuple(Invite.parse(b) for b in use_bridges),
                 publishers=tuple(publishers),
             )
-            home.init(config, Identity.generate())
+            home.init(config, Identity.generate(self.rng(f"identity/{name}")))
             self.homes[name] = home
         return self.homes[name]
 
@@ -67,12 +74,14 @@ class SimWorld:
         network: str | Callable[[], str] = "sim",
     ) -> AsyncIterator[Node]:
         home = self.home(name, listen=listen, bootstrap=bootstrap)
+        runs = self._runs[name] = self._runs.get(name, 0) + 1
         async with Node.open(
             home.path,
             [SimTransport(self.net, name)],
             options=options,
             offload=run_inline,
             wall_clock=sim_wall_clock,
+            rng=self.rng(f"node/{name}/{runs}"),
             network=network,
         ) as node:
             yield node

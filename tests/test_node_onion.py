@@ -15,6 +15,7 @@ import trio
 from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
+from p2pmsg.delivery.mailbox_onion import MAX_ENTRIES_PER_POLL
 from p2pmsg.delivery.onion_frames import FRAGMENT_DATA
 from p2pmsg.delivery.onion_path import Attempt
 from p2pmsg.delivery.sender import PARALLEL_TRANSMITS, SPARE_RETRIES
@@ -136,7 +137,29 @@ async def test_sender_and_recipient_never_online_together(
             assert row.state is OutboxState.DELIVERED
 
 
-def _packet_through(relay: Node, bob: Node, now: float) -> bytes:
+async def test_a_mailbox_of_more_entries_than_one_poll_takes_is_emptied_over_polls(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """A fetch names at most MAX_SEEN entries the owner has: the second poll
+    must still reach the entries the first one left."""
+    boot = [world.invite(RELAYS[0])]
+    bob_id = world.home("bob", bootstrap=boot).invite().identity
+    route = [sphinx.Hop(bob_id.node_id, bob_id.x25519)]
+    count = MAX_ENTRIES_PER_POLL + 20
+    async with AsyncExitStack() as stack:
+        relays = [await stack.enter_async_context(world.node(n, bootstrap=boot)) for n in RELAYS]
+        for relay in relays[1:]:
+            await relay.joined.wait()
+        for i, relay in zip(range(count), itertools.cycle(relays), strict=False):
+            # not onion messages: bob refuses each once
+            packet = sphinx.create_packet(route, b"entry %d" % i, os.urandom)[1]
+            assert await relay.dht.deposit(route[0].node_id, packet)
+        async with world.node("bob", bootstrap=boot) as bob:
+            await until(lambda: bob.onion.receiver.stats.refused == count, timeout=1800)
+            assert bob.onion.mailbox.stats.fetched_direct == 0
+
+
+def _packet_through(relay: Node, bob: Node, now: float, *, deposit: bool = True) -> bytes:
     """A packet for ``relay`` to forward to ``bob``, built with the relay's published key."""
     epoch = int(now // 86_400)
     key = dict(relay.onion.keys.published())[epoch]
@@ -144,7 +167,27 @@ def _packet_through(relay: Node, bob: Node, now: float) -> bytes:
         sphinx.Hop(relay.identity.node_id, key),
         sphinx.Hop(bob.identity.node_id, bob.identity.public.x25519),
     ]
-    return sphinx.create_packet(route, b"replay me", os.urandom)[1]
+    return sphinx.create_packet(route, b"replay me", os.urandom, deposit=deposit)[1]
+
+
+async def test_a_packet_for_an_offline_destination_goes_to_its_mailbox_only_if_its_sender_asked(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Mailbox requests and their answers are sent without: stale by the time
+    the destination is back, they would only fill its mailbox."""
+    boot = [world.invite(RELAYS[0])]
+    async with running(world, RELAYS[:3], boot):
+        async with world.node("bob", bootstrap=boot) as bob:
+            await bob.joined.wait()
+        async with world.node("relay9", bootstrap=boot) as relay:
+            await relay.joined.wait()
+            stats = relay.onion.relay.stats
+            assert relay.onion.relay.submit(_packet_through(relay, bob, sim_wall_clock()))
+            await until(lambda: stats.deposited == 1)
+            now = sim_wall_clock()
+            assert relay.onion.relay.submit(_packet_through(relay, bob, now, deposit=False))
+            await until(lambda: stats.forward_failed == 1)
+            assert stats.deposited == 1
 
 
 async def test_a_replayed_packet_is_refused_also_after_the_relay_restarts(

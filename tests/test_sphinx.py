@@ -86,17 +86,18 @@ def test_geometry() -> None:
 
 
 @EXAMPLES
-@given(hops=hop_counts, message=messages, seed=seeds)
+@given(hops=hop_counts, message=messages, seed=seeds, deposit=st.booleans())
 def test_forward_round_trip_and_each_hop_learns_only_its_next_hop(
-    hops: int, message: bytes, seed: bytes
+    hops: int, message: bytes, seed: bytes, deposit: bool
 ) -> None:
-    first_hop, packet = sx.create_packet(ROUTE[:hops], message, Drbg(seed))
+    first_hop, packet = sx.create_packet(ROUTE[:hops], message, Drbg(seed), deposit=deposit)
     assert first_hop == ROUTE[0].node_id
     assert not any(h.node_id in packet for h in ROUTE)
     peeled = walk(packet, hops)
     for i, step in enumerate(peeled[:-1]):
         assert isinstance(step.result, sx.Forward)
-        expected = sx.Command.EXIT if i == hops - 2 else sx.Command.RELAY
+        # only the hop before the destination may leave it in a mailbox
+        expected = sx.Command.EXIT if deposit and i == hops - 2 else sx.Command.RELAY
         assert step.result.command is expected
         assert len(step.result.packet) == sx.PACKET_BYTES
         # what hop i sends on names no later node in clear, not even the next one
@@ -106,15 +107,27 @@ def test_forward_round_trip_and_each_hop_learns_only_its_next_hop(
 
 
 @EXAMPLES
-@given(hops=hop_counts, message=messages, seed=seeds, surb_id=st.binary(min_size=16, max_size=16))
-def test_reply_round_trip(hops: int, message: bytes, seed: bytes, surb_id: bytes) -> None:
-    surb, secret = sx.create_surb(ROUTE[:hops], surb_id, Drbg(seed))
+@given(
+    hops=hop_counts,
+    message=messages,
+    seed=seeds,
+    surb_id=st.binary(min_size=16, max_size=16),
+    deposit=st.booleans(),
+)
+def test_reply_round_trip(
+    hops: int, message: bytes, seed: bytes, surb_id: bytes, deposit: bool
+) -> None:
+    surb, secret = sx.create_surb(ROUTE[:hops], surb_id, Drbg(seed), deposit=deposit)
     wire = sx.encode_surb(surb)
     assert len(wire) == sx.SURB_BYTES
     first_hop, packet = sx.use_surb(sx.decode_surb(wire), message)
     assert first_hop == ROUTE[0].node_id
     assert len(packet) == sx.PACKET_BYTES
     peeled = walk(packet, hops)
+    commands = [p.result.command for p in peeled[:-1] if isinstance(p.result, sx.Forward)]
+    assert commands == [sx.Command.RELAY] * (hops - 2) + [
+        sx.Command.EXIT if deposit else sx.Command.RELAY
+    ] * (hops > 1)
     delivered = peeled[-1].result
     assert isinstance(delivered, sx.Deliver)
     assert delivered.surb_id == surb_id
@@ -285,7 +298,7 @@ def test_malformed_slots_are_refused(slot: bytes) -> None:
 
 
 def test_a_length_beyond_the_payload_is_refused() -> None:
-    header, (key,) = sx._create_header(ROUTE[:1], None, Drbg(b"length"))
+    header, (key,) = sx._create_header(ROUTE[:1], None, Drbg(b"length"), deposit=True)
     plain = bytes(16) + b"\xff\xff" + bytes(sx.PAYLOAD_BYTES - 18)
     with pytest.raises(sx.InvalidPacket) as info:
         sx.peel(KEYS[0], header + lioness.encrypt(key, plain))

@@ -103,14 +103,19 @@ class OnionMailbox:
             self.stats.fetched_direct += len(blobs)
             return [b for b in blobs if mailbox.entry_id(b) not in seen]
         got: list[bytes] = []
-        known = {i[: onion_frames.PREFIX_BYTES] for i in seen}
+        # The request names at most MAX_SEEN entries: this poll's first (or the
+        # relay would answer with one of them again, and the poll go nowhere),
+        # then as many earlier ones as fit.
+        this_poll: dict[bytes, None] = {}
+        earlier = sorted({i[: onion_frames.PREFIX_BYTES] for i in seen})
         session = self._rng(onion_frames.SESSION_BYTES)
         for _ in range(MAX_ENTRIES_PER_POLL):
+            known = [*this_poll, *(p for p in earlier if p not in this_poll)]
             entry = await self._fetch_one(relay, epoch, session, known)
             if entry is None:
                 break
             blob, remaining = entry
-            known.add(mailbox.entry_id(blob)[: onion_frames.PREFIX_BYTES])
+            this_poll[mailbox.entry_id(blob)[: onion_frames.PREFIX_BYTES]] = None
             got.append(blob)
             self.stats.fetched_onion += 1
             if not remaining:
@@ -129,7 +134,7 @@ class OnionMailbox:
         return PublicIdentity(peer.public_key)
 
     async def _fetch_one(
-        self, relay: PublicIdentity, epoch: int, session: bytes, known: set[bytes]
+        self, relay: PublicIdentity, epoch: int, session: bytes, known: list[bytes]
     ) -> tuple[bytes, int] | None:
         """The next unseen entry and how many remain, or None (none left, or no answer)."""
         tag = self._rng(16)
@@ -140,7 +145,7 @@ class OnionMailbox:
                 await self.path.make_surb(tag, avoid=relay.node_id, ttl=FETCH_TIMEOUT)
                 for _ in range(onion_frames.MAX_FETCH_SURBS)
             ]
-            seen = tuple(sorted(known))[: onion_frames.MAX_SEEN]
+            seen = tuple(known[: onion_frames.MAX_SEEN])
             request = FetchRequest(self.identity.node_id, epoch, session, tuple(surbs), seen)
             await self.path.send_to(relay, onion_frames.encode_fetch(request))
             with trio.move_on_after(FETCH_TIMEOUT):

@@ -212,25 +212,28 @@ class OnionPath:
 
     async def make_surb(self, tag: bytes, *, avoid: bytes, ttl: float) -> bytes:
         """A reply block to us over a fresh route that avoids node ``avoid``,
-        remembered under ``tag`` (what a reply through it answers). Raises
+        remembered under ``tag`` (what a reply through it answers); a reply
+        that finds us offline is dropped, never left in our mailbox. Raises
         :class:`NoRoute`."""
         now = self._wall_clock()
         ends = (self.identity.node_id, avoid)
         back = self._route(self.candidates(now), ends, now, last=self.gateway)
         surb_id = self._rng(sphinx.SURB_ID_BYTES)
         me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
-        surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
+        surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng, deposit=False)
         relays = tuple(c.node_id for c in back)
         await self.store.add_surb(SurbRecord(surb_id, tag, relays, secret.to_bytes(), now + ttl))
         return sphinx.encode_surb(surb)
 
     async def send_to(self, dest: PublicIdentity, message: bytes) -> list[bytes]:
         """Send ``message`` to ``dest`` over a fresh route; the relays used.
-        Raises :class:`NoRoute` or a dial error."""
+        A request is worthless by the time an offline ``dest`` is back, so the
+        packet is dropped rather than left in its mailbox. Raises
+        :class:`NoRoute` or a dial error."""
         now = self._wall_clock()
         route = self._route(self.candidates(now), (self.identity.node_id, dest.node_id), now)
         hops = [*_hops(route), sphinx.Hop(dest.node_id, dest.x25519)]
-        first, packet = sphinx.create_packet(hops, message, self._rng)
+        first, packet = sphinx.create_packet(hops, message, self._rng, deposit=False)
         await self.send_packet(first, packet)
         return [c.node_id for c in route]
 

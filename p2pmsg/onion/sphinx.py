@@ -27,7 +27,11 @@ and :data:`MAX_MESSAGE` (2030) must hold an end-to-end envelope of about
 1.5 KB *and* one SURB (502), which leaves 1528.
 
 Slot commands: 1 RELAY and 2 EXIT (node id = next hop), 3 DELIVER, and 4,
-the DELIVER of a reply, whose SURB id field is meaningful. Unused fields of
+the DELIVER of a reply, whose SURB id field is meaningful. An EXIT relay
+that cannot reach the destination deposits the packet in its mailbox; a
+creator whose packet is worthless later (a mailbox request and its answer,
+stale long before an offline destination is back) makes that hop RELAY
+(``deposit=False``), and the relay drops it instead. Unused fields of
 a slot must be zero. Every byte on the wire looks random; the version lives
 in the key derivation (:data:`PERSONALISATION`).
 
@@ -221,12 +225,12 @@ def _info(command: int, node_id: bytes = _NO_ID, surb_id: bytes = _NO_SURB) -> b
 
 
 def _create_header(
-    route: Sequence[Hop], surb_id: bytes | None, rng: Rng
+    route: Sequence[Hop], surb_id: bytes | None, rng: Rng, *, deposit: bool
 ) -> tuple[bytes, list[bytes]]:
-    """(header, per-hop payload keys): RELAY, ..., EXIT, then DELIVER."""
-    n = len(route)
+    """(header, per-hop payload keys): RELAY, ..., EXIT (RELAY without
+    ``deposit``), then DELIVER."""
     infos = [_info(Command.RELAY, hop.node_id) for hop in route[1:]]
-    if n >= 2:
+    if deposit and len(route) >= 2:
         infos[-1] = _info(Command.EXIT, route[-1].node_id)
     if surb_id is None:
         infos.append(_info(Command.DELIVER))
@@ -253,15 +257,18 @@ def _decode_payload(plain: bytes) -> bytes:
     return plain[start : start + length]
 
 
-def create_packet(route: Sequence[Hop], message: bytes, rng: Rng) -> tuple[bytes, bytes]:
+def create_packet(
+    route: Sequence[Hop], message: bytes, rng: Rng, *, deposit: bool = True
+) -> tuple[bytes, bytes]:
     """(first hop node id, packet) carrying ``message`` along ``route``.
 
     ``route[-1]`` is the destination (it gets DELIVER), the hop before it
-    EXIT, the others RELAY. Raises ``ValueError`` for a route of 0 or more
-    than :data:`MAX_HOPS` hops or a message over :data:`MAX_MESSAGE` bytes.
+    EXIT (RELAY without ``deposit``), the others RELAY. Raises
+    ``ValueError`` for a route of 0 or more than :data:`MAX_HOPS` hops or a
+    message over :data:`MAX_MESSAGE` bytes.
     """
     payload = _encode_payload(message)
-    header, payload_keys = _create_header(route, None, rng)
+    header, payload_keys = _create_header(route, None, rng, deposit=deposit)
     for key in reversed(payload_keys):
         payload = lioness.encrypt(key, payload)
     return route[0].node_id, header + payload
@@ -318,15 +325,18 @@ def peel(private_key: bytes, packet: bytes) -> Peeled:
 # -- replies --------------------------------------------------------------------
 
 
-def create_surb(route: Sequence[Hop], surb_id: bytes, rng: Rng) -> tuple[Surb, SurbSecret]:
-    """A reply block along ``route``, whose last hop is the creator itself.
+def create_surb(
+    route: Sequence[Hop], surb_id: bytes, rng: Rng, *, deposit: bool = True
+) -> tuple[Surb, SurbSecret]:
+    """A reply block along ``route``, whose last hop is the creator itself
+    (``deposit`` as in :func:`create_packet`).
 
     Give the :class:`Surb` to the replier (:func:`encode_surb`) and keep the
     :class:`SurbSecret`. Raises ``ValueError`` for a bad route or id size.
     """
     if len(surb_id) != SURB_ID_BYTES:
         raise ValueError(f"a SURB id is {SURB_ID_BYTES} bytes")
-    header, payload_keys = _create_header(route, surb_id, rng)
+    header, payload_keys = _create_header(route, surb_id, rng, deposit=deposit)
     reply_key = rng(KEY_BYTES)
     surb = Surb(route[0].node_id, header, reply_key)
     return surb, SurbSecret(surb_id, (reply_key, *payload_keys))
