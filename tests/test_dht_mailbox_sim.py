@@ -126,6 +126,32 @@ async def test_deposits_and_fetches_page_through_a_full_link_message(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_fetch_takes_the_union_of_holders_that_differ(autojump_clock: MockClock) -> None:
+    """Holders keep entries in arrival order and some missed deposits: each is
+    paged to its end, whatever the others gave first."""
+    world = DhtWorld(SMALL)
+    async with trio.open_nursery() as nursery:
+        nodes = await world.build(nursery, 12)
+        owner_id = nodes[0].identity.node_id
+        epoch = epoch_of(sim_wall_clock())
+        key = mailbox_keys(owner_id, epoch)[0]
+        first, second = closest(nodes, key, 2, not_=None)
+        shared = [os.urandom(4096) for _ in range(20)]  # more than one reply holds
+        only_first = [os.urandom(4096) for _ in range(20)]
+        only_second = [os.urandom(4096) for _ in range(20)]
+        now = sim_wall_clock()
+        for holder, blobs in ((first, shared + only_first), (second, shared + only_second)):
+            for blob in blobs:
+                outcome = holder.mailboxes.store.put(
+                    key, blob, int(now) + 600, now, source=bytes(32)
+                )
+                assert outcome.accepted
+        fetcher = next(n for n in nodes if n not in (first, second, nodes[0]))
+        got = await fetcher.fetch_mailbox(owner_id, epoch)
+        assert sorted(got) == sorted(shared + only_first + only_second)
+        nursery.cancel_scope.cancel()
+
+
 class SybilHolder(Dht):
     """S15: a Sybil near one mailbox key. It answers lookups honestly (so it is
     found as a holder), takes every DEPOSIT and keeps nothing, and answers every

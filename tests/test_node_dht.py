@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import AsyncExitStack
+
 import trio
 from simworld import EPOCH, SimWorld
 from trio.testing import MockClock
 
+from p2pmsg.dht.service import DhtOptions
+from p2pmsg.keys import Identity
+from p2pmsg.node import NodeOptions
 from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict, deliver_all
 from p2pmsg.store import Contact
 
@@ -105,3 +111,35 @@ async def test_a_node_started_while_its_seed_was_down_joins_soon_after_it_is_up(
         world.net.policy = deliver_all
         await alice.joined.wait()
         assert trio.current_time() - start < 25
+
+
+async def test_a_burst_of_deposits_reaches_every_holder(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """A relay deposits a long message's fragments at once: every deposit must
+    reach every holder, not lose some to handshakes the holders' admission
+    control refuses in the burst. (The holders' request rate limits are
+    raised: a burst this size in a network of 8 goes beyond them, and that
+    is not what is tested.)"""
+    options = NodeOptions(dht=DhtOptions(rate=1000.0, burst=1000.0))
+    names = [f"node{i}" for i in range(8)]
+    boot = [world.invite(names[0])]
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(world.node(n, bootstrap=boot, options=options))
+            for n in names
+        ]
+        for node in nodes[1:]:
+            await node.joined.wait()
+        owner = Identity.generate().node_id
+        single = await nodes[1].dht.deposit(owner, os.urandom(2486))
+        assert single > 0
+        taken: list[int] = []
+
+        async def deposit() -> None:
+            taken.append(await nodes[1].dht.deposit(owner, os.urandom(2486)))
+
+        async with trio.open_nursery() as burst:
+            for _ in range(33):
+                burst.start_soon(deposit)
+        assert taken == [single] * 33

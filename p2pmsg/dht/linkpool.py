@@ -1,17 +1,23 @@
 """Secure links kept open between DHT requests to the same peers.
 
-A request goes on a pooled link when there is one, else on a fresh one from
-``connect``. A pooled link is taken out while in use, so concurrent calls to
-one peer each get their own; one that fails (the peer closed it while idle)
-is dropped and the request goes on a fresh link. The pool keeps at most
-``max_links`` links and none idle longer than ``link_idle`` seconds, below
-the listener's own idle timeout.
+A request goes on an idle pooled link to its peer when there is one, else
+on a fresh one from ``connect``. A link is taken out while in use, so each
+request has a link to itself; one that fails (the peer closed it while idle)
+is dropped and the request goes on a fresh link. At most ``per_peer``
+requests to one peer are under way at once; the rest wait for one of their
+links, and fail at once if a request to the peer fails meanwhile. A burst
+(a relay depositing a long message's 33 fragments at every holder) would
+otherwise open a link per request, and the holders' admission control
+refuses a burst of handshakes from one address. The pool keeps at most
+``max_links`` idle links and none idle longer than ``link_idle`` seconds,
+below the listener's own idle timeout.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -21,6 +27,8 @@ from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.keys import PublicIdentity
 from p2pmsg.link.secure import SecureLink
+
+PER_PEER = 8
 
 Connect = Callable[[Sequence[str], PublicIdentity], Awaitable[tuple[SecureLink, Endpoint]]]
 
@@ -34,24 +42,62 @@ async def round_trip(link: SecureLink, request: rpc.Request) -> rpc.Response:
             return message
 
 
+@dataclass
+class _Turns:
+    limiter: trio.CapacityLimiter
+    failed: float = -math.inf
+    """When a request to the peer last failed."""
+
+
 class LinkPool:
-    def __init__(self, connect: Connect, *, max_links: int, link_idle: float) -> None:
+    def __init__(
+        self, connect: Connect, *, max_links: int, link_idle: float, per_peer: int = PER_PEER
+    ) -> None:
         self._connect = connect
         self.max_links = max_links
         self.link_idle = link_idle
-        self._links: OrderedDict[bytes, tuple[SecureLink, Endpoint, float]] = OrderedDict()
+        self.per_peer = per_peer
+        self._idle: dict[bytes, list[tuple[SecureLink, Endpoint, float]]] = {}
+        self._turns: dict[bytes, _Turns] = {}
+        """Per peer with requests under way or waiting, and only then."""
 
     def __len__(self) -> int:
-        return len(self._links)
+        return sum(map(len, self._idle.values()))
 
-    async def exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
+    async def exchange(
+        self, peer: Peer, request: rpc.Request, *, timeout: float
+    ) -> tuple[rpc.Response, Endpoint]:
         """The response to ``request`` and the endpoint of the link it went on.
 
-        Raises what ``connect`` and the link raise; cancellation closes the link.
+        ``timeout`` runs once the request's turn has come: waiting behind
+        other requests to the peer is not the peer's fault. Raises what
+        ``connect`` and the link raise, and ``trio.TooSlowError``;
+        cancellation closes the link.
         """
-        pooled = self._links.pop(peer.node_id, None)
-        if pooled is not None:
-            link, used, _ = pooled
+        turn = self._turns.setdefault(peer.node_id, _Turns(trio.CapacityLimiter(self.per_peer)))
+        queued = trio.current_time()
+        try:
+            async with turn.limiter:
+                if turn.failed > queued:  # it failed while we waited: no use trying
+                    raise ConnectionError("the peer failed a request just now")
+                try:
+                    with trio.fail_after(timeout):
+                        return await self._exchange(peer, request)
+                except Exception:
+                    turn.failed = trio.current_time()
+                    raise
+        finally:
+            stats = turn.limiter.statistics()
+            idle = not stats.borrowed_tokens and not stats.tasks_waiting
+            if idle and self._turns.get(peer.node_id) is turn:  # not already gone
+                del self._turns[peer.node_id]
+
+    async def _exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
+        idle = self._idle.get(peer.node_id)
+        if idle:
+            link, used, _ = idle.pop()
+            if not idle:
+                del self._idle[peer.node_id]
             try:
                 response = await round_trip(link, request)
             except DIAL_ERRORS:
@@ -73,19 +119,28 @@ class LinkPool:
 
     async def _put_back(self, node_id: bytes, link: SecureLink, used: Endpoint) -> None:
         now = trio.current_time()
-        if node_id in self._links:
-            await link.aclose()
-            return
-        self._links[node_id] = (link, used, now)
-        while len(self._links) > self.max_links or (
-            self._links and now - next(iter(self._links.values()))[2] > self.link_idle
+        self._idle.setdefault(node_id, []).append((link, used, now))
+        while (oldest := self._oldest()) is not None and (
+            len(self) > self.max_links or now - oldest[1] > self.link_idle
         ):
-            _, (old, _, _) = self._links.popitem(last=False)
+            peer_id, _ = oldest
+            old, _, _ = self._idle[peer_id].pop(0)
+            if not self._idle[peer_id]:
+                del self._idle[peer_id]
             await old.aclose()
+
+    def _oldest(self) -> tuple[bytes, float] | None:
+        """The peer whose first idle link went back longest ago, and when."""
+        firsts = [(links[0][2], peer_id) for peer_id, links in self._idle.items()]
+        if not firsts:
+            return None
+        when, peer_id = min(firsts)
+        return peer_id, when
 
     async def close_all(self) -> None:
         """Close every pooled link (shielded from cancellation)."""
         with trio.CancelScope(shield=True):
-            while self._links:
-                _, (link, _, _) = self._links.popitem()
-                await link.aclose()
+            while self._idle:
+                _, links = self._idle.popitem()
+                for link, _, _ in links:
+                    await link.aclose()

@@ -183,8 +183,11 @@ class Mailboxes:
         return list(found.values())
 
     async def _fetch_from(self, peer: Peer, key: bytes, found: dict[bytes, bytes]) -> None:
+        """Page through ``peer``'s entries of ``key`` into ``found``. Each
+        holder is paged to its end: holders hold entries in their own order,
+        and some missed some deposits."""
         after: bytes | None = None
-        taken = 0
+        given: set[bytes] = set()
         for _ in range(MAX_PAGES):
             try:
                 body = await self._call(
@@ -194,13 +197,13 @@ class Mailboxes:
             except P2PMsgError:
                 return
             ids = [entry_id(blob) for blob in blobs]
-            fresh = [(i, b) for i, b in zip(ids, blobs, strict=True) if i not in found]
-            for id_, blob in fresh[: DEFAULT_MAX_PER_KEY - taken]:
-                found[id_] = blob
-            taken += len(fresh)
-            # stop at the end, at a page with nothing new (a holder going in
-            # circles), or when the holder has given more than a key can hold
-            if not more or not blobs or not fresh or taken >= DEFAULT_MAX_PER_KEY:
+            new = [(i, b) for i, b in zip(ids, blobs, strict=True) if i not in given]
+            for id_, blob in new[: DEFAULT_MAX_PER_KEY - len(given)]:
+                given.add(id_)
+                found.setdefault(id_, blob)
+            # stop at the end, at a page with nothing this holder had not
+            # given (going in circles), or when it gave what a key can hold
+            if not more or not new or len(given) >= DEFAULT_MAX_PER_KEY:
                 return
             after = ids[-1]
 

@@ -385,8 +385,7 @@ class Dht:
 
     async def _exchange(self, peer: Peer, request: rpc.Request) -> tuple[rpc.Response, Endpoint]:
         try:
-            with trio.fail_after(self.options.rpc_timeout):
-                return await self.links.exchange(peer, request)
+            return await self.links.exchange(peer, request, timeout=self.options.rpc_timeout)
         except RPC_ERRORS as exc:
             self.table.on_failure(peer.node_id)
             raise RpcFailed(f"{request.method.name} failed: {type(exc).__name__}") from exc
