@@ -138,6 +138,16 @@ class Home:
         except OSError as exc:
             raise HomeError(f"cannot create {self.path}: {exc.strerror}") from exc
 
+    def save_config(self, config: Config) -> None:
+        """Replace the home's config (atomically). Raises :class:`HomeError`."""
+        new = self.config_file.with_name(f".{CONFIG_FILE}.{os.getpid()}.{os.urandom(4).hex()}")
+        try:
+            write_private_file(new, config.to_json().encode())
+            os.replace(new, self.config_file)
+        except OSError as exc:
+            new.unlink(missing_ok=True)
+            raise HomeError(f"cannot write {self.config_file}: {exc.strerror}") from exc
+
     def load_identity(self) -> Identity:
         if not self.exists():
             raise HomeError(f"no node in {self.path} (run `p2pmsg init` first)")

@@ -125,9 +125,29 @@ class Resolver:
         cached = self._found.get(node_id)
         if cached is not None and now - cached[1] < self.ttl:
             return cached[0]
+        return await self._look_up(node_id)
+
+    async def send(self, links: PacketSender, node_id: bytes, data: bytes) -> None:
+        """Send ``data`` to node ``node_id``; when the address we knew fails,
+        to the one its newest record in the DHT gives, if that differs (a node
+        that moved to a new address). Raises ``LookupError`` when it cannot
+        be found, or the dial error."""
+        peer = await self.resolve(node_id)
+        if peer is None:
+            raise LookupError("next hop not found")
+        try:
+            await links.send(peer, data)
+        except DIAL_ERRORS:
+            moved = await self._look_up(node_id)
+            if moved is None or moved.endpoints == peer.endpoints:
+                raise
+            await links.send(moved, data)
+
+    async def _look_up(self, node_id: bytes) -> Peer | None:
         found = await self.dht.find_peer(node_id)
         if found is not None:
-            self._found[node_id] = (found, now)
+            self._found[node_id] = (found, trio.current_time())
+            self._found.move_to_end(node_id)
             while len(self._found) > self.capacity:
                 self._found.popitem(last=False)
         return found
@@ -347,10 +367,8 @@ class Relay:
 
     async def _forward(self, forward: sphinx.Forward) -> None:
         try:
-            peer = await self.resolver.resolve(forward.next_hop)
-            if peer is None:
-                raise LookupError("next hop not found")
-            await self.links.send(peer, onion_frames.encode_packet_message(forward.packet))
+            message = onion_frames.encode_packet_message(forward.packet)
+            await self.resolver.send(self.links, forward.next_hop, message)
         except (*DIAL_ERRORS, LookupError) as exc:
             log.debug("could not forward an onion packet: %r", exc)
             if forward.command is sphinx.Command.EXIT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -35,6 +36,7 @@ class SimWorld:
         self.net = SimNetwork()
         self.homes: dict[str, Home] = {}
         self._runs: dict[str, int] = {}
+        self._hosts: dict[str, str] = {}
 
     def rng(self, label: str) -> Callable[[int], bytes]:
         return os.urandom if self.seed is None else byte_stream(self.seed, label)
@@ -77,7 +79,7 @@ class SimWorld:
         runs = self._runs[name] = self._runs.get(name, 0) + 1
         async with Node.open(
             home.path,
-            [SimTransport(self.net, name)],
+            [SimTransport(self.net, self._hosts.get(name, name))],
             options=options,
             offload=run_inline,
             wall_clock=sim_wall_clock,
@@ -85,6 +87,12 @@ class SimWorld:
             network=network,
         ) as node:
             yield node
+
+    def move(self, name: str, host: str) -> None:
+        """Node ``name`` runs on ``host`` from its next start (a new address)."""
+        home = self.homes[name]
+        home.save_config(replace(home.load_config(), listen=(Endpoint.parse(f"sim:{host}"),)))
+        self._hosts[name] = host
 
     def invite(self, name: str) -> str:
         return str(self.home(name).invite())

@@ -109,6 +109,17 @@ def test_invite_carries_the_listen_endpoints(tmp_path: Path) -> None:
     assert Invite.parse(str(invite)) == invite
 
 
+
+def test_a_saved_config_replaces_the_old_one_owner_only(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(CONFIG, ALICE)
+    moved = Config(listen=(Endpoint.parse("sim:elsewhere"),))
+    home.save_config(moved)
+    assert home.load_config() == moved
+    assert stat.S_IMODE(home.config_file.stat().st_mode) == 0o600
+    assert sorted(p.name for p in home.path.iterdir() if "config" in p.name) == ["config.json"]
+
+
 # --- Config ------------------------------------------------------------------------------
 
 

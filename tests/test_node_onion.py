@@ -181,13 +181,13 @@ async def test_a_mailbox_of_more_entries_than_one_poll_takes_is_emptied_over_pol
             assert bob.onion.mailbox.stats.fetched_direct == 0
 
 
-def _packet_through(relay: Node, bob: Node, now: float, *, deposit: bool = True) -> bytes:
-    """A packet for ``relay`` to forward to ``bob``, built with the relay's published key."""
+def _packet_through(relay: Node, to: Identity, now: float, *, deposit: bool = True) -> bytes:
+    """A packet for ``relay`` to forward to ``to``, built with the relay's published key."""
     epoch = int(now // 86_400)
     key = dict(relay.onion.keys.published())[epoch]
     route = [
         sphinx.Hop(relay.identity.node_id, key),
-        sphinx.Hop(bob.identity.node_id, bob.identity.public.x25519),
+        sphinx.Hop(to.node_id, to.public.x25519),
     ]
     return sphinx.create_packet(route, b"replay me", os.urandom, deposit=deposit)[1]
 
@@ -198,18 +198,58 @@ async def test_a_packet_for_an_offline_destination_goes_to_its_mailbox_only_if_i
     """Mailbox requests and their answers are sent without: stale by the time
     the destination is back, they would only fill its mailbox."""
     boot = [world.invite(RELAYS[0])]
-    async with running(world, RELAYS[:3], boot):
+    # bob never came online: nothing but these packets goes to him
+    bob = world.home("bob", bootstrap=boot).load_identity()
+    async with running(world, RELAYS[:3], boot), world.node("relay9", bootstrap=boot) as relay:
+        await relay.joined.wait()
+        stats = relay.onion.relay.stats
+        assert relay.onion.relay.submit(_packet_through(relay, bob, sim_wall_clock()))
+        await until(lambda: stats.deposited == 1)
+        assert relay.onion.relay.submit(
+            _packet_through(relay, bob, sim_wall_clock(), deposit=False)
+        )
+        await until(lambda: stats.forward_failed == 1)
+        assert stats.deposited == 1
+
+
+async def test_a_relay_finds_a_next_hop_that_moved_to_a_new_address(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """A relay that knows a stale address of the next hop looks it up again
+    rather than leave the packet in its mailbox (S18's IP change)."""
+    boot = [world.invite(RELAYS[0])]
+    async with (
+        running(world, RELAYS[:3], boot),
+        world.node("relay9", bootstrap=boot) as relay,
+        world.node("carol", bootstrap=boot) as carol,
+    ):
+        await relay.joined.wait()
+        await carol.joined.wait()
         async with world.node("bob", bootstrap=boot) as bob:
             await bob.joined.wait()
-        async with world.node("relay9", bootstrap=boot) as relay:
-            await relay.joined.wait()
-            stats = relay.onion.relay.stats
-            assert relay.onion.relay.submit(_packet_through(relay, bob, sim_wall_clock()))
-            await until(lambda: stats.deposited == 1)
-            now = sim_wall_clock()
-            assert relay.onion.relay.submit(_packet_through(relay, bob, now, deposit=False))
-            await until(lambda: stats.forward_failed == 1)
-            assert stats.deposited == 1
+            assert relay.onion.relay.submit(_packet_through(relay, bob.identity, sim_wall_clock()))
+            # the payload is no onion message: bob opens its layer and refuses it
+            await until(lambda: bob.onion.receiver.stats.refused == 1)
+            old = await relay.onion.resolver.resolve(bob.identity.node_id)
+            assert old is not None
+        world.move("bob", "bob-elsewhere")
+        async with world.node("bob", bootstrap=boot) as bob:
+            await bob.joined.wait()
+            with trio.fail_after(600):  # until its new record is in the DHT
+                while True:
+                    found = await carol.dht.find_peer(bob.identity.node_id)
+                    if found is not None and found.endpoints == ("sim:bob-elsewhere:1",):
+                        break
+                    await trio.sleep(10.0)
+            # the relay still knows the old address (its table learns the new
+            # one when bob gets in touch, which need not have happened yet)
+            relay.dht.table.remove(bob.identity.node_id)
+            relay.dht.table.offer(old, trio.current_time())
+            known = await relay.onion.resolver.resolve(bob.identity.node_id)
+            assert known is not None and known.endpoints == ("sim:bob:1",)
+            assert relay.onion.relay.submit(_packet_through(relay, bob.identity, sim_wall_clock()))
+            await until(lambda: bob.onion.receiver.stats.refused == 1)
+            assert relay.onion.relay.stats.deposited == 0  # not left in bob's mailbox
 
 
 async def test_a_replayed_packet_is_refused_also_after_the_relay_restarts(
@@ -220,7 +260,7 @@ async def test_a_replayed_packet_is_refused_also_after_the_relay_restarts(
         await bob.joined.wait()
         async with world.node("relay9", bootstrap=boot) as relay:
             await relay.joined.wait()
-            packet = _packet_through(relay, bob, sim_wall_clock())
+            packet = _packet_through(relay, bob.identity, sim_wall_clock())
             for _ in range(3):
                 assert relay.onion.relay.submit(packet)
             # the payload is no onion message: bob opens its layer and refuses it

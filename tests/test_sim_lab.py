@@ -274,6 +274,24 @@ def test_restarted_nodes_lose_and_repeat_nothing() -> None:
     assert result.duplicates == 0
 
 
+def test_nodes_that_move_to_a_new_address_lose_and_repeat_nothing() -> None:
+    """``topology.ip_changes`` (S18): each user's node comes back on a new
+    host, so what its peers knew of its address is stale; every message
+    still arrives, once."""
+    scenario = loads(TINY.replace("isps = 3", "isps = 3\nip_changes = 2"), "tiny-moves.toml")
+    result = runner.run(scenario, 1)
+    assert result.ip_changes == result.restarts == 2 * 6
+    assert result.sent
+    assert set(result.received) == set(result.sent)
+    assert result.duplicates == 0
+
+
+def test_only_nodes_on_the_sim_transport_alone_move() -> None:
+    text = TINY.replace("isps = 3", "isps = 3\nip_changes = 1\ntransports = ['sim', 'ws']")
+    with pytest.raises(ScenarioError, match=r"m.toml:\d+: topology.ip_changes: only with"):
+        loads(text, "m.toml")
+
+
 TAMPERING = 'isps = 3\nrestarts = 2\ntampering = 0.5\nduplicate = 0.3\nreorder = "2s"'
 
 

@@ -210,6 +210,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "probes": sum(r.probes for r in results),
         "probed_nodes_answering": sum(r.probed_nodes_answering for r in results),
         "restarts": sum(r.restarts for r in results),
+        "ip_changes": sum(r.ip_changes for r in results),
         "path_p50": _percentile([t for r in results for t in r.path_times], 0.5),
         "path_p99": _percentile([t for r in results for t in r.path_times], 0.99),
         "dials": sum(len(r.path_times) for r in results),
@@ -260,6 +261,9 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
     """The checks only some scenarios have, by what their topology and censor do."""
     p = scenario.passes
     checks: list[Check] = []
+    if scenario.topology.ip_changes:  # their messages are in the checks of all messages
+        moves = f["ip_changes"]
+        checks.append(Check("moves of users to a new address", str(moves), ">= 1", moves >= 1))
     if scenario.topology.late_users:
         newcomers = f["newcomers_joined_within"]
         checks.append(Check(f"newcomers joined within {p.join_within:g} s", newcomers.text(),

@@ -48,6 +48,8 @@ class SeedResult:
     not the reference's (S8: must be 0)."""
     restarts: int = 0
     """Times a user's node stopped and started again (``topology.restarts``)."""
+    ip_changes: int = 0
+    """Times a user's node moved to a new address (``topology.ip_changes``)."""
     restart_replays: int = 0
     """First payloads recorded before a p2pmsg node restarted, replayed to it after."""
     restart_replays_answered: int = 0

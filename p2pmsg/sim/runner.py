@@ -258,15 +258,20 @@ class _Run:
     async def run_node(
         self, name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run node ``name``, restarting it ``topology.restarts`` times (users
-        only); between a stop and the next start nobody sends through it."""
+        """Run node ``name``, restarting it ``topology.restarts`` times and
+        moving it to a new address ``topology.ip_changes`` times (users only);
+        between a stop and the next start nobody sends through it."""
         started = self.started[name] = trio.current_time()
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
         if name in self.groups["skewed"]:
             skew = self.rng.choice((-1, 1)) * self.rng.uniform(36 * 3600.0, 48 * 3600.0)
         self.sending[name] = 0
-        for run, stop in enumerate([*self.restart_times(name), math.inf]):
+        moves_next = False
+        for run, (stop, moves) in enumerate([*self.stops(name), (math.inf, False)]):
+            if run and moves_next:
+                self.move(name)
+            moves_next = moves
             async with self.world.node(
                 name, options=self.options, skew=skew, lan=self.lan(name)
             ) as node:
@@ -311,10 +316,30 @@ class _Run:
         if self.t0 <= trio.current_time() <= self.end:
             self.dials.setdefault(name, []).append(dial)
 
-    def restart_times(self, name: str) -> list[float]:
-        restarts = self.s.topology.restarts if name in self.groups["users"] else 0
-        rng = random.Random(f"{self.seed}/restarts/{name}")  # noqa: S311 - a reproducible simulation
-        return sorted(rng.uniform(self.t0, self.end) for _ in range(restarts))
+    def stops(self, name: str) -> list[tuple[float, bool]]:
+        """When node ``name`` stops, and whether it moves to a new address then."""
+        if name not in self.groups["users"]:
+            return []
+        times = []
+        for label, count, moves in (
+            ("restarts", self.s.topology.restarts, False),
+            ("moves", self.s.topology.ip_changes, True),
+        ):
+            rng = random.Random(f"{self.seed}/{label}/{name}")  # noqa: S311 - a reproducible simulation
+            times += [(rng.uniform(self.t0, self.end), moves) for _ in range(count)]
+        return sorted(times)
+
+    def move(self, name: str) -> None:
+        """Move user ``name`` (stopped) to a new host of its network."""
+        self.result.ip_changes += 1
+        moved = 1 + sum(h.startswith(f"{name}m") for h in self.hosts)  # names are fixed-width
+        old = self.hosts[name]
+        a, b, c, d = old.ip.split(".")
+        host, ip = f"{name}m{moved}", f"{a}.{b}.{int(c) + 100 + moved}.{d}"
+        self.hosts[host] = self.world.add_host(
+            host, ip=ip, asn=old.asn, country=old.country, isp=old.isp
+        )
+        self.world.move(name, host)
 
     def receive(self, message_id: bytes) -> None:
         key = message_id.hex()

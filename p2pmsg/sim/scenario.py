@@ -10,7 +10,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
                 transports, abroad, clock_skew, bad_clocks, lan, restarts,
-                tampering, duplicate, reorder
+                ip_changes, tampering, duplicate, reorder
     [traffic]   pairs, every, browse_every, local, burst, outbox
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
@@ -96,6 +96,11 @@ class Topology:
     restarts: int = 0
     """Each user's node stops and starts again from its home (keys, store and
     queue kept) this many times, at times drawn uniformly over the run."""
+    ip_changes: int = 0
+    """Each user's node moves to a new address this many times, at times
+    drawn uniformly over the run: it stops, and starts again from its home
+    on a new host of the same network, so what peers know of its address is
+    stale (only with the ``sim`` transport)."""
     tampering: float = 0.0
     """The share of users (at least one if any) whose relays tamper with the
     onion packets they forward (S17): hold each back, forward some twice,
@@ -295,6 +300,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("topology", "abroad"): (0, MAX_USERS),
     ("topology", "bad_clocks"): (0, 250),
     ("topology", "restarts"): (0, 100),
+    ("topology", "ip_changes"): (0, 100),
     ("topology", "tampering"): (0, 1),
     ("topology", "duplicate"): (0, 1),
     ("topology", "reorder"): (0, 3600),
@@ -397,6 +403,8 @@ def _check(where: _Where, s: Scenario) -> None:
         raise where.error("topology", "transports", "at least one")
     if len(set(s.topology.transports)) < len(s.topology.transports):
         raise where.error("topology", "transports", "each at most once")
+    if s.topology.ip_changes and s.topology.transports != ("sim",):
+        raise where.error("topology", "ip_changes", 'only with transports = ["sim"]')
     if s.passes.control_min > s.passes.control_max:
         raise where.error("pass", "control_min", "above control_max")
     for i, rule in enumerate(s.censor):

@@ -30,7 +30,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -111,6 +111,8 @@ class World:
         self.transports = tuple(transports)
         self.homes: dict[str, Home] = {}
         self._runs: dict[str, int] = {}
+        self._hosts: dict[str, str] = {}
+        """Node -> the host it runs on, when it moved off its own."""
 
     def rng(self, label: str) -> Rng:
         return byte_stream(self.seed, label)
@@ -147,14 +149,25 @@ class World:
             for transport in self.transports
         )
 
+    def move(self, name: str, host: str) -> None:
+        """Move node ``name`` (not running) to ``host``, a host of the network:
+        it listens and dials there from its next start. Raises ``ValueError``
+        for a world with transports other than ``sim``."""
+        if self.transports != ("sim",):
+            raise ValueError("only nodes on the sim transport alone can move")
+        home = self.homes[name]
+        home.save_config(replace(home.load_config(), listen=(Endpoint.parse(f"sim:{host}"),)))
+        self._hosts[name] = host
+
     def _stack(self, name: str, runs: int, wall_clock: Callable[[], float]) -> list[Transport]:
         """Node ``name``'s transports, each over the simulated network."""
         home = self.homes[name].path
+        host = self._hosts.get(name, name)
         return [
-            SimTransport(self.net, name)
+            SimTransport(self.net, host)
             if transport == "sim"
             else self.wrappers[transport].wrap(
-                SimTransport(self.net, name),
+                SimTransport(self.net, host),
                 home,
                 self.rng(f"{transport}/{name}/{runs}"),
                 wall_clock,
