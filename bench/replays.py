@@ -81,7 +81,15 @@ from p2pmsg.dht.service import Dht
 from p2pmsg.keys import Identity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion_service import OnionServiceOptions
-from p2pmsg.relay import ONION_EPOCH, OnionKeys, Relay, RelayOptions, Resolver, epoch_of
+from p2pmsg.relay import (
+    ONION_EPOCH,
+    OnionKeys,
+    PacketSender,
+    Relay,
+    RelayOptions,
+    Resolver,
+    epoch_of,
+)
 from p2pmsg.sim.tamper import KEPT_PER_HOP
 from p2pmsg.store import Store, run_inline
 
@@ -121,6 +129,12 @@ class Directory:
     async def resolve(self, node_id: bytes) -> Peer | None:
         node = self.net.by_id.get(node_id)
         return None if node is None else node.peer
+
+    async def send(self, links: PacketSender, node_id: bytes, data: bytes) -> None:
+        peer = await self.resolve(node_id)
+        if peer is None:
+            raise LookupError("next hop not found")
+        await links.send(peer, data)
 
 
 class NoDht:

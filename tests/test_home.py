@@ -109,7 +109,6 @@ def test_invite_carries_the_listen_endpoints(tmp_path: Path) -> None:
     assert Invite.parse(str(invite)) == invite
 
 
-
 def test_a_saved_config_replaces_the_old_one_owner_only(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     home.init(CONFIG, ALICE)
