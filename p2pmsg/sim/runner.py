@@ -267,11 +267,7 @@ class _Run:
         if name in self.groups["skewed"]:
             skew = self.rng.choice((-1, 1)) * self.rng.uniform(36 * 3600.0, 48 * 3600.0)
         self.sending[name] = 0
-        moves_next = False
         for run, (stop, moves) in enumerate([*self.stops(name), (math.inf, False)]):
-            if run and moves_next:
-                self.move(name)
-            moves_next = moves
             async with self.world.node(
                 name, options=self.options, skew=skew, lan=self.lan(name)
             ) as node:
@@ -297,6 +293,8 @@ class _Run:
                         self.receive(node.messages().receive_nowait().id)
                     except trio.WouldBlock:
                         break
+            if moves:  # stopped: it comes back elsewhere
+                self.move(name)
 
     async def opened(self, name: str, node: Node, run: int) -> None:
         """``name``'s node is up for its ``run``-th time (0: the first)."""
