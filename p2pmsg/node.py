@@ -61,6 +61,7 @@ from p2pmsg.link.secure import SecureLink, accept_secure
 from p2pmsg.network import local_network_label
 from p2pmsg.onion_service import OnionService, OnionServiceOptions
 from p2pmsg.pathscore import PathScores
+from p2pmsg.puzzle import Pricing
 from p2pmsg.store import (
     MAX_QUEUED,
     MAX_QUEUED_PER_PEER,
@@ -184,6 +185,8 @@ class Node:
             if isinstance(transport, KeepsReplays):  # obfs: its hellos' tags saved too
                 transport.keep_replays(self._replay)
         self.admission = Admission(options.admission)
+        self.handshake_pricing = Pricing(rng)
+        """Work asked of inbound handshakes under load (:mod:`p2pmsg.puzzle`)."""
         self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
             options.app_queue
         )
@@ -424,6 +427,7 @@ class Node:
             "dht": self.dht.stats(),
             "bootstrap_lists": self.bootstrap.stats(),
             "inbound": self.admission.stats(),
+            "handshake_pricing": self.handshake_pricing.stats(),
         }
 
     # -- path scores -----------------------------------------------------------
@@ -483,12 +487,14 @@ class Node:
     async def _accept_and_serve(self, link: Link, ticket: Ticket) -> None:
         try:
             secure = await accept_secure(
-                self._replay.guard(link),  # answers only once the flight's tag is on disk
+                link,
                 self.identity,
                 self._replay.window,
                 wall_clock=self._wall_clock,
                 rng=self._rng,
                 timeout=self.options.handshake_timeout,
+                pricing=self.handshake_pricing,
+                before_reply=self._replay.before_reply,  # answers once the flight's tag is on disk
             )
         except HandshakeError:
             self.stats.refused_handshakes += 1

@@ -5,18 +5,19 @@ but a window kept only in memory is empty after a restart, and a censor that
 recorded a flight less than a day old could replay it and get an answer.
 
 Theory of operation. The node's :class:`ReplayWindow` journals what it
-accepts. :class:`DurableReplay` wraps each inbound transport link so that its
-first write, the handshake's answer, waits until every flight accepted so far
-is committed (``synchronous=FULL``: on the disk) in the ``link_replay``
-table. The answer is the first thing a responder ever writes, the window
-accepts the flight before the answer exists, and its count of accepted
-flights only grows, so "accepted so far" includes the flight answered. So a
-flight whose tag is not on disk was never answered: a crash, ``kill -9``
-included, can lose only unanswered flights, and a replay of one of those is
-answered as the flight itself would have been, once, showing nothing its
-first sending would not have. Handshakes arriving together share one commit
-(one ``trio.Lock``, whoever holds it writes everything pending). A failed
-commit refuses the handshake (no answer goes out) and the tags stay pending.
+accepts. Before a responder writes a handshake frame (the answer, or under
+load a price, whose flight's tag the window takes too), it awaits
+:meth:`DurableReplay.before_reply`, which returns once every flight accepted
+so far is committed (``synchronous=FULL``: on the disk) in the
+``link_replay`` table. The window accepts the flight before the frame
+exists, and its count of accepted flights only grows, so "accepted so far"
+includes the flight answered. So a flight whose tag is not on disk was never
+answered: a crash, ``kill -9`` included, can lose only unanswered flights,
+and a replay of one of those is answered as the flight itself would have
+been, once, showing nothing its first sending would not have. Handshakes
+arriving together share one commit (one ``trio.Lock``, whoever holds it
+writes everything pending). A failed commit refuses the handshake (no frame
+goes out) and the tags stay pending.
 
 The table is bounded like the window: a commit also deletes the rows the
 window has forgotten (timestamps at or below its floor, or older than the
@@ -45,8 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pmsg.abc import Link
-from p2pmsg.errors import StoreError
+from p2pmsg.errors import HandshakeError, StoreError
 from p2pmsg.keys import KEY_BYTES
 from p2pmsg.link.replay import ReplayWindow
 
@@ -241,33 +241,12 @@ class DurableReplay:
             )
             self.window.saved(len(entries))
 
-    def guard(self, link: Link) -> Link:
-        """``link`` whose first write waits for :meth:`commit` (for :func:`accept_secure`)."""
-        return _AnswerAfterCommit(link, self)
-
-
-class _AnswerAfterCommit:
-    """A transport link whose first write waits until the flights accepted so far
-    are committed; a failed commit breaks the link, so no answer goes out."""
-
-    def __init__(self, link: Link, replay: DurableReplay) -> None:
-        self._link = link
-        self._replay = replay
-        self._committed = False
-
-    async def send(self, data: bytes) -> None:
-        if not self._committed:
-            # the count only grows: it covers the flight this write answers
-            try:
-                await self._replay.commit(self._replay.window.accepted)
-            except StoreError as exc:
-                log.warning("refused a handshake: its replay tag could not be saved (%s)", exc)
-                raise trio.BrokenResourceError("the replay tag could not be saved") from exc
-            self._committed = True
-        await self._link.send(data)
-
-    async def receive(self) -> bytes:
-        return await self._link.receive()
-
-    async def aclose(self) -> None:
-        await self._link.aclose()
+    async def before_reply(self) -> None:
+        """Return once every flight accepted so far is on disk (for
+        :func:`accept_secure`'s ``before_reply``: the node answers a flight
+        only then). Raises :class:`HandshakeError` when they cannot be saved."""
+        try:
+            await self.commit(self.window.accepted)  # the count covers the flight to answer
+        except StoreError as exc:
+            log.warning("refused a handshake: its replay tag could not be saved (%s)", exc)
+            raise HandshakeError("the replay tag could not be saved") from exc

@@ -83,6 +83,10 @@ def test_a_price_of_no_effort_is_refused() -> None:
         puzzle.decode_price(puzzle.encode_price(Price(b"s" * 16, 0)))
 
 
+def accept(pricing: Pricing, paid: Paid, writer: bytes, now: float) -> Price | None:
+    return pricing.accept(paid.price, puzzle.proof(paid, writer), now)
+
+
 def flood(pricing: Pricing, now: float, writes: int) -> list[Price | None]:
     return [pricing.ask(now) for _ in range(writes)]
 
@@ -102,20 +106,20 @@ def test_a_paid_write_is_taken_once_and_the_price_follows_the_load() -> None:
     price = pricing.ask(10.0)
     assert price is not None
     paid = solve(price)
-    assert pricing.accept(paid, WRITER, 10.0) is None
-    assert pricing.accept(paid, WRITER, 10.0) == price  # spent
-    assert pricing.accept(paid, OTHER, 10.0) == price  # not theirs
+    assert accept(pricing, paid, WRITER, 10.0) is None
+    assert accept(pricing, paid, WRITER, 10.0) == price  # spent
+    assert accept(pricing, paid, OTHER, 10.0) == price  # not theirs
     low = Paid(STORE, Price(price.seed, 1), b"\0" * 8, b"x")
-    assert pricing.accept(low, WRITER, 10.0) == price  # less than asked
+    assert accept(pricing, low, WRITER, 10.0) == price  # less than asked
     # Busy again: the effort doubles under a new seed; the old seed is still honoured.
     for i in range(11):
-        assert pricing.accept(solve(price, body=bytes([i])), WRITER, 15.0) is None
+        assert accept(pricing, solve(price, body=bytes([i])), WRITER, 15.0) is None
     doubled = pricing.ask(20.0)
     assert doubled is not None and doubled.effort == 2 * MIN_EFFORT
     assert doubled.seed != price.seed
-    assert pricing.accept(solve(price, body=b"late"), WRITER, 20.0) is None
+    assert accept(pricing, solve(price, body=b"late"), WRITER, 20.0) is None
     # Two windows on, the first seed is forgotten; a calm window halved the effort.
-    refused = pricing.accept(solve(price, body=b"later"), WRITER, 30.0)
+    refused = accept(pricing, solve(price, body=b"later"), WRITER, 30.0)
     assert refused is not None and refused.effort == MIN_EFFORT
     # Another calm window: free again.
     assert pricing.ask(40.0) is None

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE_CORES = [
     "p2pmsg/endpoint.py",
     "p2pmsg/keys.py",
+    "p2pmsg/puzzle.py",
     "p2pmsg/link/noise.py",
     "p2pmsg/link/wire.py",
     "p2pmsg/link/replay.py",

@@ -423,10 +423,10 @@ def test_a_rewrapped_replay_is_refused() -> None:
     obfs = wire.obfuscation_key(BOB.public.x25519)
     opened = wire.open_handshake(hello, obfs, from_initiator=True)
     assert opened is not None
-    noise_message, used = opened
+    noise_message, tail, used = opened
     assert used == len(hello)
     rewrapped = wire.seal_handshake(
-        obfs, noise_message, salt=bytes(range(16)), padding=17, from_initiator=True
+        obfs, noise_message, salt=bytes(range(16)), padding=17, from_initiator=True, tail=tail
     )
     assert rewrapped != hello
     assert _feed(_responder(9), rewrapped) == [Established(ALICE.public)]
@@ -479,6 +479,7 @@ def _crafted_hello(static: Identity, payload: bytes, seed: int = 3) -> bytes:
         salt=bytes(16),
         padding=0,
         from_initiator=True,
+        tail=wire.encode_flight(wire.Flight(int(NOW))),
     )
 
 
@@ -562,7 +563,7 @@ def test_every_wire_length() -> None:
         _events(init)
         hello_lengths.add(len(hello))
         reply_lengths.add(len(reply))
-        base = FRAME_OVERHEAD + HELLO_NOISE_LEN
+        base = FRAME_OVERHEAD + HELLO_NOISE_LEN + wire.FLIGHT_LEN
         assert base <= len(hello) < base + wire.MAX_PADDING
         base = FRAME_OVERHEAD + REPLY_NOISE_LEN
         assert base <= len(reply) < base + wire.MAX_PADDING

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
 import trio
 import trio.testing
@@ -14,6 +16,7 @@ from p2pmsg.errors import OutboxFull, UnknownContact
 from p2pmsg.keys import Identity
 from p2pmsg.link.secure import connect_secure
 from p2pmsg.node import NodeOptions
+from p2pmsg.puzzle import MIN_EFFORT, Pricing
 from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict
 from transports.sim import SimTransport
 
@@ -227,3 +230,27 @@ async def test_one_address_gets_only_its_share_of_handshakes(
             await stream.aclose()
         await trio.testing.wait_all_tasks_blocked()
         assert bob.admission.pending == 0
+
+
+async def test_a_node_flooded_with_handshakes_asks_for_work_and_a_paying_contact_gets_through(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Past its calm, a node answers first flights with a price; a real node pays it."""
+    async with world.node("alice") as alice, world.node("bob") as bob:
+        bob.handshake_pricing = Pricing(Random(5).randbytes, calm=2, window=10.0)
+        for _ in range(3):  # a busy window: three handshakes, each answered
+            raw = await SimTransport(world.net, "flooder").dial(Endpoint.parse("sim:bob"))
+            link = await connect_secure(
+                raw, Identity.generate(), bob.identity.public, wall_clock=sim_wall_clock
+            )
+            await link.aclose()
+        await trio.sleep(10.0)
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = await alice.send("bob", "worth the work", direct=True)
+        assert (await bob.messages().receive()).id == sent
+        assert (await bob.status())["handshake_pricing"] == {
+            "effort": MIN_EFFORT,
+            "priced": 1,
+            "paid": 1,
+            "refused_proofs": 0,
+        }

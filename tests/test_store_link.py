@@ -92,7 +92,12 @@ async def answered(replay: DurableReplay, flight: bytes, link: RecordingLink | N
     await link.peer_send.send(flight)
     try:
         secure = await accept_secure(
-            replay.guard(link), BOB, replay.window, wall_clock=lambda: NOW, timeout=TIMEOUT
+            link,
+            BOB,
+            replay.window,
+            wall_clock=lambda: NOW,
+            timeout=TIMEOUT,
+            before_reply=replay.before_reply,
         )
     except HandshakeError:
         assert link.writes == []

@@ -276,7 +276,7 @@ class Dht:
                 return rpc.Response(request.rid, rpc.Status.REFUSED)
             if method not in PRICED:
                 return rpc.Response(request.rid, rpc.Status.REFUSED)
-            price = self.pricing.accept(paid, requester.node_id, mono)
+            price = self.pricing.accept(paid.price, puzzle.proof(paid, requester.node_id), mono)
             request = rpc.Request(request.rid, method, request.sender, paid.body)
         else:
             price = self.pricing.ask(mono)

@@ -13,6 +13,17 @@ window or seen before, and one whose Ed25519 identity does not map to the
 static key that the Noise handshake proved. Untrusted bytes produce events or
 :class:`RemoteProtocolError` (:class:`HandshakeError` during the handshake),
 nothing else.
+
+Work under load (:mod:`p2pmsg.puzzle`). A responder given a
+:class:`~p2pmsg.puzzle.Pricing` asks it about every first flight whose tail
+(:class:`wire.Flight`) is fresh in the replay window, before any X25519
+operation. When it names a price, the responder burns the flight's
+ephemeral key in the window (a replay of it gets nothing back, as from a
+closed service), answers with a price frame and waits for another first
+flight, at most once per connection. The initiator then reports
+:class:`Priced` and goes ``SENT_HELLO -> PRICED``; its owner solves the
+price and calls :meth:`LinkConnection.pay`, which sends a new first flight
+(new ephemeral key) carrying the proof and goes back to ``SENT_HELLO``.
 """
 
 from __future__ import annotations
@@ -23,11 +34,13 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Final
 
+from p2pmsg import puzzle
 from p2pmsg.errors import BadKey, HandshakeError, LocalProtocolError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link import wire
-from p2pmsg.link.noise import CipherState, HandshakeState
+from p2pmsg.link.noise import DHLEN, CipherState, HandshakeState
 from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.puzzle import Price, Pricing
 
 _HELLO = struct.Struct(">Q32s")
 MAX_BUFFER = 4 * wire.MAX_MESSAGE
@@ -36,6 +49,7 @@ MAX_BUFFER = 4 * wire.MAX_MESSAGE
 class State(Enum):
     START = auto()
     SENT_HELLO = auto()
+    PRICED = auto()
     AWAIT_HELLO = auto()
     OPEN = auto()
     CLOSED = auto()
@@ -59,7 +73,14 @@ class Closed:
     """The peer closed the link cleanly."""
 
 
-Event = Established | Message | Closed
+@dataclass(frozen=True)
+class Priced:
+    """The responder asks for work first: solve ``price``, then :meth:`LinkConnection.pay`."""
+
+    price: Price
+
+
+Event = Established | Message | Closed | Priced
 
 
 class _NeedData:
@@ -75,7 +96,8 @@ class LinkConnection:
 
     ``now`` is the wall-clock time (seconds since the epoch) used for the
     first flight's timestamp and its replay check; ``rng`` supplies every
-    random byte (ephemeral key, salts, padding).
+    random byte (ephemeral key, salts, padding). A responder's ``pricing``
+    (optional) runs on the ``monotonic`` clock's time.
     """
 
     def __init__(
@@ -86,6 +108,8 @@ class LinkConnection:
         replay: ReplayWindow | None = None,
         now: float,
         rng: Callable[[int], bytes],
+        pricing: Pricing | None = None,
+        monotonic: float = 0.0,
     ) -> None:
         self.initiator = peer is not None
         if not self.initiator and replay is None:
@@ -95,15 +119,13 @@ class LinkConnection:
         self._replay = replay
         self._now = now
         self._rng = rng
-        responder_x = peer.x25519 if peer is not None else identity.public.x25519
-        self._obfs_key = wire.obfuscation_key(responder_x)
-        self._hs: HandshakeState | None = HandshakeState(
-            initiator=self.initiator,
-            prologue=wire.PROLOGUE,
-            s_private=identity.x25519_private,
-            rs=responder_x if self.initiator else None,
-            rng=rng,
-        )
+        self._pricing = pricing
+        self._monotonic = monotonic
+        self._price: Price | None = None
+        """The price asked (initiator) or given (responder) on this connection."""
+        self._responder_x = peer.x25519 if peer is not None else identity.public.x25519
+        self._obfs_key = wire.obfuscation_key(self._responder_x)
+        self._hs: HandshakeState | None = self._new_handshake()
         self.state = State.START if self.initiator else State.AWAIT_HELLO
         self._in = bytearray()
         self._out = bytearray()
@@ -120,24 +142,45 @@ class LinkConnection:
         self._out.clear()
         return out
 
+    def _new_handshake(self) -> HandshakeState:
+        return HandshakeState(
+            initiator=self.initiator,
+            prologue=wire.PROLOGUE,
+            s_private=self.identity.x25519_private,
+            rs=self._responder_x if self.initiator else None,
+            rng=self._rng,
+        )
+
     def _padding(self) -> int:
         return int.from_bytes(self._rng(2), "big") % wire.MAX_PADDING
 
-    def _seal_handshake(self, noise_message: bytes) -> None:
+    def _seal_handshake(self, noise_message: bytes, tail: bytes = b"") -> None:
         self._out += wire.seal_handshake(
             self._obfs_key,
             noise_message,
             salt=self._rng(wire.SALT_LEN),
             padding=self._padding(),
             from_initiator=self.initiator,
+            tail=tail,
         )
 
     def initiate(self) -> None:
         """Initiator: queue the first flight."""
-        if self.state is not State.START or self._hs is None:
+        if self.state is not State.START:
             raise LocalProtocolError("initiate() is for a fresh initiator")
-        hello = _HELLO.pack(int(self._now), self.identity.public.key)
-        self._seal_handshake(self._hs.write_message(hello))
+        self._send_hello(wire.Flight(int(self._now)))
+
+    def pay(self, nonce: bytes) -> None:
+        """Initiator: queue a new first flight that pays the price of :class:`Priced`."""
+        if self.state is not State.PRICED or self._price is None:
+            raise LocalProtocolError("pay() is for an initiator that was asked for work")
+        self._hs = self._new_handshake()  # the unanswered flight's keys are not used again
+        self._send_hello(wire.Flight(int(self._now), self._price, nonce))
+
+    def _send_hello(self, flight: wire.Flight) -> None:
+        assert self._hs is not None
+        hello = _HELLO.pack(flight.timestamp, self.identity.public.key)
+        self._seal_handshake(self._hs.write_message(hello), wire.encode_flight(flight))
         self.state = State.SENT_HELLO
 
     def send_message(self, data: bytes) -> None:
@@ -193,23 +236,32 @@ class LinkConnection:
         self._in.clear()
         self._hs = self._send = self._recv = None
 
-    def _take_handshake(self, from_initiator: bool) -> bytes | None:
+    def _take_handshake(self, from_initiator: bool) -> tuple[bytes, bytes] | None:
         opened = wire.open_handshake(self._in, self._obfs_key, from_initiator=from_initiator)
         if opened is None:
             return None
-        noise_message, used = opened
+        noise_message, tail, used = opened
         del self._in[:used]
-        return noise_message
+        return noise_message, tail
 
     def _read_hello(self) -> Event | _NeedData:
         assert self._hs is not None and self._replay is not None
-        noise_message = self._take_handshake(from_initiator=True)
-        if noise_message is None:
+        taken = self._take_handshake(from_initiator=True)
+        if taken is None:
             return NEED_DATA
+        noise_message, tail = taken
+        flight = wire.decode_flight(tail)
+        if self._pricing is not None:
+            price = self._price_of(noise_message, flight, self._pricing)
+            if price is not None:
+                self._seal_handshake(b"", puzzle.encode_price(price))
+                return self._read_hello()  # the next flight must pay (at most once more here)
         payload = self._hs.read_message(noise_message)
         if len(payload) != _HELLO.size:
             raise HandshakeError("bad first-flight payload")
         timestamp, ed_key = _HELLO.unpack(payload)
+        if timestamp != flight.timestamp:
+            raise HandshakeError("the first flight's timestamps differ")
         try:
             peer = PublicIdentity(ed_key)
         except BadKey as exc:
@@ -221,11 +273,42 @@ class LinkConnection:
         self._seal_handshake(self._hs.write_message(b""))
         return self._establish(peer)
 
+    def _price_of(
+        self, noise_message: bytes, flight: wire.Flight, pricing: Pricing
+    ) -> Price | None:
+        """The price this flight must pay first, or None; raises for a stale or
+        replayed flight, or one that comes unpaid after its price."""
+        assert self._replay is not None
+        ephemeral = noise_message[:DHLEN]
+        if not self._replay.fresh(ephemeral, flight.timestamp, self._now):
+            raise HandshakeError("first flight replayed or outside the time window")
+        if flight.price is None:
+            price = pricing.ask(self._monotonic)
+        else:
+            proof = puzzle.proof(flight.price, flight.nonce, person=wire.POW_PERSON)
+            price = pricing.accept(flight.price, proof, self._monotonic)
+        if price is not None:
+            if self._price is not None:
+                raise HandshakeError("the first flight did not pay its price")
+            self._price = price
+            # Spent: a replay of this flight gets nothing back.
+            self._replay.accept(ephemeral, flight.timestamp, self._now)
+        return price
+
     def _read_reply(self) -> Event | _NeedData:
         assert self._hs is not None and self.peer is not None
-        noise_message = self._take_handshake(from_initiator=False)
-        if noise_message is None:
+        taken = self._take_handshake(from_initiator=False)
+        if taken is None:
             return NEED_DATA
+        noise_message, tail = taken
+        if not noise_message:
+            if self._price is not None:
+                raise HandshakeError("asked for work twice")
+            self._price = wire.decode_price_tail(tail)
+            if self._price.effort > puzzle.MAX_EFFORT:
+                raise HandshakeError("the responder asks for more work than a handshake is worth")
+            self.state = State.PRICED
+            return Priced(self._price)
         if self._hs.read_message(noise_message):
             raise HandshakeError("unexpected reply payload")
         return self._establish(self.peer)

@@ -67,11 +67,15 @@ class ReplayWindow:
         self._seen.discard(tag)
         return timestamp
 
-    def accept(self, tag: bytes, timestamp: float, now: float) -> bool:
-        """True (and remember ``tag``) for a fresh flight; False for a replay or a stale one."""
+    def fresh(self, tag: bytes, timestamp: float, now: float) -> bool:
+        """Whether :meth:`accept` may take this flight (remembers nothing)."""
         if abs(timestamp - now) > self.window or timestamp <= self.floor:
             return False
-        if tag in self._seen or len(self._unsaved) >= self.capacity:
+        return tag not in self._seen and len(self._unsaved) < self.capacity
+
+    def accept(self, tag: bytes, timestamp: float, now: float) -> bool:
+        """True (and remember ``tag``) for a fresh flight; False for a replay or a stale one."""
+        if not self.fresh(tag, timestamp, now):
             return False
         while self._by_time and self._by_time[0][0] < now - self.window:
             # Raise the floor too: if the clock steps back, the tag is not re-admitted.

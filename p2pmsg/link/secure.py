@@ -11,6 +11,11 @@ handshake), the listener sends nothing, keeps reading and discarding until
 the handshake deadline that started when the connection arrived, then closes
 the connection gracefully: one reaction for every kind of invalid input, the
 same as a service that waits for a request that never comes.
+
+Under load a listener given a :class:`~p2pmsg.puzzle.Pricing` asks a
+client for work before it answers (a price frame, see
+:mod:`p2pmsg.link.connection`); :func:`connect_secure` solves it within its
+deadline and sends a first flight that pays.
 """
 
 from __future__ import annotations
@@ -19,21 +24,25 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from p2pmsg import puzzle
 from p2pmsg.abc import Link
 from p2pmsg.errors import HandshakeError, RemoteProtocolError
 from p2pmsg.keys import Identity, PublicIdentity
+from p2pmsg.link import wire
 from p2pmsg.link.connection import (
     NEED_DATA,
     Closed,
     Established,
     LinkConnection,
     Message,
+    Priced,
 )
 from p2pmsg.link.replay import ReplayWindow
+from p2pmsg.puzzle import Pricing
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +127,7 @@ class SecureLink:
             await self._link.aclose()
 
 
-async def _send_handshake(conn: LinkConnection, link: Link) -> None:
-    data = conn.data_to_send()
+async def _send_handshake(data: bytes, link: Link) -> None:
     if data:
         try:
             await link.send(data)
@@ -127,12 +135,23 @@ async def _send_handshake(conn: LinkConnection, link: Link) -> None:
             raise HandshakeError("the connection ended during the handshake") from exc
 
 
-async def _handshake(conn: LinkConnection, link: Link) -> Established:
+async def _handshake(
+    conn: LinkConnection, link: Link, before_reply: Callable[[], Awaitable[None]] | None = None
+) -> Established:
     while True:
         event = conn.next_event()
-        await _send_handshake(conn, link)
+        data = conn.data_to_send()
+        if data and before_reply is not None:
+            await before_reply()
+        await _send_handshake(data, link)
         if isinstance(event, Established):
             return event
+        if isinstance(event, Priced):
+            nonce = await puzzle.solve_nonce(
+                event.price, person=wire.POW_PERSON, checkpoint=trio.lowlevel.checkpoint
+            )
+            conn.pay(nonce)
+            continue
         try:
             chunk = await link.receive()
         except (trio.EndOfChannel, trio.BrokenResourceError) as exc:
@@ -149,7 +168,8 @@ async def connect_secure(
     rng: Callable[[int], bytes] = os.urandom,
     timeout: float = HANDSHAKE_TIMEOUT,
 ) -> SecureLink:
-    """Run the initiator's handshake on ``link``.
+    """Run the initiator's handshake on ``link`` (paying the responder's price
+    for it, if it asks one).
 
     Raises :class:`HandshakeError` (the link is closed) on failure or timeout.
     Cancellation closes the link.
@@ -176,17 +196,31 @@ async def accept_secure(
     wall_clock: WallClock = time.time,
     rng: Callable[[int], bytes] = os.urandom,
     timeout: float = HANDSHAKE_TIMEOUT,
+    pricing: Pricing | None = None,
+    before_reply: Callable[[], Awaitable[None]] | None = None,
 ) -> SecureLink:
     """Run the responder's handshake on a freshly accepted ``link``.
+
+    ``pricing`` (optional) asks clients for work under load. ``before_reply``
+    (optional) is awaited before each handshake frame goes out (the answer,
+    or a price); it raises :class:`HandshakeError` to refuse the client
+    instead.
 
     On any failure the link is drained silently until ``timeout`` after this
     call began, closed, and :class:`HandshakeError` is raised.
     """
     deadline = trio.current_time() + timeout
-    conn = LinkConnection(identity, replay=replay, now=wall_clock(), rng=rng)
+    conn = LinkConnection(
+        identity,
+        replay=replay,
+        now=wall_clock(),
+        rng=rng,
+        pricing=pricing,
+        monotonic=trio.current_time(),
+    )
     try:
         with trio.fail_after(timeout):
-            established = await _handshake(conn, link)
+            established = await _handshake(conn, link, before_reply)
     except (HandshakeError, RemoteProtocolError, trio.TooSlowError) as exc:
         log.debug("refused a handshake: %s", exc)
         await _drain_until(link, deadline)

@@ -8,10 +8,18 @@ no length field, no recognisable X25519 point):
   keys are keyed BLAKE2b of the salt under the *obfuscation key* (a BLAKE2b
   hash of the responder's static X25519 key), personalised by direction so a
   frame cannot be reflected. ``hdr`` seals the body's length; ``body`` seals
-  ``u16 noise_len || noise message || padding`` of random length. The salt
-  is random and the rest is ChaCha20-Poly1305 output, so the frame is
-  uniformly random to an observer; a prober without the key cannot produce a
-  header that opens, and gets nothing back.
+  ``u16 noise_len || noise message || tail || zero padding`` of random
+  length. The salt is random and the rest is ChaCha20-Poly1305 output, so
+  the frame is uniformly random to an observer; a prober without the key
+  cannot produce a header that opens, and gets nothing back.
+* The tail lets a responder under load ask for work before it spends any
+  X25519 operation (:mod:`p2pmsg.puzzle`). A first flight's tail is a
+  :class:`Flight`: ``timestamp u64 || seed(16) || effort u32 || nonce(8)``,
+  the timestamp of the Noise payload (checked against the replay window
+  before the Noise message is read) and a proof of work, all zero when
+  unpaid. A responder's *price frame* has an empty Noise message and a price
+  (``seed(16) || effort u32``) for its tail; the initiator then sends a new
+  first flight that pays it.
 * After the handshake every frame is one fixed-size cell, sealed with the
   Noise transport cipher: ``type(1) || len(2) || data || zeros``, so the
   observer sees only a stream of equal-sized random blocks. Messages larger
@@ -32,8 +40,10 @@ from enum import IntEnum
 import nacl.bindings as sodium
 import nacl.exceptions
 
+from p2pmsg import puzzle
 from p2pmsg.errors import HandshakeError, RemoteProtocolError
 from p2pmsg.link.noise import CipherState
+from p2pmsg.puzzle import Price
 
 PROLOGUE = b"p2pmsg link v1"
 SALT_LEN = 16
@@ -47,6 +57,12 @@ CELL_PLAINTEXT = CELL_SIZE - TAG_LEN
 CELL_HEADER = 3
 CELL_DATA = CELL_PLAINTEXT - CELL_HEADER
 MAX_MESSAGE = 64 * 1024
+
+POW_PERSON = b"p2pmsg link pow"
+"""The personalisation of a handshake's proof of work (which has no subject:
+the replay window spends each flight once, and each proof is spent once)."""
+_FLIGHT = struct.Struct(">Q16sI8s")
+FLIGHT_LEN = _FLIGHT.size
 
 _ZERO_NONCE = bytes(12)
 _INITIATOR = b"p2pmsg-hs-init"
@@ -71,11 +87,47 @@ def _frame_keys(obfs_key: bytes, salt: bytes, from_initiator: bool) -> tuple[byt
     return keys[:32], keys[32:]
 
 
+@dataclass(frozen=True)
+class Flight:
+    """A first flight's tail: its timestamp, and the price it pays (``nonce``) if any."""
+
+    timestamp: int
+    price: Price | None = None
+    nonce: bytes = bytes(puzzle.NONCE_BYTES)
+
+
+def encode_flight(flight: Flight) -> bytes:
+    seed, effort = (flight.price.seed, flight.price.effort) if flight.price else (bytes(16), 0)
+    return _FLIGHT.pack(flight.timestamp, seed, effort, flight.nonce)
+
+
+def decode_flight(tail: bytes) -> Flight:
+    """The flight at the start of a first flight's ``tail``. Raises :class:`HandshakeError`."""
+    if len(tail) < _FLIGHT.size:
+        raise HandshakeError("first flight without its tail")
+    timestamp, seed, effort, nonce = _FLIGHT.unpack_from(tail)
+    return Flight(timestamp, Price(seed, effort) if effort else None, nonce)
+
+
+def decode_price_tail(tail: bytes) -> Price:
+    """The price at the start of a price frame's ``tail``. Raises :class:`HandshakeError`."""
+    try:
+        return puzzle.decode_price(tail[: puzzle.PRICE.size])
+    except RemoteProtocolError as exc:
+        raise HandshakeError(f"bad price frame: {exc}") from exc
+
+
 def seal_handshake(
-    obfs_key: bytes, noise_message: bytes, *, salt: bytes, padding: int, from_initiator: bool
+    obfs_key: bytes,
+    noise_message: bytes,
+    *,
+    salt: bytes,
+    padding: int,
+    from_initiator: bool,
+    tail: bytes = b"",
 ) -> bytes:
-    """Wrap one Noise handshake message into an obfuscated frame."""
-    body = struct.pack(">H", len(noise_message)) + noise_message + bytes(padding)
+    """Wrap one Noise handshake message (and its ``tail``) into an obfuscated frame."""
+    body = struct.pack(">H", len(noise_message)) + noise_message + tail + bytes(padding)
     sealed_len = len(body) + TAG_LEN
     if sealed_len > MAX_HANDSHAKE_BODY or len(salt) != SALT_LEN:
         raise ValueError("handshake frame too large or bad salt")
@@ -94,11 +146,12 @@ def _open(key: bytes, ciphertext: bytes, what: str) -> bytes:
 
 def open_handshake(
     buffer: bytes | bytearray, obfs_key: bytes, *, from_initiator: bool
-) -> tuple[bytes, int] | None:
+) -> tuple[bytes, bytes, int] | None:
     """Unwrap a frame at the start of ``buffer``.
 
-    Returns ``(noise_message, bytes_consumed)``, or ``None`` when more bytes
-    are needed. Raises :class:`HandshakeError` on anything invalid.
+    Returns ``(noise_message, tail_and_padding, bytes_consumed)``, or ``None``
+    when more bytes are needed. Raises :class:`HandshakeError` on anything
+    invalid.
     """
     if len(buffer) < HEADER_LEN:
         return None
@@ -114,7 +167,7 @@ def open_handshake(
     (noise_len,) = struct.unpack(">H", body[:2])
     if noise_len > len(body) - 2:
         raise HandshakeError("handshake message length out of range")
-    return body[2 : 2 + noise_len], end
+    return body[2 : 2 + noise_len], body[2 + noise_len :], end
 
 
 @dataclass(frozen=True)
