@@ -419,3 +419,19 @@ def test_without_eviction_the_flood_takes_the_victims_links(
     checks = _flood_checks(loads(FLOOD, "tiny-flood.toml"))
     assert checks["inbound memory under the flood"]  # the cap itself still holds
     assert not checks["latency p99 of the flooded users' messages"]
+
+
+def test_a_volume_runs_the_replay_model_after_the_seed_and_any_replay_it_finds_fails() -> None:
+    """S17 at scale: ``traffic.volume`` messages through :mod:`p2pmsg.sim.replays`."""
+    scenario = loads(TINY.replace('every = "10m"', 'every = "10m"\nvolume = 200'), "tiny-v.toml")
+    result = runner.run(scenario, 1)
+    assert result.volume["messages"] == 200 and result.volume["injected"] > 0
+    assert result.volume["lost"] == 0
+
+    def check(r: SeedResult) -> report.Check:
+        (found,) = [c for c in report.judge(scenario, [r]).checks if "replay model" in c.name]
+        return found
+
+    assert check(result).ok and check(result).value == "0 / 0 / 0 / 0"
+    replayed = dataclasses.replace(result, volume={**result.volume, "accepted_twice": 1})
+    assert not check(replayed).ok

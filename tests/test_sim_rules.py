@@ -262,6 +262,19 @@ def test_a_scenario_timeline_compresses_but_physics_does_not() -> None:
     assert small.passes.within == 30.0
 
 
+def test_the_replay_models_volume_shrinks_with_the_run_and_never_grows() -> None:
+    from p2pmsg.sim.lab import resize
+
+    s = loads(
+        'id = "X"\ntitle = "t"\n[run]\nduration = "1h"\n[topology]\nusers = 30\n'
+        "[traffic]\nvolume = 90_000\n"
+    )
+    assert resize(s, nodes=10, duration=None).traffic.volume == 30_000
+    assert resize(s, nodes=10, duration=360.0).traffic.volume == 3_000  # a tenth of the hour
+    assert resize(s, nodes=1000, duration=7200.0).traffic.volume == 90_000
+    assert resize(loads('id = "X"\ntitle = "t"\n'), nodes=10, duration=60.0).traffic.volume == 0
+
+
 def test_every_rule_that_remembers_flows_forgets_the_oldest_past_its_bound() -> None:
     """Bounded memory: each keeps at most its max_* entries, the oldest dropped."""
 

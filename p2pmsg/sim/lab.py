@@ -73,7 +73,9 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
     end, flap and propagate; how often users write and browse) and keeps
     what physics or a protocol fixes (latency, timeouts, residual blocks,
     connection lifetimes, the pass deadlines); the warm-up and the drain are
-    cut to at most 2 minutes each when compressed. Raises :class:`ScenarioError`.
+    cut to at most 2 minutes each when compressed. ``traffic.volume`` shrinks
+    with fewer users and a shorter timeline, and never grows. Raises
+    :class:`ScenarioError`.
     """
     if nodes is not None:
         if not 2 <= nodes <= MAX_USERS:
@@ -86,10 +88,11 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
         if not room:
             raise ScenarioError(f"--nodes: {nodes} users leave no two on one network")
         pairs = min(scenario.traffic.pairs, room)
+        volume = _shrunk(scenario.traffic.volume, nodes / scenario.topology.users)
         scenario = dataclasses.replace(
             scenario,
             topology=topo,
-            traffic=dataclasses.replace(scenario.traffic, pairs=pairs),
+            traffic=dataclasses.replace(scenario.traffic, pairs=pairs, volume=volume),
         )
     if duration is None:
         return scenario
@@ -114,10 +117,17 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
             drain=run.drain if k >= 1 else min(run.drain, 120.0),
         ),
         traffic=dataclasses.replace(
-            traffic, every=traffic.every * cut, browse_every=traffic.browse_every * cut
+            traffic,
+            every=traffic.every * cut,
+            browse_every=traffic.browse_every * cut,
+            volume=_shrunk(traffic.volume, k),
         ),
         censor=tuple(scaled(rule) for rule in scenario.censor),
     )
+
+
+def _shrunk(volume: int, k: float) -> int:
+    return max(1, round(volume * k)) if volume and k < 1 else volume
 
 
 def run(

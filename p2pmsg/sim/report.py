@@ -221,6 +221,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "tampered_twice": sum(r.tampered_twice for r in results),
         "tampered_replays": sum(r.tampered_replays for r in results),
         "layers_accepted_twice": sum(r.layers_accepted_twice for r in results),
+        "volume": dict(sum((Counter(r.volume) for r in results), Counter())),
         "stale_lists": (
             sum(r.stale_lists for r in results),
             sum(r.stale_lists_refused for r in results),
@@ -369,7 +370,22 @@ def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
                             str(accepted), "0",
                             twice > 0 and accepted == 0
                             and (again > 0 or not scenario.topology.restarts)))  # fmt: skip
+    if scenario.traffic.volume:
+        checks.append(_volume_check(f["volume"]))
     return checks
+
+
+def _volume_check(v: dict[str, int]) -> Check:
+    """S17 at scale: the replay model's messages (:mod:`p2pmsg.sim.replays`)."""
+    bad = [v.get(k, 0) for k in ("duplicated", "accepted_twice", "over_cap", "misdelivered")]
+    return Check(
+        f"over {v.get('messages', 0):,} messages of the replay model ({v.get('injected', 0):,}"
+        " copies injected): deliveries duplicated, layers accepted twice, caches past"
+        " their cap, deliveries to the wrong node",
+        " / ".join(map(str, bad)),
+        "0 / 0 / 0 / 0",
+        v.get("injected", 0) > 0 and not any(bad),
+    )
 
 
 def _flood_checks(f: dict[str, Any]) -> list[Check]:

@@ -58,6 +58,8 @@ class SeedResult:
     """Packets tampering relays forwarded twice (``topology.tampering``, S17)."""
     tampered_replays: int = 0
     """Packets tampering relays sent again after their next hop restarted."""
+    volume: dict[str, int] = field(default_factory=dict)
+    """``traffic.volume``: the replay model's :class:`~p2pmsg.sim.replays.Figures`."""
     layers_accepted_twice: int = 0
     """Times a node accepted a packet whose layer it had accepted before (S17: 0)."""
     sybil_pings_answered: int = 0

@@ -72,7 +72,7 @@ import random
 import resource
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -87,7 +87,7 @@ from p2pmsg.errors import OutboxFull
 from p2pmsg.join import seeds_from_invites
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
-from p2pmsg.sim import control, rules
+from p2pmsg.sim import control, replays, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor
 from p2pmsg.sim.flood import Flood
@@ -717,13 +717,31 @@ def run(
     """:func:`run_seed` in a fresh trio run: autojump clock, seeded scheduler, temp homes.
 
     A scenario with a ``flood`` runs twice: first ``calm``, for the baseline
-    its latencies are held to (``SeedResult.baseline_latencies``)."""
+    its latencies are held to (``SeedResult.baseline_latencies``). One with a
+    ``traffic.volume`` then runs the replay model (:mod:`p2pmsg.sim.replays`)."""
     flood = any(rule.action == "flood" for rule in scenario.censor)
     baseline = _run_once(scenario, seed, progress, wrappers, calm=True) if flood else None
     result = _run_once(scenario, seed, progress, wrappers)
     if baseline is not None:
         result.baseline_latencies = baseline.latencies(baseline.flooded)
+    if volume := scenario.traffic.volume:
+        if progress is not None:
+            progress(f"seed {seed}: {volume:,} messages through the replay model")
+        result.volume = asdict(replays.measure(replay_model(scenario, seed)))
     return result
+
+
+def replay_model(scenario: Scenario, seed: int) -> replays.Params:
+    """The replay model of ``scenario.traffic.volume``: as many relays as the
+    scenario has users (30 at most, at least 4), a third as many users."""
+    relays = max(replays.HOPS + 1, min(30, scenario.topology.users))
+    return replays.Params(
+        messages=scenario.traffic.volume,
+        relays=relays,
+        users=max(2, relays // 3),
+        duplicate=scenario.topology.duplicate,
+        seed=seed,
+    )
 
 
 def _run_once(

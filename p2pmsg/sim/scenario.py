@@ -11,7 +11,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
                 latency, border_latency, loss, late_users, alternate,
                 transports, abroad, clock_skew, bad_clocks, lan, restarts,
                 ip_changes, tampering, duplicate, reorder
-    [traffic]   pairs, every, browse_every, local, burst, outbox
+    [traffic]   pairs, every, browse_every, local, burst, outbox, volume
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
@@ -123,6 +123,9 @@ class Traffic:
     a user abroad (S10: more than its outbox holds for one contact)."""
     outbox: int = 1000
     """Messages each node's outbox holds for one contact (a send beyond is refused)."""
+    volume: int = 0
+    """After each seed's run, this many messages through the component-level
+    model of S17's replays (:mod:`p2pmsg.sim.replays`); 0: none."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("traffic", "browse_every"): (1e-3, float("inf")),
     ("traffic", "burst"): (0, 100_000),
     ("traffic", "outbox"): (1, 100_000),
+    ("traffic", "volume"): (0, 10_000_000),
     ("run", "seeds"): (1, MAX_SEEDS),
     ("run", "duration"): (1e-3, float("inf")),
     ("control", "servers"): (1, 1000),
