@@ -332,6 +332,7 @@ class Node:
                 await nursery.start(node._sender.run)
                 await nursery.start(node._reorder.run)
                 await nursery.start(node._watch.run)
+                nursery.start_soon(node._retry_once_joined)
                 yield node
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -339,6 +340,15 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()
+
+    async def _retry_once_joined(self) -> None:
+        """A start is a change of network (a move, a reconnect): once joined,
+        every waiting message is due now, as Signal and Briar retry at once
+        when the network comes back. An attempt cut short by the stop would
+        otherwise wait out its backoff."""
+        await self.joined.wait()
+        if await self.store.retry_all_sooner(self._wall_clock()):
+            self._sender.wake()
 
     # -- public API ----------------------------------------------------------
 

@@ -144,6 +144,24 @@ async def test_queued_messages_survive_a_restart_of_the_sender(
         assert delivered == set(ids)
 
 
+async def test_a_restarted_node_sends_what_waits_once_joined_not_at_its_backoffs_end(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """A start is a change of network (a move, a reconnect): what waits goes out at once."""
+    world.home("bob")
+    async with world.node("alice", bootstrap=["bob"]) as alice:
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = await alice.send("bob", "after the move", direct=True)
+        await trio.sleep(900)  # bob away: the backoff grows
+        (queued,) = await alice.store.list_outbox()
+    due = queued.next_attempt
+    assert due > sim_wall_clock() + 60  # its next attempt is more than a minute away
+    async with world.node("bob") as bob, world.node("alice", bootstrap=["bob"]) as alice:
+        assert (await bob.messages().receive()).id == sent
+        assert sim_wall_clock() < due - 60
+        assert alice.joined.is_set()
+
+
 async def test_undeliverable_message_expires_and_says_so(
     world: SimWorld, autojump_clock: MockClock
 ) -> None:
