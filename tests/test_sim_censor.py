@@ -153,3 +153,20 @@ def test_flow_views_are_bounded() -> None:
     for flow in range(10):
         censor(Packet("client", 1, "server", 80, flow, "c2s", b"x"))
     assert len(censor._flows) == 3
+
+
+async def test_a_residual_block_counts_the_tries_of_each_three_tuple_inside_one_window(
+    autojump_clock: MockClock,
+) -> None:
+    """S4's figure: the most SYNs one 3-tuple saw inside one window, reset or not."""
+    residual = ResidualBlock(seconds=180.0, p=0.0)  # counts, and lets every SYN through
+    net = network(Censor([MatchPayload(contains(b"BAD"), residual=residual), residual]))
+    client, _ = await pair(net)
+    await client.send(b"BAD")
+    await pair(net)
+    await pair(net)
+    await pair(net, 443)  # another 3-tuple, never blocked: not counted
+    await trio.sleep(180.0)
+    await pair(net)  # after the window
+    ((key, tries),) = residual.retries.items()
+    assert key[2] != 443 and tries == 2

@@ -435,3 +435,18 @@ def test_a_volume_runs_the_replay_model_after_the_seed_and_any_replay_it_finds_f
     assert check(result).ok and check(result).value == "0 / 0 / 0 / 0"
     replayed = dataclasses.replace(result, volume={**result.volume, "accepted_twice": 1})
     assert not check(replayed).ok
+
+
+def test_a_user_that_tries_a_blocked_three_tuple_twice_in_one_window_fails_s4s_figure() -> None:
+    scenario = loads(TINY, "tiny.toml")
+    scenario = dataclasses.replace(
+        scenario, passes=dataclasses.replace(scenario.passes, residual_tries=1)
+    )
+
+    def check(tries: list[int]) -> report.Check:
+        result = SeedResult(1, residual_retries=tries)
+        (found,) = [c for c in report.judge(scenario, [result]).checks if "3-tuple" in c.name]
+        return found
+
+    assert check([0, 1, 1]).ok
+    assert not check([0, 2]).ok and check([0, 2]).value == "2 at most (2 blocked)"

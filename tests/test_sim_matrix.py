@@ -26,7 +26,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S1": ("PASS", NONE),
     "S2": ("PASS", NONE),
     "S3": ("PASS", NONE),
-    "S4": ("FAIL", NONE),
+    "S4": ("PASS", NONE),
     "S5": ("PASS", NONE),
     "S6": ("PASS", NONE),
     "S7": ("PASS", NONE),

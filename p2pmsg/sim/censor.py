@@ -112,26 +112,41 @@ def fully_encrypted_first(first: Sequence[bytes], port: int) -> bool:
 
 @dataclass
 class ResidualBlock:
-    """Reset SYNs on a blocked (client, server, port) for ``seconds``."""
+    """Reset SYNs on a blocked (client, server, port) for ``seconds``.
+
+    It also counts the client's retries (S4: at most one per window): for
+    each 3-tuple, :attr:`retries` is the most SYNs it saw inside one of its
+    windows, whether or not it reset them (kept for :attr:`max_keys` too)."""
 
     seconds: float
     p: float = 1.0
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # noqa: S311 - a seeded simulation
     max_keys: int = 65_536
     blocked_syns: int = 0
+    retries: dict[tuple[str, str, int], int] = field(default_factory=dict)
     _until: OrderedDict[tuple[str, str, int], float] = field(default_factory=OrderedDict)
+    _syns: dict[tuple[str, str, int], int] = field(default_factory=dict)
 
     def block(self, key: tuple[str, str, int], now: float) -> None:
         self._until[key] = now + self.seconds
         self._until.move_to_end(key)
+        self._syns[key] = 0
+        self.retries.setdefault(key, 0)
         while len(self._until) > self.max_keys:
-            self._until.popitem(last=False)
+            gone, _ = self._until.popitem(last=False)
+            del self._syns[gone]
+        while len(self.retries) > self.max_keys:
+            del self.retries[next(iter(self.retries))]
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:
         if packet.kind != "syn" or packet.direction != "c2s":
             return None
         until = self._until.get(flow.client)
-        if until is None or now >= until or self.rng.random() >= self.p:
+        if until is None or now >= until:
+            return None
+        syns = self._syns[flow.client] = self._syns[flow.client] + 1
+        self.retries[flow.client] = max(self.retries.get(flow.client, 0), syns)
+        if self.rng.random() >= self.p:
             return None
         self.blocked_syns += 1
         return RESET

@@ -222,6 +222,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "tampered_replays": sum(r.tampered_replays for r in results),
         "layers_accepted_twice": sum(r.layers_accepted_twice for r in results),
         "volume": dict(sum((Counter(r.volume) for r in results), Counter())),
+        "residual_retries": [n for r in results for n in r.residual_retries],
         "stale_lists": (
             sum(r.stale_lists for r in results),
             sum(r.stale_lists_refused for r in results),
@@ -372,6 +373,13 @@ def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
                             and (again > 0 or not scenario.topology.restarts)))  # fmt: skip
     if scenario.traffic.volume:
         checks.append(_volume_check(f["volume"]))
+    if allowed := scenario.passes.residual_tries:
+        residual = max((rule.residual for rule in scenario.censor), default=0.0)
+        retries = f["residual_retries"]
+        most = max(retries, default=0)
+        checks.append(Check(f"users' tries of one 3-tuple in a residual block of {residual:g} s",
+                            f"{most} at most ({len(retries)} blocked)", f"<= {allowed}",
+                            most <= allowed))  # fmt: skip
     return checks
 
 

@@ -58,6 +58,9 @@ class SeedResult:
     """Packets tampering relays forwarded twice (``topology.tampering``, S17)."""
     tampered_replays: int = 0
     """Packets tampering relays sent again after their next hop restarted."""
+    residual_retries: list[int] = field(default_factory=list)
+    """Per 3-tuple of a user that a residual block held: the most SYNs it
+    sent on it inside one window (S4: at most 1)."""
     volume: dict[str, int] = field(default_factory=dict)
     """``traffic.volume``: the replay model's :class:`~p2pmsg.sim.replays.Figures`."""
     layers_accepted_twice: int = 0

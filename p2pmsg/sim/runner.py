@@ -89,7 +89,7 @@ from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.sim import control, replays, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
-from p2pmsg.sim.censor import Censor
+from p2pmsg.sim.censor import Censor, ResidualBlock
 from p2pmsg.sim.flood import Flood
 from p2pmsg.sim.lan import SimLan
 from p2pmsg.sim.lists import Lists
@@ -475,6 +475,7 @@ class _Run:
             rng = random.Random(self.censor_rng.random())  # noqa: S311 - a reproducible simulation
             made = censor_rules(rule, self.world.net, self.s.topology.country, rng)
             self.meter.censor.rules.extend(made)
+            self.meter.residuals += [one for one in made if isinstance(one, ResidualBlock)]
             self.degrading += rule.action == "delay"
             self.result.censor_events.append((now - self.t0, what))
             if rule.until == float("inf") and not rule.flap:
@@ -620,6 +621,7 @@ class _Run:
         self.result.wire_bytes = self.meter.wire_bytes
         self.collect_lan()
         self.collect_dials()
+        self.collect_residuals()
         if self.lists is not None:
             await self.lists.collect(self.nodes, self.groups["users"])
         if self.flood is not None:
@@ -631,6 +633,14 @@ class _Run:
             elif name in self.groups["users"]:
                 self.result.clock_false_alarms += alarm
         self.result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def collect_residuals(self) -> None:
+        """S4: the users' tries of each 3-tuple inside one residual block."""
+        users = set(self.groups["users"])  # and where they moved: u0001m1, ...
+        for residual in self.meter.residuals:
+            for (client, _, _), syns in residual.retries.items():
+                if client in users or client.rpartition("m")[0] in users:
+                    self.result.residual_retries.append(syns)
 
     def collect_dials(self) -> None:
         """S12: how long users' dials took to a working link (inf: failed)."""

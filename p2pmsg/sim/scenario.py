@@ -19,7 +19,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
                 sybils, prefixes, ids, addresses, victims
     [pass]      delivery, within, eventual, control_max, control_min,
                 joined, join_within, lan_discovery, degraded,
-                degraded_within, path_median, path_p99, unmeasured
+                degraded_within, path_median, path_p99, residual_tries, unmeasured
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -211,6 +211,9 @@ class Pass:
     (every dial of users while the traffic runs; a failed dial never does)."""
     path_p99: float = 0.0
     """With a value: the same, at the 99th percentile."""
+    residual_tries: int = 0
+    """With a value: the most SYNs a user may send on one 3-tuple inside one
+    window of a residual block (S4: retried at most once per 180 s)."""
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
@@ -322,6 +325,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("pass", "control_max"): (0, 1),
     ("pass", "joined"): (0, 1),
     ("topology", "late_users"): (0, MAX_USERS),
+    ("pass", "residual_tries"): (0, 100),
 }
 _CHOICES: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("control", "kind"): CONTROLS,

@@ -84,6 +84,8 @@ class Meter:
         self.wire_bytes = 0
         self.nodes: set[str] = set()
         self.dns_lookups = 0
+        self.residuals: list[ResidualBlock] = []
+        """Every residual block the censor ran (S4 counts the retries they saw)."""
 
     def __call__(self, packet: Packet) -> Verdict:
         if packet.kind == "syn" and packet.dst_port == rules.DNS_PORT:
