@@ -170,3 +170,11 @@ async def test_a_residual_block_counts_the_tries_of_each_three_tuple_inside_one_
     await pair(net)  # after the window
     ((key, tries),) = residual.retries.items()
     assert key[2] != 443 and tries == 2
+
+
+def test_a_residual_block_keeps_at_most_max_keys_of_everything_it_counts() -> None:
+    residual = ResidualBlock(seconds=180.0, max_keys=2)
+    for n in range(3):
+        residual.block(("client", f"server{n}", 443), float(n))
+    assert len(residual._until) == len(residual._syns) == len(residual.retries) == 2
+    assert ("client", "server0", 443) not in residual.retries
