@@ -65,6 +65,14 @@ def priced(init: LinkConnection, resp: LinkConnection) -> tuple[bytes, Price]:
     return hello, event.price
 
 
+def refused_silently(resp: LinkConnection, data: bytes, match: str) -> None:
+    """``resp`` refuses ``data`` with ``match`` and sends nothing back."""
+    resp.receive_data(data)
+    with pytest.raises(HandshakeError, match=match):
+        resp.next_event()
+    assert resp.data_to_send() == b""
+
+
 def test_a_responder_under_load_asks_for_work_and_answers_the_flight_that_pays() -> None:
     pricing, window = busy_pricing(), ReplayWindow(WINDOW)
     init, resp = initiator(), responder(pricing, window)
@@ -107,11 +115,7 @@ def test_the_price_comes_before_the_noise_message_is_read() -> None:
 def test_a_replay_of_a_priced_flight_gets_nothing_back() -> None:
     pricing, window = busy_pricing(), ReplayWindow(WINDOW)
     hello, _ = priced(initiator(), responder(pricing, window))
-    again = responder(pricing, window, seed=1_001)
-    again.receive_data(hello)
-    with pytest.raises(HandshakeError, match="replayed"):
-        again.next_event()
-    assert again.data_to_send() == b""
+    refused_silently(responder(pricing, window, seed=1_001), hello, "replayed")
     assert pricing.stats()["priced"] == 1
 
 
@@ -119,11 +123,7 @@ def test_a_stale_flight_gets_no_price() -> None:
     pricing = busy_pricing()
     init = LinkConnection(ALICE, peer=BOB.public, now=NOW - 2 * WINDOW, rng=_rng(0))
     init.initiate()
-    resp = responder(pricing, ReplayWindow(WINDOW))
-    resp.receive_data(init.data_to_send())
-    with pytest.raises(HandshakeError, match="time window"):
-        resp.next_event()
-    assert resp.data_to_send() == b""
+    refused_silently(responder(pricing, ReplayWindow(WINDOW)), init.data_to_send(), "time window")
 
 
 def test_a_second_flight_that_does_not_pay_is_refused() -> None:
@@ -132,10 +132,7 @@ def test_a_second_flight_that_does_not_pay_is_refused() -> None:
     priced(init, resp)
     other = initiator(seed=5)
     other.initiate()  # fresh, but unpaid
-    resp.receive_data(other.data_to_send())
-    with pytest.raises(HandshakeError, match="did not pay"):
-        resp.next_event()
-    assert resp.data_to_send() == b""
+    refused_silently(resp, other.data_to_send(), "did not pay")
 
 
 def test_a_proof_pays_once() -> None:
@@ -150,10 +147,7 @@ def test_a_proof_pays_once() -> None:
     thief, resp2 = initiator(seed=9), responder(pricing, window, seed=1_002)
     assert priced(thief, resp2)[1] == price
     thief.pay(nonce)
-    resp2.receive_data(thief.data_to_send())
-    with pytest.raises(HandshakeError, match="did not pay"):
-        resp2.next_event()
-    assert resp2.data_to_send() == b""
+    refused_silently(resp2, thief.data_to_send(), "did not pay")
     assert pricing.stats()["refused_proofs"] == 1
 
 

@@ -88,6 +88,7 @@ from p2pmsg.relay import (
     Resolver,
     epoch_of,
 )
+from p2pmsg.sim.scenario import Scenario
 from p2pmsg.sim.tamper import KEPT_PER_HOP
 from p2pmsg.store import Store, run_inline
 
@@ -121,6 +122,19 @@ class Params:
     restart_hours: float = 24.0
     """Mean uptime of a node."""
     seed: int = 1
+
+    @classmethod
+    def of(cls, scenario: Scenario, seed: int) -> Params:
+        """The model of ``scenario.traffic.volume``: as many relays as the
+        scenario has users (30 at most, at least 4), a third as many users."""
+        relays = max(HOPS + 1, min(30, scenario.topology.users))
+        return cls(
+            messages=scenario.traffic.volume,
+            relays=relays,
+            users=max(2, relays // 3),
+            duplicate=scenario.topology.duplicate,
+            seed=seed,
+        )
 
     def check(self) -> None:
         """Raises ``ValueError`` for a model that cannot run."""

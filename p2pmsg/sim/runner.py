@@ -737,21 +737,8 @@ def run(
     if volume := scenario.traffic.volume:
         if progress is not None:
             progress(f"seed {seed}: {volume:,} messages through the replay model")
-        result.volume = asdict(replays.measure(replay_model(scenario, seed)))
+        result.volume = asdict(replays.measure(replays.Params.of(scenario, seed)))
     return result
-
-
-def replay_model(scenario: Scenario, seed: int) -> replays.Params:
-    """The replay model of ``scenario.traffic.volume``: as many relays as the
-    scenario has users (30 at most, at least 4), a third as many users."""
-    relays = max(replays.HOPS + 1, min(30, scenario.topology.users))
-    return replays.Params(
-        messages=scenario.traffic.volume,
-        relays=relays,
-        users=max(2, relays // 3),
-        duplicate=scenario.topology.duplicate,
-        seed=seed,
-    )
 
 
 def _run_once(
