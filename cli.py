@@ -31,7 +31,6 @@ import trio
 from p2pmsg import bootstrap, control
 from p2pmsg.abc import Transport
 from p2pmsg.contacts import contact_from_text
-from p2pmsg.demo import run_demo
 from p2pmsg.dht import records
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadInvite, HomeError, NotFound, P2PMsgError
@@ -39,10 +38,8 @@ from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, decode_key, encode_key
 from p2pmsg.node import Node
 from p2pmsg.ports import free_listen_port
-from p2pmsg.sim import lab
 from p2pmsg.sim.scenario import parse_time
 from p2pmsg.store import Database, Store
-from transports import simstack
 from transports.obfs import ObfsTransport, load_or_create_key
 from transports.pt import PtTransport
 from transports.tcp import TcpTransport
@@ -404,12 +401,16 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from p2pmsg.demo import run_demo  # noqa: PLC0415 - the lab's plotting: not for a node
+
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     ok = run_demo(_out, Path(args.out))
     return 0 if ok else 1
 
 
 def cmd_sim_list(args: argparse.Namespace) -> int:
+    from p2pmsg.sim import lab  # noqa: PLC0415 - the lab's plotting: not for a node
+
     return lab.list_scenarios(_out)
 
 
@@ -421,6 +422,9 @@ def _sim_time(text: str) -> float:
 
 
 def cmd_sim_run(args: argparse.Namespace) -> int:
+    from p2pmsg.sim import lab  # noqa: PLC0415 - the lab's plotting: not for a node
+    from transports import simstack  # noqa: PLC0415
+
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     return lab.run(
         args.scenario,

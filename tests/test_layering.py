@@ -4,11 +4,16 @@
   the ``python -m p2pmsg`` entry point, is the one edge allowed to).
 * A pure core imports no trio, socket, time, zeroconf or random: time and
   randomness come in as parameters.
+* The command a node runs under loads neither the lab's plotting nor
+  ``cryptography`` (for TLS certificates only): together they are about 60 MB
+  of an idle node's memory (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +99,15 @@ def test_the_rule_sees_an_offending_import(tmp_path: Path) -> None:
 def test_pure_core_list_is_current() -> None:
     missing = [p for p in PURE_CORES if not (ROOT / p).exists()]
     assert not missing
+
+
+#: Modules that ``p2pmsg run`` must not load: the lab's plotting and TLS certificates.
+HEAVY = ("matplotlib", "numpy", "cryptography", "p2pmsg.sim.runner")
+
+
+def test_the_cli_loads_no_plotting_and_no_certificate_library() -> None:
+    code = f"import cli, sys; print(*sorted(set({HEAVY!r}) & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == []

@@ -33,10 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+# ``cryptography`` (about 7 MB resident) is imported by the functions that
+# need it: a node that serves no TLS never loads it (bench/RESULTS.md, idle RSS).
 
 CERT_FILE = "tls-node.pem"
 DEFAULT_COMMON_NAME = "localhost"
@@ -61,6 +59,9 @@ class NodeCert:
 
 def spki_pin(cert_der: bytes) -> bytes:
     """The pin of a DER certificate. Raises ``ValueError`` if it does not parse."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     spki = (
         x509.load_der_x509_certificate(cert_der)
         .public_key()
@@ -92,6 +93,11 @@ def make_cert(*, now: float, rng: Callable[[int], bytes], common_name: str) -> b
     ``now`` (seconds since the epoch) dates the certificate and ``rng`` draws
     its serial number; the key comes from OpenSSL's generator.
     """
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = datetime.fromtimestamp(int(now), UTC) - BACKDATE
@@ -135,6 +141,9 @@ def load_or_create(
         _write_once(path, make_cert(now=now, rng=rng, common_name=common_name))
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         path.chmod(_OWNER_ONLY)
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     return NodeCert(path, spki_pin(cert.public_bytes(serialization.Encoding.DER)))
 
