@@ -200,17 +200,17 @@ async def secure_link(size: int, seconds: float) -> float:
             await secure.aclose()
 
 
-def _aead_rate(seconds: float, decrypt: bool) -> float:
-    """MB/s of 1008-byte cell plaintexts through one AEAD direction."""
+def aead_rate(seconds: float, decrypt: bool, size: int = wire.CELL_PLAINTEXT) -> float:
+    """MB/s of ``size``-byte plaintexts (a cell's by default) through one AEAD direction."""
     key = bytes(range(32))
     nonce = bytes(12)  # one nonce for every call: only the speed is of interest here
-    plain = bytes(wire.CELL_PLAINTEXT)
+    plain = bytes(size)
     if decrypt:
         sealed = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plain, b"", nonce, key)
         step = partial(sodium.crypto_aead_chacha20poly1305_ietf_decrypt, sealed, b"", nonce, key)
     else:
         step = partial(sodium.crypto_aead_chacha20poly1305_ietf_encrypt, plain, b"", nonce, key)
-    return loop_rate(step, seconds, batch=200) * wire.CELL_PLAINTEXT / MB
+    return loop_rate(step, seconds, batch=200) * size / MB
 
 
 MEASURES: dict[str, tuple[str, Measure]] = {
@@ -224,8 +224,8 @@ MEASURES: dict[str, tuple[str, Measure]] = {
         f"SecureLink, {wire.CELL_DATA} B (1 cell)",
         partial(secure_link, wire.CELL_DATA),
     ),
-    "encrypt": ("AEAD encrypt, 1008 B cells", sync_measure(partial(_aead_rate, decrypt=False))),
-    "decrypt": ("AEAD decrypt, 1008 B cells", sync_measure(partial(_aead_rate, decrypt=True))),
+    "encrypt": ("AEAD encrypt, 1008 B cells", sync_measure(partial(aead_rate, decrypt=False))),
+    "decrypt": ("AEAD decrypt, 1008 B cells", sync_measure(partial(aead_rate, decrypt=True))),
 }
 SECURE_ROWS = ("secure_max", "secure_1k", "secure_cell")
 HEADER = ("measurement", "MB/s", "min", "max", "x raw TCP", "x AEAD enc")
