@@ -9,7 +9,12 @@ public keys are in its peer record, so senders whose clocks are a day off
 either way still find one; the previous epoch's secret is kept for them and
 for packets in flight across the boundary, older ones are deleted: forward
 secrecy per epoch). A destination's layer is keyed with its identity's X25519 key, which
-does not rotate, so a packet waiting days in a mailbox still opens.
+does not rotate, so a packet waiting days in a mailbox still opens. Nothing
+on the wire says which key a packet is for: the header MAC verifies under
+one only, and each key tried before it costs an X25519. So a packet tries
+the current epoch's key, then the identity key, then the previous and next
+epochs' (:meth:`Relay.key_order`): a relay layer of this epoch costs no
+wasted X25519, a destination layer one, whatever packets came before.
 
 Packets are handled in batches by one worker (:meth:`Relay.run`): peel each,
 refuse the replay tags already seen in that epoch, *commit* the new tags to
@@ -43,7 +48,7 @@ from p2pmsg.delivery import onion_frames
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS
-from p2pmsg.errors import RemoteProtocolError, StoreError
+from p2pmsg.errors import StoreError
 from p2pmsg.keys import Identity
 from p2pmsg.onion import sphinx
 from p2pmsg.onion.replay import ReplayTags
@@ -277,9 +282,11 @@ class Relay:
         delivered: list[bytes] = []
         accepted: list[bytes] = []
         # our clock may step back: a day already remembered is never stale
-        today = max([epoch_of(self._wall_clock()), *self.delivered.epochs])
+        now = self._wall_clock()
+        today = max([epoch_of(now), *self.delivered.epochs])
+        keys = self.key_order(now)
         for packet in batch:
-            peeled = self._peel(packet)
+            peeled = self._peel(packet, keys)
             if peeled is None:
                 continue
             epoch, result = peeled
@@ -342,17 +349,23 @@ class Relay:
 
         nursery.start_soon(run)
 
-    def _peel(self, packet: bytes) -> tuple[int, sphinx.Peeled] | None:
-        """Try our epoch keys, then our identity key (destination layer)."""
-        for epoch, key in self.keys.likeliest_first(self._wall_clock()):
-            try:
-                peeled = sphinx.peel(key, packet)
-            except RemoteProtocolError:
-                continue
-            if isinstance(peeled.result, sphinx.Forward):
-                return epoch, peeled
+    def key_order(self, now: float) -> list[tuple[int | None, bytes]]:
+        """(epoch, secret key) in the order packets try them: the current
+        epoch's onion key (most packets are relay layers of this epoch), our
+        identity key (epoch None), then the previous and next epochs' onion
+        keys (packets across a boundary, senders' clocks a day off). A fixed
+        order: how long a packet takes says nothing of the packets before it."""
+        onion: list[tuple[int | None, bytes]] = [*self.keys.likeliest_first(now)]
+        return [*onion[:1], (None, self.identity.x25519_private), *onion[1:]]
+
+    def _peel(
+        self, packet: bytes, keys: list[tuple[int | None, bytes]]
+    ) -> tuple[int, sphinx.Peeled] | None:
+        """(epoch, layer) of the key in ``keys`` that opens ``packet`` (-1 for
+        our identity key), or None (counted): relay layers must use onion
+        keys, our own the identity key."""
         try:
-            peeled = sphinx.peel(self.identity.x25519_private, packet)
+            index, peeled = sphinx.peel_with([key for _, key in keys], packet)
         except sphinx.InvalidPacket as exc:
             log.debug("refused an onion packet: %s", exc)
             if exc.reason is sphinx.InvalidReason.TAGGED_PAYLOAD:
@@ -360,10 +373,11 @@ class Relay:
             else:
                 self.stats.bad_packets += 1
             return None
-        if not isinstance(peeled.result, sphinx.Deliver):
-            self.stats.bad_packets += 1  # relay layers use onion keys, never the identity
+        epoch = keys[index][0]
+        if (epoch is None) != isinstance(peeled.result, sphinx.Deliver):
+            self.stats.bad_packets += 1  # a DELIVER under an onion key, or a hop under the identity
             return None
-        return -1, peeled
+        return -1 if epoch is None else epoch, peeled
 
     async def _forward(self, forward: sphinx.Forward) -> None:
         try:

@@ -7,12 +7,14 @@ by hypothesis, so a failure reproduces exactly.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import nacl.bindings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -237,6 +239,42 @@ def test_a_wrong_private_key_is_refused(hops: int) -> None:
         with pytest.raises(sx.InvalidPacket) as info:
             sx.peel(key, packet)
         assert info.value.reason is sx.InvalidReason.BAD_MAC
+
+
+def test_peel_with_opens_a_layer_with_the_first_key_whose_mac_verifies() -> None:
+    _, packet = sx.create_packet(ROUTE[:2], b"which key", Drbg(b"peel with"))
+    index, peeled = sx.peel_with([KEYS[2], KEYS[1], KEYS[0], KEYS[3]], packet)
+    assert (index, peeled) == (2, sx.peel(KEYS[0], packet))
+    with pytest.raises(sx.InvalidPacket) as info:
+        sx.peel_with(KEYS[1:], packet)
+    assert info.value.reason is sx.InvalidReason.BAD_MAC
+    with pytest.raises(ValueError, match="no private key"):
+        sx.peel_with([], packet)
+    with pytest.raises(ValueError, match="private key"):
+        sx.peel_with([KEYS[0], bytes(31)], packet)
+
+
+def test_a_key_that_does_not_match_costs_one_x25519_and_two_blake2b(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the MAC key is derived before the MAC is checked."""
+    _, packet = sx.create_packet(ROUTE[:2], b"not yours", Drbg(b"miss"))
+    calls = {"x25519": 0, "blake2b": 0}
+    x25519, blake2b = nacl.bindings.crypto_scalarmult, hashlib.blake2b
+
+    def count_x25519(*args: Any) -> Any:
+        calls["x25519"] += 1
+        return x25519(*args)
+
+    def count_blake2b(*args: Any, **kwargs: Any) -> Any:
+        calls["blake2b"] += 1
+        return blake2b(*args, **kwargs)
+
+    monkeypatch.setattr(nacl.bindings, "crypto_scalarmult", count_x25519)
+    monkeypatch.setattr(hashlib, "blake2b", count_blake2b)
+    with pytest.raises(sx.InvalidPacket):
+        sx.peel_with(KEYS[1:4], packet)
+    assert calls == {"x25519": 3, "blake2b": 6}
 
 
 def test_a_replayed_packet_or_reused_surb_repeats_its_replay_tag() -> None:

@@ -21,7 +21,9 @@ info, and it appends the next hop's MAC to make a ``SLOT_BYTES`` slot.
   makes the next hop's ``gamma`` still verify over that shifted block.
   Unused slots at the end are random: the last hop decrypts them too.
 * ``gamma`` is a 16-byte keyed-BLAKE2b MAC over ``alpha || beta``, checked
-  before anything else is done with a packet.
+  before anything else is done with a packet. It also tells a node with
+  several keys (onion keys by epoch, its identity key) which one a header
+  is for: nothing else on the wire does.
 
 Every per-hop key is keyed BLAKE2b of ``s_i`` personalised with
 :data:`PERSONALISATION`, which carries the format's version: nothing on the
@@ -58,6 +60,7 @@ PERSONALISATION: Final = b"p2pmsg sphinx v1"
 _BETA_END: Final = KEY_BYTES + BETA_BYTES
 _ZERO_SLOT: Final = bytes(SLOT_BYTES)
 _ZERO_MAC: Final = bytes(MAC_BYTES)
+_MAC_LABEL: Final = b"header mac"
 
 Rng = Callable[[int], bytes]
 
@@ -112,11 +115,12 @@ def _derive(secret: bytes, label: bytes) -> bytes:
     return hashlib.blake2b(label, key=secret, person=PERSONALISATION, digest_size=32).digest()
 
 
-def hop_keys(alpha: bytes, secret: bytes) -> HopKeys:
-    """The keys of the hop that sees ``alpha`` and shares ``secret``."""
+def hop_keys(alpha: bytes, secret: bytes, *, mac_key: bytes | None = None) -> HopKeys:
+    """The keys of the hop that sees ``alpha`` and shares ``secret``
+    (``mac_key``: its MAC key, when already derived)."""
     return HopKeys(
         stream=_derive(secret, b"header stream"),
-        mac=_derive(secret, b"header mac"),
+        mac=_derive(secret, _MAC_LABEL) if mac_key is None else mac_key,
         payload=_derive(secret, b"payload"),
         replay_tag=_derive(secret, b"replay tag"),
         blinding=_derive(secret, b"blinding factor" + alpha),
@@ -184,18 +188,34 @@ def create(
     return alphas[0] + beta + gamma, keys
 
 
-def open_header(private_key: bytes, header: bytes) -> Opened:
-    """Verify and decrypt our slot of ``header`` (``HEADER_BYTES``).
+def open_header_with(private_keys: Sequence[bytes], header: bytes) -> tuple[int, Opened]:
+    """(index, slot): our slot of ``header`` (``HEADER_BYTES``) opened with
+    the first of ``private_keys``, in their order, whose MAC verifies; the
+    MAC is checked before the header is decrypted.
 
-    Raises :class:`InvalidPacket` (``bad_key`` or ``bad_mac``): the MAC is
-    checked before the header is decrypted.
+    A key that does not match costs one X25519, one derivation (the MAC
+    key: the other four are derived only once the MAC verified) and the
+    MAC, so the likeliest key should come first. Two keys can both verify
+    only by chance (a 128-bit MAC under two independent keys over the same
+    bytes). Raises :class:`InvalidPacket`: ``bad_key`` for a low-order
+    ``alpha`` (refused under any key), ``bad_mac`` when no key verifies;
+    ``ValueError`` for no keys.
     """
+    if not private_keys:
+        raise ValueError("no private key to open a header with")
     alpha, beta = header[:KEY_BYTES], header[KEY_BYTES:_BETA_END]
-    keys = hop_keys(alpha, x25519(private_key, alpha))
-    if not hmac.compare_digest(mac(keys.mac, alpha, beta), header[_BETA_END:HEADER_BYTES]):
-        raise InvalidPacket(InvalidReason.BAD_MAC, "header authentication failed")
-    opened = stream_xor(keys.stream, beta + _ZERO_SLOT)
-    return Opened(keys, opened[:INFO_BYTES], opened[SLOT_BYTES:], opened[INFO_BYTES:SLOT_BYTES])
+    gamma = header[_BETA_END:HEADER_BYTES]
+    for index, private_key in enumerate(private_keys):
+        secret = x25519(private_key, alpha)
+        mac_key = _derive(secret, _MAC_LABEL)
+        if hmac.compare_digest(mac(mac_key, alpha, beta), gamma):
+            keys = hop_keys(alpha, secret, mac_key=mac_key)
+            opened = stream_xor(keys.stream, beta + _ZERO_SLOT)
+            slot = Opened(
+                keys, opened[:INFO_BYTES], opened[SLOT_BYTES:], opened[INFO_BYTES:SLOT_BYTES]
+            )
+            return index, slot
+    raise InvalidPacket(InvalidReason.BAD_MAC, "header authentication failed")
 
 
 def next_header(opened: Opened, alpha: bytes) -> bytes:

@@ -98,6 +98,7 @@ __all__ = [
     "encode_surb",
     "open_reply",
     "peel",
+    "peel_with",
     "public_key",
     "use_surb",
 ]
@@ -303,12 +304,26 @@ def peel(private_key: bytes, packet: bytes) -> Peeled:
     wrapped, for :func:`open_reply`. Raises :class:`InvalidPacket`; the
     caller must refuse a :attr:`Peeled.replay_tag` it has seen before.
     """
+    return peel_with((private_key,), packet)[1]
+
+
+def peel_with(private_keys: Sequence[bytes], packet: bytes) -> tuple[int, Peeled]:
+    """(index, result): :func:`peel` with the first of ``private_keys``, in
+    their order, whose header MAC verifies.
+
+    For a node with several keys: each key tried before the right one costs
+    an X25519 and two BLAKE2b, so the likeliest comes first. The layer is
+    processed under that key only; a failure after its MAC verified (a bad
+    slot, a tagged payload) is final. Raises :class:`InvalidPacket`
+    (``bad_mac`` when no key verifies) and ``ValueError`` for no keys or a
+    key that is not 32 bytes.
+    """
     if len(packet) != PACKET_BYTES:
         raise InvalidPacket(InvalidReason.WRONG_SIZE, f"{len(packet)} bytes")
-    if len(private_key) != KEY_BYTES:
+    if any(len(key) != KEY_BYTES for key in private_keys):
         raise ValueError("an X25519 private key is 32 bytes")
     packet = bytes(packet)
-    opened = hdr.open_header(private_key, packet[:HEADER_BYTES])
+    index, opened = hdr.open_header_with(private_keys, packet[:HEADER_BYTES])
     command, node_id, surb_id, _ = _parse_slot(opened.info + opened.next_mac)
     payload = lioness.decrypt(opened.keys.payload, packet[HEADER_BYTES:])
     result: Forward | Deliver
@@ -319,7 +334,7 @@ def peel(private_key: bytes, packet: bytes) -> Peeled:
     else:
         forwarded = hdr.next_header(opened, packet[:KEY_BYTES]) + payload
         result = Forward(Command(command), node_id, forwarded)
-    return Peeled(opened.keys.replay_tag, result)
+    return index, Peeled(opened.keys.replay_tag, result)
 
 
 # -- replies --------------------------------------------------------------------

@@ -15,10 +15,11 @@ Real, unmodified:
   days), its :class:`OnionKeys` (keys of epochs e-1, e, e+1, kept in the
   store's secrets) and its own SQLite file opened with :meth:`Store.open`;
 * packets go through ``Relay._process``, the step :meth:`Relay.run` takes
-  with each batch of up to 64 queued packets: ``sphinx.peel`` with each
-  epoch key, then the identity key; the replay tags; the group commit of the
-  new tags; the observers; then ``links.send`` to the next hop or the
-  ``on_deliver`` callback. The model is that worker's queue;
+  with each batch of up to 64 queued packets: ``sphinx.peel_with`` over
+  :meth:`Relay.key_order` (this epoch's key, the identity key, the
+  others); the replay tags; the group commit of the new tags; the
+  observers; then ``links.send`` to the next hop or the ``on_deliver``
+  callback. The model is that worker's queue;
 * key upkeep as :class:`OnionService` does it every ``key_check`` (600 s):
   ``keys.refresh`` and, when the keys changed, ``relay.forget_before``;
 * a restart as :meth:`OnionService.start` does it: the store is closed and
