@@ -29,11 +29,11 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, TypeVarTuple
+from typing import Any, Concatenate, Final, ParamSpec, Protocol, Self, TypeVar, TypeVarTuple
 
 import trio
 
@@ -43,6 +43,7 @@ from p2pmsg.keys import KEY_BYTES, node_id_of
 from p2pmsg.store_link import LinkReplayTables
 from p2pmsg.store_onion import OnionTables, SurbRecord, insert_inbox
 from p2pmsg.store_schema import (
+    ALL_QUEUED,
     SCHEMA_VERSION,
     SELECT_CONTACT,
     SELECT_INBOX,
@@ -87,6 +88,14 @@ BUSY_TIMEOUT = 5.0
 T = TypeVar("T")
 P = ParamSpec("P")
 Ts = TypeVarTuple("Ts")
+
+
+COUNT_QUEUED: Final = "SELECT n FROM queued_counts WHERE peer = ?"
+
+
+def _count(rows: list[Any]) -> int:
+    """The count a :data:`COUNT_QUEUED` query found: no row is none queued."""
+    return int(rows[0][0]) if rows else 0
 
 
 def _check_limit(limit: int) -> int:
@@ -250,11 +259,10 @@ class Database(OnionTables, LinkReplayTables):
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (message.id,)).fetchall():
                 raise StoreError("a message with that id is already in the outbox")
-            for_peer, total = conn.execute(
-                "SELECT count(*) FILTER (WHERE peer = ?), count(*) FROM outbox"
-                " WHERE state = 'queued'",
-                (message.peer,),
-            ).fetchone()
+            for_peer, total = (
+                _count(conn.execute(COUNT_QUEUED, (key,)).fetchall())
+                for key in (message.peer, ALL_QUEUED)
+            )
             if for_peer >= max_for_peer:
                 raise OutboxFull(f"{for_peer} for this contact")
             if total >= max_total:
@@ -310,13 +318,18 @@ class Database(OnionTables, LinkReplayTables):
 
     def mark_attempt(self, id: bytes, next_attempt: float) -> bool:
         """Count one send attempt and reschedule; False unless the message is queued."""
+        return self.mark_attempts([(id, next_attempt)]) == 1
+
+    def mark_attempts(self, schedule: Sequence[tuple[bytes, float]]) -> int:
+        """:meth:`mark_attempt` for each ``(id, next_attempt)``, in one
+        transaction; how many were queued."""
         with self._write() as conn:
-            cur = conn.execute(
+            cur = conn.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?"
                 " WHERE id = ? AND state = 'queued'",
-                (next_attempt, id),
+                [(when, id) for id, when in schedule],
             )
-            return cur.rowcount == 1
+            return cur.rowcount
 
     def retry_sooner(self, id: bytes, when: float) -> bytes | None:
         """Bring a queued message's next attempt forward to ``when`` (never
@@ -376,8 +389,9 @@ class Database(OnionTables, LinkReplayTables):
         )
         return [outbox_from_row(row) for row in reversed(rows)]
 
-    def count_queued(self) -> int:
-        return int(self._rows("SELECT count(*) FROM outbox WHERE state = 'queued'")[0][0])
+    def count_queued(self, peer: bytes = ALL_QUEUED) -> int:
+        """Queued messages for ``peer``, or in all."""
+        return _count(self._rows(COUNT_QUEUED, (peer,)))
 
     # inbox
 
@@ -497,6 +511,7 @@ class Store:
     next_expiry_time = _offloaded(Database.next_expiry_time)
     pending_for_peer = _offloaded(Database.pending_for_peer)
     mark_attempt = _offloaded(Database.mark_attempt)
+    mark_attempts = _offloaded(Database.mark_attempts)
     mark_delivered = _offloaded(Database.mark_delivered)
     retry_sooner = _offloaded(Database.retry_sooner)
     waiting = _offloaded(Database.waiting)
@@ -516,6 +531,7 @@ class Store:
     set_secret = _offloaded(Database.set_secret)
     delete_secret = _offloaded(Database.delete_secret)
     add_surb = _offloaded(Database.add_surb)
+    commit_attempt = _offloaded(Database.commit_attempt)
     take_surb = _offloaded(Database.take_surb)
     surb_routes = _offloaded(Database.surb_routes)
     expire_surbs = _offloaded(Database.expire_surbs)

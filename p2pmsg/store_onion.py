@@ -145,10 +145,14 @@ class OnionTables:
 
     def add_surb(self, surb: SurbRecord) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO surbs (id, message, relays, secret, expires) VALUES (?, ?, ?, ?, ?)",
-                (surb.id, surb.message, _join(surb.relays), surb.secret, surb.expires),
-            )
+            _insert_surb(conn, surb)
+
+    def commit_attempt(self, peer: bytes, state: bytes, now: float, surb: SurbRecord) -> None:
+        """Commit an attempt's advanced session with the SURB its answer will
+        use, in one transaction: both or neither."""
+        with self._write() as conn:
+            _upsert_session(conn, peer, state, now)
+            _insert_surb(conn, surb)
 
     def take_surb(self, surb_id: bytes) -> SurbRecord | None:
         """Remove and return the SURB ``surb_id``: each is used at most once."""
@@ -266,6 +270,13 @@ def _upsert_session(conn: sqlite3.Connection, peer: bytes, state: bytes, now: fl
         "INSERT INTO sessions (peer, state, updated) VALUES (?, ?, ?)"
         " ON CONFLICT (peer) DO UPDATE SET state = excluded.state, updated = excluded.updated",
         (peer, state, now),
+    )
+
+
+def _insert_surb(conn: sqlite3.Connection, surb: SurbRecord) -> None:
+    conn.execute(
+        "INSERT INTO surbs (id, message, relays, secret, expires) VALUES (?, ?, ?, ?, ?)",
+        (surb.id, surb.message, _join(surb.relays), surb.secret, surb.expires),
     )
 
 

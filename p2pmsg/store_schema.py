@@ -297,8 +297,46 @@ def _create_v4(conn: sqlite3.Connection) -> None:
     )
 
 
+ALL_QUEUED: Final = b""
+"""The key of :data:`_V5`'s row that counts every queued message (a peer's is 32 bytes)."""
+
+_COUNT_UP = (
+    "INSERT INTO queued_counts (peer, n) VALUES ({row}.peer, 1), (x'', 1)"
+    " ON CONFLICT (peer) DO UPDATE SET n = n + 1;"
+)
+_COUNT_DOWN = (
+    "DELETE FROM queued_counts WHERE peer IN ({row}.peer, x'') AND n = 1;"
+    " UPDATE queued_counts SET n = n - 1 WHERE peer IN ({row}.peer, x'');"
+)
+_V5 = (
+    # the queued messages per peer, and in all (key x''), kept by triggers so
+    # that enqueue checks its caps without counting the outbox
+    """CREATE TABLE queued_counts (
+        peer BLOB PRIMARY KEY,
+        n INTEGER NOT NULL CHECK (n > 0)) WITHOUT ROWID""",
+    "INSERT INTO queued_counts (peer, n)"
+    " SELECT peer, count(*) FROM outbox WHERE state = 'queued' GROUP BY peer",
+    "INSERT INTO queued_counts (peer, n)"
+    " SELECT x'', count(*) FROM outbox WHERE state = 'queued' HAVING count(*) > 0",
+    "CREATE TRIGGER outbox_queued_insert AFTER INSERT ON outbox"
+    f" WHEN NEW.state = 'queued' BEGIN {_COUNT_UP.format(row='NEW')} END",
+    "CREATE TRIGGER outbox_queued_leave AFTER UPDATE OF state, peer ON outbox"
+    f" WHEN OLD.state = 'queued' BEGIN {_COUNT_DOWN.format(row='OLD')} END",
+    "CREATE TRIGGER outbox_queued_enter AFTER UPDATE OF state, peer ON outbox"
+    f" WHEN NEW.state = 'queued' BEGIN {_COUNT_UP.format(row='NEW')} END",
+    "CREATE TRIGGER outbox_queued_delete AFTER DELETE ON outbox"
+    f" WHEN OLD.state = 'queued' BEGIN {_COUNT_DOWN.format(row='OLD')} END",
+)
+
+
+def _create_v5(conn: sqlite3.Connection) -> None:
+    """Migration 4 -> 5: the outbox's queued counts, kept by triggers."""
+    for statement in _V5:
+        conn.execute(statement)
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2, _create_v3, _create_v4)
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2, _create_v3, _create_v4, _create_v5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -137,7 +137,7 @@ def test_pragmas(db: Database) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_reopen_persists_everything(path: Path) -> None:
@@ -366,6 +366,15 @@ def test_outbox_expiry(db: Database) -> None:
     assert db.count_queued() == 1
 
 
+def test_a_batch_of_attempts_is_marked_at_once(db: Database) -> None:
+    for n in (1, 2, 3):
+        db.enqueue(out(n, next_attempt=100.0))
+    db.mark_delivered(mid(2), 101.0)
+    assert db.mark_attempts([(mid(1), 150.0), (mid(2), 160.0), (mid(3), 170.0)]) == 2
+    rows = {m.id: (m.attempts, m.next_attempt) for m in db.list_outbox()}
+    assert rows == {mid(1): (1, 150.0), mid(2): (0, 100.0), mid(3): (1, 170.0)}
+
+
 def test_enqueue_refuses_duplicates_and_non_queued(db: Database) -> None:
     db.enqueue(out(1))
     with pytest.raises(StoreError, match="already in the outbox"):
@@ -388,6 +397,30 @@ def test_a_full_outbox_refuses_a_send_and_keeps_what_it_holds(db: Database) -> N
     db.enqueue(out(3), max_for_peer=2, max_total=3)
     assert db.count_queued() == 3
     assert "send again when some are" in OutboxFull("x").user_message()
+
+
+def test_a_version_4_database_counts_what_it_has_queued(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in store_schema.MIGRATIONS[:4]:
+        step(conn)
+    conn.execute(f"PRAGMA application_id = {store_schema.APPLICATION_ID:d}")
+    conn.execute("PRAGMA user_version = 4")
+    rows = [(1, "queued"), (1, "queued"), (1, "delivered"), (2, "queued")]
+    for n, (peer, state) in enumerate(rows):
+        conn.execute(
+            "INSERT INTO outbox (id, peer, kind, body, created, expires, state, next_attempt)"
+            " VALUES (?, ?, 0, x'', 1, 1000, ?, 1)",
+            (mid(n), node(peer), state),
+        )
+    conn.close()
+    with Database.open(path) as database:
+        assert [database.count_queued(node(p)) for p in (1, 2, 3)] == [2, 1, 0]
+        assert database.count_queued() == 3
+        with pytest.raises(OutboxFull, match="2 for this contact"):
+            database.enqueue(out(9), max_for_peer=2)
+        database.mark_delivered(mid(0), 5.0)
+        database.enqueue(out(9), max_for_peer=2)
+        assert [database.count_queued(node(p)) for p in (1, 2)] == [2, 1]
 
 
 def test_pending_for_peer(db: Database) -> None:
@@ -608,6 +641,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.count = 0
         self.model: dict[bytes, Model] = {}
         self.final: dict[bytes, OutboxState] = {}
+        self.model_peer: dict[bytes, bytes] = {}
 
     def teardown(self) -> None:
         self.db.close()
@@ -625,6 +659,7 @@ class OutboxMachine(RuleBasedStateMachine):
         )
         self.db.enqueue(message)
         self.model[message.id] = Model(self.now, self.now + ttl, self.now + delay)
+        self.model_peer[message.id] = peer
         return message.id
 
     @rule(dt=times)
@@ -670,6 +705,9 @@ class OutboxMachine(RuleBasedStateMachine):
         assert {m.id: m.attempts for m in rows} == {k: v.attempts for k, v in self.model.items()}
         queued = {k: v for k, v in self.model.items() if v.state is OutboxState.QUEUED}
         assert self.db.count_queued() == len(queued)
+        for peer in (node(1), node(2)):
+            mine = [k for k, v in queued.items() if self.model_peer[k] == peer]
+            assert self.db.count_queued(peer) == len(mine)
         due = [k for k, v in queued.items() if v.next_attempt <= self.now < v.expires]
         assert [m.id for m in self.db.due_messages(self.now)] == sorted(due)
         soonest = min((v.next_attempt for v in queued.values()), default=None)

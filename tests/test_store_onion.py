@@ -47,6 +47,17 @@ def test_a_failed_commit_keeps_neither_message_nor_state(db: Database) -> None:
     assert db.count_inbox() == 0
 
 
+def test_an_attempt_commits_its_session_with_its_surb_or_neither(db: Database) -> None:
+    surb = SurbRecord(b"s" * 16, b"m" * 16, (b"r" * 32,), b"secret", 100.0)
+    db.commit_attempt(PEER, b"state-1", 1.0, surb)
+    assert db.get_session(PEER) == b"state-1"
+    assert db.surb_routes(b"m" * 16) == [surb.relays]
+    with pytest.raises(store_schema.StoreError):  # the same SURB id again, after the session
+        db.commit_attempt(PEER, b"state-2", 2.0, surb)
+    assert db.get_session(PEER) == b"state-1"
+    assert db.count_surbs() == 1
+
+
 def test_a_surb_is_taken_once(db: Database) -> None:
     relays = (b"a" * 32, b"b" * 32, b"c" * 32)
     surb = SurbRecord(b"s" * 16, b"m" * 16, relays, b"secret", 100.0)

@@ -156,7 +156,7 @@ class OnionPath:
         candidates = self.candidates(now)
         ends = (self.identity.node_id, recipient.node_id)
         back = self._route(candidates, ends, now, last=self.gateway, avoid=avoid)
-        envelope = await self._encrypt(recipient, message, spare=spare)
+        state, envelope = await self._encrypt(recipient, message, spare=spare)
         surb_id = self._rng(sphinx.SURB_ID_BYTES)
         me = sphinx.Hop(self.identity.node_id, self.identity.public.x25519)
         surb, secret = sphinx.create_surb([*_hops(back), me], surb_id, self._rng)
@@ -166,9 +166,11 @@ class OnionPath:
         parts = fragments.split(payload, self._rng)
         forwards = [self._route(candidates, ends, now, avoid=avoid) for _ in parts]
         relays = tuple(dict.fromkeys(c.node_id for c in chain(back, *forwards)))
-        await self.store.add_surb(
-            SurbRecord(surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl)
+        surb_record = SurbRecord(
+            surb_id, message.id, relays, secret.to_bytes(), now + self.options.surb_ttl
         )
+        await self.store.commit_attempt(recipient.node_id, state.to_bytes(), now, surb_record)
+        self._restart.pop(recipient.node_id, None)
         dest = sphinx.Hop(recipient.node_id, recipient.x25519)
         return Attempt(relays, surb_id, tuple(zip(parts, forwards, strict=True)), candidates, dest)
 
@@ -287,7 +289,9 @@ class OnionPath:
 
     async def _encrypt(
         self, recipient: PublicIdentity, message: OutboxMessage, *, spare: bool = False
-    ) -> bytes:
+    ) -> tuple[RatchetState, bytes]:
+        """The session advanced by ``message`` (for the caller to commit) and
+        the sealed envelope."""
         peer = recipient.node_id
         stored = await self.store.get_session(peer)
         state = RatchetState.from_bytes(stored) if stored is not None else None
@@ -312,9 +316,7 @@ class OnionPath:
             self.identity, recipient, state, bundle, frames.encode(frame), self._rng,
             restart=restart,
         )  # fmt: skip
-        await self.store.save_session(peer, state.to_bytes(), self._wall_clock())
-        self._restart.pop(peer, None)
-        return sealed.seal(self.identity, recipient, inner, self._rng)
+        return state, sealed.seal(self.identity, recipient, inner, self._rng)
 
     async def _bundle(self, recipient: PublicIdentity) -> prekeys.PrekeyBundle:
         found = await self.dht.find_newest(

@@ -127,6 +127,7 @@ class Sender:
             # an onion attempt is one packet per message, sent only when due.
             batch = await self.store.pending_for_peer(peer, limit=self.batch, due=now)
             first = self.onion.timer.rto() if self.onion is not None else rto.INITIAL_RTO
+            schedule = []
             for message in batch:
                 jitter = int.from_bytes(self._rng(2), "big") / 65536
                 delay = (
@@ -134,7 +135,8 @@ class Sender:
                     if message.direct
                     else frames.onion_retry_delay(message.attempts, jitter, first)
                 )
-                await self.store.mark_attempt(message.id, now + delay)
+                schedule.append((message.id, now + delay))
+            await self.store.mark_attempts(schedule)
             contact = await self.store.contact_by_node_id(peer)
             if contact is not None:
                 await self._send_batch(contact, batch)
