@@ -140,6 +140,12 @@ def limit_rate(costs: Counter[str], rates: dict[str, float]) -> float:
     return 1.0 / sum(count / rates[name] for name, count in costs.items())
 
 
+def round_limits(samples: dict[str, list[float]], costs: Counter[str]) -> list[float]:
+    """The crypto-bound limit of each round, from that round's primitive rates."""
+    rounds = zip(*(samples[p] for p in PRIMITIVES), strict=True)
+    return [limit_rate(costs, dict(zip(PRIMITIVES, r, strict=True))) for r in rounds]
+
+
 def formula(costs: Counter[str]) -> str:
     return " + ".join(f"{costs[name]}/{name}" for name in PRIMITIVES if costs[name])
 
@@ -470,7 +476,7 @@ def _row(
     ]
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -479,12 +485,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
     samples = dict(results.samples)
     latencies, node_counts = results.latencies, results.node_counts
     forward, both = sphinx_costs(RELAYS_ON_ROUTE), sphinx_costs(RELAYS_ON_ROUTE, reply=True)
-    rates = [
-        dict(zip(PRIMITIVES, r, strict=True))
-        for r in zip(*(samples[p] for p in PRIMITIVES), strict=True)
-    ]
-    samples["limit"] = [limit_rate(forward, r) for r in rates]
-    samples["limit_rt"] = [limit_rate(both, r) for r in rates]
+    samples["limit"] = round_limits(samples, forward)
+    samples["limit_rt"] = round_limits(samples, both)
     keys = [*PRIMITIVES, "limit", "limit_rt", *(k for k in SUBJECTS if k in samples)]
     rows = [_row(LABELS[k], samples[k], samples, k in SUBJECTS) for k in keys]
     lines = [
@@ -522,7 +524,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
             ms = [v * 1000 for v in latencies.get(key, [])]
             if ms:
                 lines.append(
-                    f"  {name}: p50 {_quantile(ms, 0.5):.1f} ms, p99 {_quantile(ms, 0.99):.1f} ms,"
+                    f"  {name}: p50 {quantile(ms, 0.5):.1f} ms, p99 {quantile(ms, 0.99):.1f} ms,"
                     f" max {max(ms):.1f} ms ({len(ms)} messages)"
                 )
     if node_counts is not None:

@@ -150,14 +150,9 @@ def onion_section(size: Size) -> list[Metric]:
     onion.check_formula()
     results = trio.run(onion.run, args)
     samples = results.samples
-    forward = onion.sphinx_costs(onion.RELAYS_ON_ROUTE)
-    rates = [
-        dict(zip(onion.PRIMITIVES, r, strict=True))
-        for r in zip(*(samples[p] for p in onion.PRIMITIVES), strict=True)
-    ]
-    limit = [onion.limit_rate(forward, r) for r in rates]
-    single = sorted(v * 1000 for v in results.latencies["single"])
-    p50, p99 = (single[min(len(single) - 1, round(q * (len(single) - 1)))] for q in (0.5, 0.99))
+    limit = onion.round_limits(samples, onion.sphinx_costs(onion.RELAYS_ON_ROUTE))
+    single = [v * 1000 for v in results.latencies["single"]]
+    p50, p99 = (onion.quantile(single, q) for q in (0.5, 0.99))
     return [
         Metric(
             "onion_throughput_ratio",
