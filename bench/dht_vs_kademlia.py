@@ -80,9 +80,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1, help="node ids and lookup pairs")
     parser.add_argument("--no-kademlia", action="store_true", help="measure our side only")
+    parser.add_argument(
+        "--warm-up", type=int, default=0, help="unreported lookups per side after the cold ones"
+    )
+    parser.add_argument(
+        "--warm-lookups",
+        type=int,
+        default=0,
+        help="lookups per side on the warmed network, reported apart (default 0: none)",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 2 or args.lookups < 1 or args.rounds < 1 or not args.rtt_ms >= 0:
         parser.error("need --nodes >= 2, --lookups >= 1, --rounds >= 1, --rtt-ms >= 0")
+    if args.warm_up < 0 or args.warm_lookups < 0:
+        parser.error("need --warm-up >= 0 and --warm-lookups >= 0")
     return args
 
 
@@ -150,29 +161,51 @@ def sim_wall_clock() -> float:
 
 @dataclass
 class Tally:
-    """RPCs sent by every node of our network, failed ones and new secure links."""
+    """RPCs sent by every node of our network, failed ones, new secure links, and the
+    verifying pings queued, by why: a requester met (``newcomer``, ``moved``) or the
+    oldest entry of a full bucket (``evict_check``)."""
 
     sent: Counter[rpc.Method] = field(default_factory=Counter)
     failed: int = 0
     links: int = 0
+    verify: Counter[str] = field(default_factory=Counter)
 
 
 class CountingDht(Dht):
-    """The real service, counting the RPCs it sends (its lookup iterator is internal)."""
+    """The real service, counting the RPCs it sends (its lookup iterator is internal)
+    and the verifications it queues."""
 
     def __init__(self, tally: Tally, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tally = tally
-        self.find_nodes = 0
+        self.sent: Counter[rpc.Method] = Counter()
+        self._why = "evict_check"
+
+    @property
+    def find_nodes(self) -> int:
+        return self.sent[rpc.Method.FIND_NODE]
 
     async def call(self, peer: Peer, method: rpc.Method, body: bytes = b"") -> bytes:
         self.tally.sent[method] += 1
-        self.find_nodes += method is rpc.Method.FIND_NODE
+        self.sent[method] += 1
         try:
             return await super().call(peer, method, body)
         except RpcFailed:
             self.tally.failed += 1
             raise
+
+    def _consider(self, requester: PublicIdentity, sender: bytes) -> None:
+        self._why = "requester"
+        try:
+            super()._consider(requester, sender)
+        finally:
+            self._why = "evict_check"
+
+    def _verify(self, peer: Peer, *, moved: bool = False) -> bool:
+        queued = super()._verify(peer, moved=moved)
+        if queued:
+            self.tally.verify["moved" if moved else self._why] += 1
+        return queued
 
 
 async def add_node(
@@ -231,6 +264,7 @@ async def our_lookup(
     searcher, target = rng.sample(list(nodes), 2)
     target_id = target.identity.node_id
     before = (searcher.find_nodes, tally.sent.total(), tally.failed, tally.links)
+    sent, own, verify = tally.sent.copy(), searcher.sent.copy(), tally.verify.copy()
     cpu, start, sim = time.process_time(), time.perf_counter(), trio.current_time()
     with trio.fail_after(LOOKUP_TIMEOUT):
         peers, _ = await searcher.lookup(target_id)
@@ -240,9 +274,11 @@ async def our_lookup(
     others = [n.identity.node_id for n in nodes if n is not searcher]
     oracle = heapq.nsmallest(K, others, key=partial(distance, target_id))
     got = {p.node_id for p in peers}
+    sent, own, verify = tally.sent - sent, searcher.sent - own, tally.verify - verify
     return {
         "find_node": searcher.find_nodes - before[0],
         "rpcs": tally.sent.total() - before[1],
+        **by_kind(sent, own, verify),
         "failed": tally.failed - before[2],
         "links": tally.links - before[3],
         "rtts": sim / rtt if rtt > 0 else math.nan,
@@ -250,6 +286,20 @@ async def our_lookup(
         "cpu": cpu,
         "target_found": target_id in got,
         "exact_k": got == set(oracle),
+    }
+
+
+def by_kind(sent: Counter[rpc.Method], own: Counter[rpc.Method], verify: Counter[str]) -> Result:
+    """One lookup's RPCs by kind: the whole network's, the searcher's PINGs, and
+    the verifications queued (a PING each, unless the peer is gone)."""
+    find, ping = rpc.Method.FIND_NODE, rpc.Method.PING
+    return {
+        "find_node_all": sent[find],
+        "ping": sent[ping],
+        "ping_searcher": own[ping],
+        "other": sent.total() - sent[find] - sent[ping],
+        "verify_requester": verify["requester"] + verify["moved"],
+        "verify_evict": verify["evict_check"],
     }
 
 
@@ -270,31 +320,65 @@ def batches(lookups: int, rounds: int) -> list[int]:
     return [lookups // rounds + (i < lookups % rounds) for i in range(rounds)]
 
 
+Sides = tuple[list[list[Result]], list[list[Result]]]
+
+
 async def measure(
     args: argparse.Namespace, clock: MockClock, peer: KademliaPeer | None
 ) -> tuple[list[list[Result]], list[list[Result]], dict[str, Any]]:
-    """Build our network, then the rounds; the results per side and round."""
+    """Build our network, then the rounds; the results per side and round.
+
+    The lookups returned are the cold ones, on networks fresh from their joins.
+    With ``--warm-lookups``, ``info["warm"]`` holds the same for that many more
+    lookups per side (fresh pairs) after ``--warm-up`` unreported ones, and
+    ``info["warm_start"]`` the simulated time they began at.
+    """
     rtt, tally = args.rtt_ms / 1000, Tally()
     info: dict[str, Any] = {}
-    ours: list[list[Result]] = []
-    theirs: list[list[Result]] = []
     async with trio.open_nursery() as nursery:
         start = time.perf_counter()
         nodes = await build_ours(nursery, args.nodes, rtt, args.seed, tally)
         info["ours_build"] = time.perf_counter() - start
         if peer is not None:
             info["peer"] = await stopped_clock(clock, peer.read, 60 + args.nodes)
-        rng = random.Random(args.seed + 1)
-        for index, size in enumerate(batches(args.lookups, args.rounds)):
-            for side in ("ours", "theirs") if index % 2 == 0 else ("theirs", "ours"):
-                if side == "ours":
-                    ours.append([await our_lookup(nodes, rng, tally, rtt) for _ in range(size)])
-                elif peer is not None:
-                    reply = await stopped_clock(clock, peer.request, {"lookups": size}, 30 + size)
-                    theirs.append(reply["results"])
+        phases = Phases(nodes, random.Random(args.seed + 1), tally, rtt, clock, peer)
+        ours, theirs = await phases.run(args.lookups, args.rounds)
+        if args.warm_lookups:
+            if args.warm_up:
+                await phases.run(args.warm_up, args.rounds)
+            info["warm_start"] = trio.current_time()
+            info["warm"] = await phases.run(args.warm_lookups, args.rounds)
         info["sim_end"] = trio.current_time()
         nursery.cancel_scope.cancel()
     return ours, theirs, info
+
+
+@dataclass
+class Phases:
+    """Both networks, ready for phases of lookups (the same ``rng`` throughout)."""
+
+    nodes: Sequence[CountingDht]
+    rng: random.Random
+    tally: Tally
+    rtt: float
+    clock: MockClock
+    peer: KademliaPeer | None
+
+    async def run(self, lookups: int, rounds: int) -> Sides:
+        """``lookups`` per side in interleaved rounds, the order swapped every round."""
+        ours: list[list[Result]] = []
+        theirs: list[list[Result]] = []
+        for index, size in enumerate(batches(lookups, rounds)):
+            for side in ("ours", "theirs") if index % 2 == 0 else ("theirs", "ours"):
+                if side == "ours":
+                    ours.append([await self._ours() for _ in range(size)])
+                elif self.peer is not None:
+                    request = partial(self.peer.request, {"lookups": size}, 30 + size)
+                    theirs.append((await stopped_clock(self.clock, request))["results"])
+        return ours, theirs
+
+    async def _ours(self) -> Result:
+        return await our_lookup(self.nodes, self.rng, self.tally, self.rtt)
 
 
 # -- the report --------------------------------------------------------------------
@@ -303,6 +387,12 @@ async def measure(
 ROWS: list[tuple[str, str, Callable[[list[float]], float], str]] = [
     ("FIND_NODE RPCs per lookup, searcher (mean)", "find_node", statistics.fmean, "{:.1f}"),
     ("RPCs per lookup, whole network (mean)", "rpcs", statistics.fmean, "{:.1f}"),
+    ("  FIND_NODE, whole network", "find_node_all", statistics.fmean, "{:.1f}"),
+    ("  PING, whole network", "ping", statistics.fmean, "{:.1f}"),
+    ("    PING, the searcher's", "ping_searcher", statistics.fmean, "{:.1f}"),
+    ("  other RPCs, whole network", "other", statistics.fmean, "{:.1f}"),
+    ("verifications queued: a requester", "verify_requester", statistics.fmean, "{:.1f}"),
+    ("verifications queued: a full bucket's oldest", "verify_evict", statistics.fmean, "{:.1f}"),
     ("new secure links per lookup (mean)", "links", statistics.fmean, "{:.1f}"),
     ("failed RPCs per lookup (mean)", "failed", statistics.fmean, "{:.2f}"),
     ("latency, RTTs per lookup (median)", "rtts", median, "{:.1f}"),
@@ -338,10 +428,7 @@ def ratio(ours: list[list[Result]], theirs: list[list[Result]], key: str, summar
     return f"{median(ratios):.2f}"
 
 
-def report(
-    args: argparse.Namespace, ours: list[list[Result]], theirs: list[list[Result]], info: Any
-) -> str:
-    peer = info.get("peer")
+def side_by_side(ours: list[list[Result]], theirs: list[list[Result]], peer: bool) -> str:
     header = HEADER if peer else HEADER[:2]
     rows = []
     for label, key, summary, fmt in ROWS:
@@ -349,6 +436,13 @@ def report(
         if peer:
             row += [cell(theirs, key, summary, fmt), ratio(ours, theirs, key, summary)]
         rows.append(row)
+    return table(header, rows)
+
+
+def report(
+    args: argparse.Namespace, ours: list[list[Result]], theirs: list[list[Result]], info: Any
+) -> str:
+    peer = info.get("peer")
     built = f"built in {info['ours_build']:.1f} s (ours)"
     if peer:
         built += f", {peer['build_seconds']:.1f} s (kademlia {peer['version']}, concurrently)"
@@ -362,11 +456,19 @@ def report(
         f"simulated time at the end: {info['sim_end']:.0f} s{_upkeep_warning(info)}",
         *([INSTALL_HINT] if info.get("missing") else []),
         "",
-        table(header, rows),
+        side_by_side(ours, theirs, bool(peer)),
         "",
-        *NOTES,
     ]
-    return "\n".join(lines)
+    if "warm" in info:
+        lines += [
+            f"warmed: {args.warm_lookups} more lookups per side (fresh pairs) after the "
+            f"{args.lookups} above and {args.warm_up} unreported ones, from simulated "
+            f"{info['warm_start']:.0f} s",
+            "",
+            side_by_side(*info["warm"], bool(peer)),
+            "",
+        ]
+    return "\n".join(lines + NOTES)
 
 
 def _upkeep_warning(info: Any) -> str:
@@ -379,6 +481,7 @@ NOTES = [
     "ours/kademlia: median of the per-round ratios (rounds interleaved, order swapped).",
     "RPCs: requests sent; whole network adds what a lookup set off elsewhere (ours: pings",
     "  verifying a new requester). Ours go over secure links: new ones cost connect + Noise IK.",
+    "verifications: verifying pings queued (ours), at most one per peer per refresh interval.",
     "latency: ours = simulated seconds / RTT (every packet takes RTT/2); kademlia = its crawl",
     "  rounds (each waits for all its replies: rounds x RTT at a uniform RTT).",
     "CPU: process CPU time, lookup plus settle time, all nodes of a side (one process each);",

@@ -123,6 +123,7 @@ async def one_lookup(servers: Sequence[Server], rng: random.Random) -> dict[str,
     protocol = searcher.protocol
     key = Node(target.node.id)
     find_nodes, rpcs, timeouts = protocol.find_nodes, rpcs_sent(), NETWORK["timeouts"]
+    sent = NETWORK.copy()
     cpu = time.process_time()
     start = time.perf_counter()
     nearest = protocol.router.find_neighbors(key)
@@ -136,9 +137,13 @@ async def one_lookup(servers: Sequence[Server], rng: random.Random) -> dict[str,
     others = [s.node for s in servers if s is not searcher and s is not target]
     oracle = sorted(others, key=key.distance_to)[: searcher.ksize]
     got = {node.id for node in found}
+    sent = NETWORK - sent
     return {
         "find_node": protocol.find_nodes - find_nodes,
         "rpcs": rpcs_sent() - rpcs,
+        "find_node_all": sent["find_node"],
+        "ping": sent["ping"],
+        "other": sent["find_value"] + sent["store"],
         "failed": NETWORK["timeouts"] - timeouts,
         "rounds": crawl.rounds,
         "wall": wall,

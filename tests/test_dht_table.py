@@ -171,6 +171,19 @@ def test_one_ping_at_a_time_per_bucket_until_it_times_out() -> None:
     assert table.offer(another, 13.0) == PingNeeded(old)  # the first ping was never answered
 
 
+def test_room_is_a_place_in_a_bucket_or_its_replacement_cache() -> None:
+    table, _, newcomer = ping_setup()  # the far bucket is full and does not split
+    table.max_replacements = 1
+    near = next(p for p in random_peers(300, seed=9) if p.node_id[0] < 0x80)
+    assert table.has_room(near.node_id)  # the bucket of the local id
+    assert table.has_room(newcomer.node_id)  # an empty replacement cache
+    table.offer(newcomer, 3.0)
+    another = next(p for p in random_peers(200, seed=8) if p.node_id[0] >= 0x80)
+    assert not table.has_room(another.node_id)
+    table.remove(newcomer.node_id)
+    assert table.has_room(another.node_id)
+
+
 def test_failures_evict_only_with_a_replacement() -> None:
     table, (old, young), newcomer = ping_setup()
     for _ in range(5):

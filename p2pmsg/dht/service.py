@@ -11,8 +11,11 @@ dialled, so its network prefix (the unit of the diversity limits) is one we
 verified, not one it claimed.
 
 Inbound, the node hands each request to :meth:`Dht.handle`. A requester may
-attach its signed peer record; when it is not in our table yet, it is queued
-(bounded, drop when full) for a verifying PING dialled back to it. Writes
+attach its signed peer record; when it is not in our table yet and the
+table has a place for it, it is queued (bounded, drop when full) for a
+verifying PING dialled back to it, unless those endpoints were verified
+within the refresh interval: by such a PING, or by answering a request we
+dialled to them (a lookup's FIND_NODE, say). Writes
 (STORE, DEPOSIT) are free until a window brings more than a calm node takes;
 then they cost a proof of work (:mod:`p2pmsg.dht.puzzle`), which
 :meth:`Dht.call` pays when asked.
@@ -151,7 +154,9 @@ class Dht:
             identity.node_id, self.table.__contains__, capacity=options.known_records
         )
         self.links = LinkPool(connect, max_links=options.max_links, link_idle=options.link_idle)
-        self._queued: OrderedDict[bytes, float] = OrderedDict()  # node id -> when verified
+        self._verified: OrderedDict[bytes, tuple[tuple[str, ...], float]] = OrderedDict()
+        """node id -> (endpoints, when): queued for a verifying ping, or answered
+        a request we dialled to those endpoints (which verifies them as well)."""
         self._verify_send, self._verify_receive = trio.open_memory_channel[Peer](
             options.verify_queue
         )
@@ -334,28 +339,40 @@ class Dht:
         if peer is None or peer.node_id != requester.node_id:
             return
         listed = self.table.get(peer.node_id)
+        if listed is None and not self.table.has_room(peer.node_id):
+            # Verified, it would find every place taken: the dial back is not
+            # worth it (its bucket fills from the peers our own calls reach).
+            return
         if listed is None or listed.endpoints != peer.endpoints:
             # A newcomer, or a known peer that moved: verify the new endpoints.
             self._verify(peer, moved=listed is not None)
 
     def _verify(self, peer: Peer, *, moved: bool = False) -> bool:
-        """Queue a verifying ping, at most once per peer per refresh interval
-        unless it ``moved``. False when it was not queued (verified recently,
-        or the queue is full)."""
+        """Queue a verifying ping, at most once per peer and endpoints per
+        refresh interval unless it ``moved``. False when it was not queued
+        (verified recently, or the queue is full)."""
         now = trio.current_time()
-        last = self._queued.get(peer.node_id)
-        if not moved and last is not None and now - last < self.options.refresh_every:
+        last = self._verified.get(peer.node_id)
+        if (
+            not moved
+            and last is not None
+            and last[0] == peer.endpoints
+            and now - last[1] < self.options.refresh_every
+        ):
             return False
         try:
             self._verify_send.send_nowait(peer)
         except trio.WouldBlock:
             self.dropped_verifications += 1
             return False
-        self._queued[peer.node_id] = now
-        self._queued.move_to_end(peer.node_id)
-        while len(self._queued) > self.options.known_records:
-            self._queued.popitem(last=False)
+        self._mark_verified(peer, now)
         return True
+
+    def _mark_verified(self, peer: Peer, now: float) -> None:
+        self._verified[peer.node_id] = (peer.endpoints, now)
+        self._verified.move_to_end(peer.node_id)
+        while len(self._verified) > self.options.known_records:
+            self._verified.popitem(last=False)
 
     # -- calling ---------------------------------------------------------------
 
@@ -380,6 +397,9 @@ class Dht:
         if response.status is not rpc.Status.OK:
             raise RpcFailed(f"{method.name} answered {response.status.name}")
         verified = Peer(peer.node_id, peer.public_key, peer.endpoints, prefix_of_endpoint(used))
+        # It answered on an endpoint we dialled: as good as a verifying ping
+        # (its request arriving next, say a ping verifying us, needs none).
+        self._mark_verified(peer, trio.current_time())
         self._offer(verified)
         return response.body
 

@@ -191,6 +191,16 @@ class RoutingTable:
         failing = [slot.peer for slot in self._slots.values() if slot.failures]
         return failing + list(self._lost.values())
 
+    def has_room(self, node_id: bytes) -> bool:
+        """Whether an offer of ``node_id`` now could place it at all, as an entry
+        or a replacement: its bucket is not full or would split, or the
+        bucket's replacement cache is not full. (The prefix limits are not
+        asked: they need the prefix an offer brings.)"""
+        bucket = self._bucket_for(node_id)
+        if len(bucket.entries) < self.k or self._splittable(bucket):
+            return True
+        return len(bucket.replacements) < self.max_replacements
+
     def least_recently_seen(self, count: int) -> list[Peer]:
         """The ``count`` entries seen longest ago."""
         oldest = heapq.nsmallest(count, self._slots.values(), key=lambda slot: slot.last_seen)
