@@ -103,13 +103,15 @@ class Size:
     onion_relays: int
     dht_nodes: int
     dht_lookups: int
+    dht_warm_up: int
+    """Unreported lookups per side between the cold and the warm ones."""
     sim_nodes: tuple[int, int]
     sim_minutes: float
     idle_seconds: float
 
 
-QUICK = Size(0.3, 3, 40, 10, 3, 100, 60, (20, 60), 1.0, 5.0)
-FULL = Size(1.0, 5, 200, 20, 6, 300, 1000, (30, 100), 5.0, 30.0)
+QUICK = Size(0.3, 3, 40, 10, 3, 100, 60, 240, (20, 60), 1.0, 5.0)
+FULL = Size(1.0, 5, 200, 20, 6, 300, 1000, 1000, (30, 100), 5.0, 30.0)
 
 
 def _at_most(
@@ -259,34 +261,59 @@ def dht_section(size: Size) -> list[Metric]:
     if not dht_vs_kademlia.kademlia_available():
         return _unavailable(SECTIONS["dht"][1], "missing", dht_vs_kademlia.INSTALL_HINT)
     args = dht_vs_kademlia.parse_args(
-        [f"--nodes={size.dht_nodes}", f"--lookups={size.dht_lookups}", f"--rounds={size.rounds}"]
+        [
+            f"--nodes={size.dht_nodes}",
+            f"--lookups={size.dht_lookups}",
+            f"--rounds={size.rounds}",
+            f"--warm-up={size.dht_warm_up}",
+            f"--warm-lookups={size.dht_lookups}",
+        ]
     )
     peer = dht_vs_kademlia.KademliaPeer(args.nodes, args.seed)
     clock = MockClock(autojump_threshold=0)
     try:
-        ours, theirs, _ = trio.run(dht_vs_kademlia.measure, args, clock, peer, clock=clock)
+        ours, theirs, info = trio.run(dht_vs_kademlia.measure, args, clock, peer, clock=clock)
     finally:
         peer.close()
+    warm_ours, warm_theirs = info["warm"]
 
     def mean(side: list[list[dict[str, Any]]], key: str) -> float:
         values = [float(r[key]) for batch in side for r in batch]
         return sum(values) / len(values)
 
-    rpcs = [mean([a], "rpcs") / mean([b], "rpcs") for a, b in zip(ours, theirs, strict=True)]
+    def rpc_ratio(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]]) -> float:
+        """The median of the rounds' ratios of mean RPCs per lookup."""
+        return median(
+            [mean([a], "rpcs") / mean([b], "rpcs") for a, b in zip(ours, theirs, strict=True)]
+        )
+
+    cold = rpc_ratio(ours, theirs)
     success = {"ours": mean(ours, "exact_k"), "theirs": mean(theirs, "exact_k")}
     lookups = f"{size.dht_lookups} lookups per side on {size.dht_nodes} nodes"
+    later = size.dht_lookups + size.dht_warm_up
     return [
         Metric(
             "dht_rpcs_vs_kademlia",
             "RPCs per lookup, whole network / kademlia's",
-            median(rpcs),
+            cold,
             ours=mean(ours, "rpcs"),
             reference=mean(theirs, "rpcs"),
             reference_name="kademlia 2.2.3, same size",
             goal="<= 1.0, success >= 99.9%",
-            met=median(rpcs) <= 1.0 and success["ours"] >= 0.999,
+            met=cold <= 1.0 and success["ours"] >= 0.999,
             note=f"searcher's FIND_NODEs alone: {mean(ours, 'find_node'):.1f}"
-            f" vs {mean(theirs, 'find_node'):.1f}; {lookups}",
+            f" vs {mean(theirs, 'find_node'):.1f}; {lookups}, fresh from their joins",
+        ),
+        Metric(
+            "dht_rpcs_vs_kademlia_warm",
+            "the same, on the networks after their first lookups",
+            rpc_ratio(warm_ours, warm_theirs),
+            ours=mean(warm_ours, "rpcs"),
+            reference=mean(warm_theirs, "rpcs"),
+            reference_name="kademlia 2.2.3, same size",
+            note=f"{size.dht_lookups} more lookups per side after {later};"
+            f" true k closest: ours {mean(warm_ours, 'exact_k'):.3f},"
+            f" kademlia's {mean(warm_theirs, 'exact_k'):.3f}",
         ),
         Metric(
             "dht_lookup_success",
@@ -441,7 +468,12 @@ SECTIONS: dict[str, tuple[Callable[[Size], list[Metric]], list[str]]] = {
     "link": (link_section, ["link_vs_raw_tcp"]),
     "dht": (
         dht_section,
-        ["dht_rpcs_vs_kademlia", "dht_lookup_success", "kademlia_lookup_success"],
+        [
+            "dht_rpcs_vs_kademlia",
+            "dht_rpcs_vs_kademlia_warm",
+            "dht_lookup_success",
+            "kademlia_lookup_success",
+        ],
     ),
     "sim": (sim_section, ["sim_nodes_per_gb", "sim_hour_wall_s"]),
     "node": (node_section, ["idle_rss_mb", "startup_s"]),

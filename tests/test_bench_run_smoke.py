@@ -27,6 +27,7 @@ METRICS = {
     "pt_overhead",
     "link_vs_raw_tcp",
     "dht_rpcs_vs_kademlia",
+    "dht_rpcs_vs_kademlia_warm",
     "dht_lookup_success",
     "kademlia_lookup_success",
     "sim_nodes_per_gb",
@@ -34,13 +35,13 @@ METRICS = {
     "idle_rss_mb",
     "startup_s",
 }
-PEERS = {"obfs_vs_obfs4proxy", "pt_overhead", "dht_rpcs_vs_kademlia"}
+PEERS = {"obfs_vs_obfs4proxy", "pt_overhead", "dht_rpcs_vs_kademlia", "dht_rpcs_vs_kademlia_warm"}
 
 
 def _bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.syspath_prepend(str(ROOT))  # bench/ is not installed; run it from the checkout
     bench = importlib.import_module("bench.run")
-    tiny = bench.Size(0.05, 1, 2, 2, 3, 12, 4, (3, 5), 0.2, 0.1)
+    tiny = bench.Size(0.05, 1, 2, 2, 3, 12, 4, 2, (3, 5), 0.2, 0.1)
     monkeypatch.setattr(bench, "QUICK", tiny)
     return bench
 
@@ -81,6 +82,7 @@ def test_a_missing_peer_is_reported_with_its_install_command(
         "obfs_vs_obfs4proxy",
         "pt_overhead",
         "dht_rpcs_vs_kademlia",
+        "dht_rpcs_vs_kademlia_warm",
         "dht_lookup_success",
         "kademlia_lookup_success",
     }
