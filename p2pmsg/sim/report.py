@@ -11,6 +11,7 @@ invalid censor, never as a pass.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import statistics
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmsg.sim.result import SeedResult, heals
-from p2pmsg.sim.scenario import Scenario
+from p2pmsg.sim.scenario import Pass, Scenario
 
 _T975: dict[int, float] = {
     1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -71,6 +72,39 @@ def _ratio(parts: Sequence[tuple[int, int]]) -> Estimate:
         return wilson(*live[0])
     e = over_seeds([s / t for s, t in live])
     return Estimate(e.mean, max(0.0, e.low), min(1.0, e.high))
+
+
+#: After a censor event, the network is unstable for this long (S12's switches).
+STABLE_AFTER = 60.0
+#: S12's switches are counted in windows of this many seconds.
+SWITCH_WINDOW = 300.0
+
+
+def stable_switches(
+    switches: Sequence[Sequence[float]], events: Sequence[float], start: float, end: float
+) -> tuple[int, int, float]:
+    """Of per-user switch times (seconds after t0), those on a stable network:
+    not within :data:`STABLE_AFTER` of a censor event at ``events``. Returns the
+    most one user made in any :data:`SWITCH_WINDOW`, how many there were, and
+    the stable seconds between ``start`` and ``end``."""
+    unstable = sorted((e, e + STABLE_AFTER) for e in events)
+
+    def stable(t: float) -> bool:
+        return not any(a <= t < b for a, b in unstable)
+
+    peak = total = 0
+    for times in switches:
+        kept = sorted(t for t in times if stable(t))
+        total += len(kept)
+        for i, t in enumerate(kept):
+            peak = max(peak, bisect.bisect_left(kept, t + SWITCH_WINDOW) - i)
+    covered, reach = 0.0, start
+    for a, b in unstable:
+        lo, hi = max(a, reach), min(b, end)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return peak, total, max(0.0, end - start - covered)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -184,6 +218,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
             else math.nan
         ),
         "peak_rss_mib": max(r.peak_rss_kib for r in results) / 1024,
+        "home_mib": max(r.home_bytes for r in results) / (1 << 20),
         "failure_classes": failures,
         "collateral_damage": _ratio(browse),
         "censor_events": results[0].censor_events,
@@ -214,6 +249,15 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "path_p50": _percentile([t for r in results for t in r.path_times], 0.5),
         "path_p99": _percentile([t for r in results for t in r.path_times], 0.99),
         "dials": sum(len(r.path_times) for r in results),
+        "switches": [
+            stable_switches(
+                r.switches,
+                [t for t, _ in r.censor_events],
+                -scenario.run.warmup,
+                scenario.run.duration,
+            )
+            for r in results
+        ],
         "node_probes": sum(r.node_probes for r in results),
         "node_probes_unlike_noise": sum(r.node_probes_unlike_noise for r in results),
         "restart_replays": sum(r.restart_replays for r in results),
@@ -295,13 +339,7 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
         checks.append(Check("a clear error beyond 24 h of skew",
                           f"{told} of {skewed}, {false} false alarms",
                           "all, 0 false", told == skewed and not false))  # fmt: skip
-    if p.path_median:
-        checks.append(Check(f"working path: median of {f['dials']} dials",
-                          f"{f['path_p50']:.1f} s", f"<= {p.path_median:g} s",
-                          f["path_p50"] <= p.path_median))  # fmt: skip
-    if p.path_p99:
-        checks.append(Check("working path: p99 of the dials", f"{f['path_p99']:.1f} s",
-                          f"<= {p.path_p99:g} s", f["path_p99"] <= p.path_p99))  # fmt: skip
+    checks += _path_checks(p, f)
     if scenario.topology.lan:
         found = f["lan_found_within"]
         checks.append(Check(f"LAN neighbours found within {p.lan_discovery:g} s", found.text(),
@@ -323,6 +361,26 @@ def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
             checks.append(Check(f"replays answered after a restart (of {replays} replayed)",
                               str(answered) if replays else "none replayed", "0",
                               replays > 0 and answered == 0))  # fmt: skip
+    return checks
+
+
+def _path_checks(p: Pass, f: dict[str, Any]) -> list[Check]:
+    """S12's: how soon users' dials find a working path, how often they switch."""
+    checks: list[Check] = []
+    if p.path_median:
+        checks.append(Check(f"working path: median of {f['dials']} dials",
+                          f"{f['path_p50']:.1f} s", f"<= {p.path_median:g} s",
+                          f["path_p50"] <= p.path_median))  # fmt: skip
+    if p.path_p99:
+        checks.append(Check("working path: p99 of the dials", f"{f['path_p99']:.1f} s",
+                          f"<= {p.path_p99:g} s", f["path_p99"] <= p.path_p99))  # fmt: skip
+    if p.switches:
+        peak, window = max(s[0] for s in f["switches"]), SWITCH_WINDOW / 60
+        made, stable = sum(s[1] for s in f["switches"]), sum(s[2] for s in f["switches"])
+        checks.append(Check(f"transport switches by a user in {window:g} min, stable network",
+                          f"{peak} ({made} in {stable / 60:.0f} stable min)" if stable
+                          else "no stable period", f"<= {p.switches}",
+                          stable > 0 and peak <= p.switches))  # fmt: skip
     return checks
 
 
@@ -435,7 +493,7 @@ def table(v: Verdict) -> str:
         ("wire bytes per payload byte", f"{f['wire_bytes_per_payload_byte']:.0f}"),
         ("collateral damage (unrelated fetches broken)", f["collateral_damage"].text()),
         ("failure classes (OONI)", classes or "none"),
-        ("peak memory", f"{f['peak_rss_mib']:.0f} MiB"),
+        ("peak memory", f"{f['peak_rss_mib']:.0f} MiB, and {f['home_mib']:.0f} MiB of node files"),
     ]
     width = max(len(r[0]) for r in [*rows, *info])
     lines = [f"{v.scenario.id}  {v.scenario.title}   seeds {', '.join(map(str, f['seeds']))}", ""]

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
+from p2pmsg.dialer import Dialled
 from p2pmsg.sim.scenario import CensorRule
 
 
@@ -37,6 +40,9 @@ class SeedResult:
     wire_bytes: int = 0
     payload_bytes: int = 0
     peak_rss_kib: int = 0
+    home_bytes: int = 0
+    """The nodes' files at the end (their SQLite stores): memory as well when
+    the homes are on a RAM disk (:data:`p2pmsg.sim.replays.SCRATCH`)."""
     t0: float = 0.0
     probes: int = 0
     probed_nodes_answering: int = 0
@@ -118,6 +124,9 @@ class SeedResult:
     path_times: list[float] = field(default_factory=list)
     """Seconds each dial of a user took to a working link while the traffic
     ran (inf: it failed)."""
+    switches: list[list[float]] = field(default_factory=list)
+    """Per user: when (seconds after t0; negative in the warm-up) a link came
+    up over another transport than the last link it made."""
     lan_found: list[float] = field(default_factory=list)
     """Per user and LAN neighbour: seconds from both being up to the first
     sighting (inf if never)."""
@@ -129,6 +138,13 @@ class SeedResult:
             for k, t in self.sent.items()
             if k in self.received and (only is None or k in only)
         ]
+
+
+def transport_switches(dials: Sequence[tuple[float, Dialled]]) -> list[float]:
+    """When, of one node's ``(time, dial)`` in time order, a dial won over
+    another transport than the last dial that won (S12's switches)."""
+    winners = [(when, dial.winner) for when, dial in dials if dial.winner is not None]
+    return [when for (_, before), (when, now) in pairwise(winners) if now != before]
 
 
 def heals(rule: CensorRule) -> bool:

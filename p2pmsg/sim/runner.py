@@ -70,7 +70,6 @@ import itertools
 import math
 import random
 import resource
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from functools import partial
@@ -94,7 +93,7 @@ from p2pmsg.sim.flood import Flood
 from p2pmsg.sim.lan import SimLan
 from p2pmsg.sim.lists import Lists
 from p2pmsg.sim.prober import Prober
-from p2pmsg.sim.result import SeedResult, heals
+from p2pmsg.sim.result import SeedResult, heals, transport_switches
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.sybils import Sybils
 from p2pmsg.sim.tamper import Insiders
@@ -177,7 +176,8 @@ class _Run:
         """Nodes stopping or starting again; set once each is back."""
         self.drained: dict[str, trio.Event] = {}
         """Nodes waiting to stop until their sends under way are done."""
-        self.dials: dict[str, list[Dialled]] = {}
+        self.dials: dict[str, list[tuple[float, Dialled]]] = {}
+        """User -> (seconds after t0, dial) of its dials up to the end."""
         """Per user: each dial while the traffic runs (t0 to the end)."""
         self.prober: Prober | None = None
         self.insiders = Insiders(
@@ -311,8 +311,8 @@ class _Run:
             self.down.pop(name).set()
 
     def dialled(self, name: str, dial: Dialled) -> None:
-        if self.t0 <= trio.current_time() <= self.end:
-            self.dials.setdefault(name, []).append(dial)
+        if (now := trio.current_time()) <= self.end:
+            self.dials.setdefault(name, []).append((now - self.t0, dial))
 
     def stops(self, name: str) -> list[tuple[float, bool]]:
         """When node ``name`` stops, and whether it moves to a new address then."""
@@ -633,6 +633,9 @@ class _Run:
             elif name in self.groups["users"]:
                 self.result.clock_false_alarms += alarm
         self.result.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.result.home_bytes = sum(
+            f.stat().st_size for f in self.world.root.rglob("*") if f.is_file()
+        )
 
     def collect_residuals(self) -> None:
         """S4: the users' tries of each 3-tuple inside one residual block."""
@@ -643,10 +646,14 @@ class _Run:
                     self.result.residual_retries.append(syns)
 
     def collect_dials(self) -> None:
-        """S12: how long users' dials took to a working link (inf: failed)."""
+        """S12: how long users' dials took to a working link while the traffic
+        ran (inf: failed), and when they switched transports (warm-up too)."""
         for user in self.groups["users"]:
             dials = self.dials.get(user, [])
-            self.result.path_times += [d.seconds if d.winner else math.inf for d in dials]
+            self.result.path_times += [
+                d.seconds if d.winner else math.inf for t, d in dials if t >= 0
+            ]
+            self.result.switches.append(transport_switches(dials))
 
     def collect_lan(self) -> None:
         users = [u for u in self.groups["users"] if self.lan(u) is not None]
@@ -705,9 +712,9 @@ async def run_seed(
         for name in run.groups["control"]:
             nursery.start_soon(run.newcomer, name, run.result.control_joined)
         run.start_last(nursery)
-        hour = 0
-        while trio.current_time() < run.end + scenario.run.drain:
-            await trio.sleep(3600.0)
+        hour, finish = 0, run.end + scenario.run.drain
+        while (now := trio.current_time()) < finish:  # an hour at a time, for the progress line
+            await trio.sleep_until(min(now + 3600.0, finish))
             hour += 1
             if progress is not None:
                 got, sent = len(run.result.received), len(run.result.sent)
@@ -749,7 +756,9 @@ def _run_once(
     *,
     calm: bool = False,
 ) -> SeedResult:
-    with tempfile.TemporaryDirectory(prefix="p2pmsg-sim-") as tmp, seeded_scheduler(seed):
+    # The homes on a RAM disk when there is one: simulated time does not pass
+    # while SQLite syncs, so a disk's fsyncs would cost only wall time.
+    with replays.scratch_dir("p2pmsg-sim-") as tmp, seeded_scheduler(seed):
         clock = trio.testing.MockClock(autojump_threshold=0)
         go = partial(run_seed, calm=calm)
         return trio.run(go, scenario, seed, Path(tmp), progress, wrappers, clock=clock)

@@ -214,6 +214,11 @@ class Pass:
     residual_tries: int = 0
     """With a value: the most SYNs a user may send on one 3-tuple inside one
     window of a residual block (S4: retried at most once per 180 s)."""
+    switches: int = 0
+    """With a value: the most transport switches one user may make in any 5
+    minutes on a stable network (S12: 1). A switch is a link made over
+    another transport than the user's last link; the network is stable from
+    the warm-up on, except for a minute after each censor event."""
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
