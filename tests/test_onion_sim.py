@@ -302,7 +302,8 @@ async def run_world(tmp_path: Path, size: Size, seed: int) -> None:
 SIZES = (
     [pytest.param(FULL, id="full", marks=pytest.mark.timeout(3600))]
     if os.environ.get("P2PMSG_SIM_FULL")
-    else [pytest.param(QUICK, id="quick")]
+    # about 4 minutes of a core alone, so past the suite's 300 s beside other tests
+    else [pytest.param(QUICK, id="quick", marks=pytest.mark.timeout(900))]
 )
 
 
