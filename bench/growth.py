@@ -204,7 +204,8 @@ def peak_mib() -> float:
 
 def dht_point(nodes: int, lookups: int, rounds: int, kademlia: bool) -> Row:
     """One network size, both sides, as ``bench.dht_vs_kademlia`` runs it."""
-    args = argparse.Namespace(nodes=nodes, lookups=lookups, rounds=rounds, rtt_ms=RTT_MS, seed=SEED)
+    flags = {"nodes": nodes, "lookups": lookups, "rounds": rounds, "rtt-ms": RTT_MS, "seed": SEED}
+    args = dvk.parse_args([f"--{name}={value}" for name, value in flags.items()])
     peer = dvk.KademliaPeer(nodes, SEED) if kademlia else None
     clock = MockClock(autojump_threshold=0)
     try:
