@@ -177,8 +177,8 @@ class _Run:
         self.drained: dict[str, trio.Event] = {}
         """Nodes waiting to stop until their sends under way are done."""
         self.dials: dict[str, list[tuple[float, Dialled]]] = {}
-        """User -> (seconds after t0, dial) of its dials up to the end."""
-        """Per user: each dial while the traffic runs (t0 to the end)."""
+        """User -> (seconds after t0, dial) of its dials up to the end, the
+        warm-up's included (S12's switches; its path times start at t0)."""
         self.prober: Prober | None = None
         self.insiders = Insiders(
             self.result, self.tampering(), seed, duplicate=topo.duplicate, reorder=topo.reorder
