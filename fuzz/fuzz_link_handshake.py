@@ -116,7 +116,10 @@ def seeds() -> dict[str, bytes]:
     payer.pay(
         trio.run(
             lambda: puzzle.solve_nonce(
-                priced.price, person=wire.POW_PERSON, checkpoint=trio.lowlevel.checkpoint
+                priced.price,
+                person=wire.POW_PERSON,
+                checkpoint=trio.lowlevel.checkpoint,
+                first=bytes(puzzle.NONCE_BYTES),
             )
         )
     )

@@ -117,20 +117,29 @@ async def solve_nonce(
     person: bytes,
     subject: bytes = b"",
     checkpoint: Callable[[], Awaitable[None]],
+    first: bytes,
 ) -> bytes:
-    """A nonce that pays ``price`` (about ``price.effort`` hashes), awaiting
-    ``checkpoint`` (``trio.lowlevel.checkpoint``) every :data:`SLICE` hashes.
-    Raises ``ValueError`` above :data:`MAX_EFFORT`."""
+    """A nonce that pays ``price`` (about ``price.effort`` hashes), trying
+    nonces from ``first`` on and awaiting ``checkpoint``
+    (``trio.lowlevel.checkpoint``) every :data:`SLICE` hashes. Raises
+    ``ValueError`` above :data:`MAX_EFFORT`.
+
+    ``first`` must be random (:data:`NONCE_BYTES` of it), as a Tor client
+    draws its nonce: clients that pay one price for one subject, as every
+    handshake under one seed does, would otherwise all find the same nonce,
+    and a proof is spent once, so all but the first were refused."""
     if not 1 <= price.effort <= MAX_EFFORT:
         raise ValueError(f"an effort of {price.effort} is more work than we do for one request")
+    if len(first) != NONCE_BYTES:
+        raise ValueError(f"the first nonce is {NONCE_BYTES} bytes")
     state = _work(price, person, subject)
-    start = 0
+    counter = int.from_bytes(first, "big")
     while True:
-        for counter in range(start, start + SLICE):
+        for _ in range(SLICE):
             nonce = counter.to_bytes(NONCE_BYTES, "big")
             if _meets(_hash(state, nonce), price.effort):
                 return nonce
-        start += SLICE
+            counter = (counter + 1) % (1 << (8 * NONCE_BYTES))
         await checkpoint()
 
 

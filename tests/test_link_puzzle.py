@@ -7,6 +7,8 @@ in memory, the adapter's tests run over a framed in-memory link pair.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 
@@ -42,10 +44,10 @@ def responder(pricing: Pricing, window: ReplayWindow, seed: int = 1_000) -> Link
     )
 
 
-def solve(price: Price) -> bytes:
+def solve(price: Price, first: bytes = bytes(puzzle.NONCE_BYTES)) -> bytes:
     return trio.run(
         lambda: puzzle.solve_nonce(
-            price, person=wire.POW_PERSON, checkpoint=trio.lowlevel.checkpoint
+            price, person=wire.POW_PERSON, checkpoint=trio.lowlevel.checkpoint, first=first
         )
     )
 
@@ -149,6 +151,58 @@ def test_a_proof_pays_once() -> None:
     thief.pay(nonce)
     refused_silently(resp2, thief.data_to_send(), "did not pay")
     assert pricing.stats()["refused_proofs"] == 1
+
+
+def test_clients_asked_one_price_each_find_a_proof_of_their_own() -> None:
+    """Every handshake under one seed pays the same price for the same (empty)
+    subject: from one starting nonce they would all find one proof, which
+    pays once, and a flooded node let in one honest peer per seed (S16)."""
+    pricing, window = busy_pricing(), ReplayWindow(WINDOW)
+    for n in range(3):
+        init, resp = initiator(seed=20 + n), responder(pricing, window, seed=1_010 + n)
+        _, price = priced(init, resp)
+        init.pay(solve(price, [bytes(8), b"\x5a" * 8, b"\xa5" * 8][n]))
+        resp.receive_data(init.data_to_send())
+        assert resp.next_event() == Established(ALICE.public)
+    assert pricing.stats()["paid"] == 3
+    assert pricing.stats()["refused_proofs"] == 0
+
+
+def test_the_search_for_a_nonce_wraps_around() -> None:
+    price = Price(bytes(16), MIN_EFFORT)
+    nonce = solve(price, b"\xff" * puzzle.NONCE_BYTES)
+    assert puzzle.proof(price, nonce, person=wire.POW_PERSON) is not None
+
+
+async def test_connect_secure_draws_its_first_nonce_from_its_rng(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two clients of a priced responder, each with a generator of its own,
+    both get in (with one starting nonce the second would be refused)."""
+    pricing = Pricing(_rng(7), calm=CALM, window=10.0)
+    for _ in range(CALM + 1):
+        pricing.ask(trio.current_time())
+    await trio.sleep(10.0)  # the busy window closes: the next flights are priced
+    window = ReplayWindow(WINDOW)
+    for n in range(2):
+        client_link, server_link = memory_link_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    accept_secure,
+                    server_link,
+                    BOB,
+                    window,
+                    wall_clock=lambda: NOW,
+                    rng=_rng(100 + n),
+                    pricing=pricing,
+                )
+            )
+            await connect_secure(
+                client_link, ALICE, BOB.public, wall_clock=lambda: NOW, rng=_rng(200 + 50 * n)
+            )
+    assert pricing.stats()["paid"] == 2
+    assert pricing.stats()["refused_proofs"] == 0
 
 
 def _price_frame(price_tail: bytes) -> bytes:

@@ -26,6 +26,7 @@ from p2pmsg.puzzle import (
     CALM,
     MAX_EFFORT,
     MIN_EFFORT,
+    NONCE_BYTES,
     WINDOW,
     Price,
     Pricing,
@@ -35,8 +36,8 @@ from p2pmsg.puzzle import (
 )
 
 __all__ = [
-    "CALM", "MAX_EFFORT", "MIN_EFFORT", "WINDOW", "Paid", "Price", "Pricing", "check",
-    "decode_paid", "decode_price", "encode_paid", "encode_price", "proof", "solve",
+    "CALM", "MAX_EFFORT", "MIN_EFFORT", "NONCE_BYTES", "WINDOW", "Paid", "Price", "Pricing",
+    "check", "decode_paid", "decode_price", "encode_paid", "encode_price", "proof", "solve",
 ]  # fmt: skip
 
 _PERSON: Final = b"p2pmsg dht pow"
@@ -81,11 +82,17 @@ def check(paid: Paid, writer: bytes) -> bool:
     return proof(paid, writer) is not None
 
 
-async def solve(price: Price, writer: bytes, method: int, body: bytes) -> Paid:
+async def solve(price: Price, writer: bytes, method: int, body: bytes, *, first: bytes) -> Paid:
     """A PAID write for ``price`` (about ``price.effort`` hashes), checkpointing
-    as it works. Raises ``ValueError`` above :data:`MAX_EFFORT`."""
+    as it works, trying nonces from ``first`` (random, see
+    :func:`p2pmsg.puzzle.solve_nonce`). Raises ``ValueError`` above
+    :data:`MAX_EFFORT`."""
     subject = _subject(writer, method, body)
     nonce = await solve_nonce(
-        price, person=_PERSON, subject=subject, checkpoint=trio.lowlevel.checkpoint
+        price,
+        person=_PERSON,
+        subject=subject,
+        checkpoint=trio.lowlevel.checkpoint,
+        first=first,
     )
     return Paid(method, price, nonce, body)

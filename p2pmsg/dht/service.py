@@ -388,7 +388,8 @@ class Dht:
         if response.status is rpc.Status.PUZZLE and method in PRICED:
             try:
                 price = puzzle.decode_price(response.body)
-                paid = await puzzle.solve(price, self.identity.node_id, method, body)
+                first = self._rng(puzzle.NONCE_BYTES)
+                paid = await puzzle.solve(price, self.identity.node_id, method, body, first=first)
             except (RemoteProtocolError, ValueError) as exc:
                 raise RpcFailed(f"{method.name} not paid for: {exc}") from exc
             paid_body = puzzle.encode_paid(paid)

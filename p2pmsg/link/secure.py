@@ -136,7 +136,10 @@ async def _send_handshake(data: bytes, link: Link) -> None:
 
 
 async def _handshake(
-    conn: LinkConnection, link: Link, before_reply: Callable[[], Awaitable[None]] | None = None
+    conn: LinkConnection,
+    link: Link,
+    rng: Callable[[int], bytes],
+    before_reply: Callable[[], Awaitable[None]] | None = None,
 ) -> Established:
     while True:
         event = conn.next_event()
@@ -148,7 +151,10 @@ async def _handshake(
             return event
         if isinstance(event, Priced):
             nonce = await puzzle.solve_nonce(
-                event.price, person=wire.POW_PERSON, checkpoint=trio.lowlevel.checkpoint
+                event.price,
+                person=wire.POW_PERSON,
+                checkpoint=trio.lowlevel.checkpoint,
+                first=rng(puzzle.NONCE_BYTES),
             )
             conn.pay(nonce)
             continue
@@ -178,7 +184,7 @@ async def connect_secure(
     conn.initiate()
     try:
         with trio.fail_after(timeout):
-            await _handshake(conn, link)
+            await _handshake(conn, link, rng)
     except trio.TooSlowError as exc:
         await _close_quietly(link)
         raise HandshakeError("no answer to the handshake") from exc
@@ -220,7 +226,7 @@ async def accept_secure(
     )
     try:
         with trio.fail_after(timeout):
-            established = await _handshake(conn, link, before_reply)
+            established = await _handshake(conn, link, rng, before_reply)
     except (HandshakeError, RemoteProtocolError, trio.TooSlowError) as exc:
         log.debug("refused a handshake: %s", exc)
         await _drain_until(link, deadline)
