@@ -138,7 +138,7 @@ class OnionService:
             "packet_links": len(self.links),
             "packets_resent": self.links.resent,
             "silent_links": self.links.silent,
-            "ack_timeout": round(self.path.timer.rto(), 3),
+            "ack_timeout": round(self.path.timer.rto(trio.current_time()), 3),
         }
 
     async def start(self, endpoints: list[str], capabilities: frozenset[str]) -> None:

@@ -38,9 +38,9 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S13": ("FAIL", NONE),
     "S14": ("PASS", NONE),
     "S15": ("PASS", NONE),
-    "S16": ("FAIL", frozenset({"latency p99 of the flooded users' messages"})),
+    "S16": ("PASS", NONE),
     "S17": ("PASS", NONE),
-    "S18": ("FAIL", frozenset({"delivered within 30 s"})),
+    "S18": ("PASS", NONE),
     "S19": ("FAIL", NONE),
     "S20": ("PASS", NONE),
 }

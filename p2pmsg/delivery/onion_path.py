@@ -350,7 +350,8 @@ class OnionPath:
         self.scores.route_succeeded(record.relays, self._wall_clock())
         sent = self._sent.pop(surb_id, None)
         if sent is not None:
-            self.timer.sample(trio.current_time() - sent)
+            now = trio.current_time()
+            self.timer.sample(now - sent, now)
         return record.message, reply
 
     async def unreadable(self, message_id: bytes) -> None:

@@ -126,7 +126,8 @@ class Sender:
             # A direct link carries every queued message for the peer at once;
             # an onion attempt is one packet per message, sent only when due.
             batch = await self.store.pending_for_peer(peer, limit=self.batch, due=now)
-            first = self.onion.timer.rto() if self.onion is not None else rto.INITIAL_RTO
+            onion = self.onion
+            first = onion.timer.rto(trio.current_time()) if onion is not None else rto.INITIAL_RTO
             schedule = []
             for message in batch:
                 jitter = int.from_bytes(self._rng(2), "big") / 65536
