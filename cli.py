@@ -31,6 +31,7 @@ import trio
 from p2pmsg import bootstrap, control
 from p2pmsg.abc import Transport
 from p2pmsg.contacts import contact_from_text
+from p2pmsg.delivery import files
 from p2pmsg.dht import records
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadInvite, HomeError, NotFound, P2PMsgError
@@ -345,6 +346,49 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send_file(args: argparse.Namespace) -> int:
+    path = Path(args.path).resolve()
+    if not path.is_file():
+        raise HomeError(f"{args.path}: not a file")
+    request = {"op": "send_file", "to": args.name, "path": str(path), "direct": args.direct}
+    reply = _ask(home_of(args), request)
+    _out(reply["id"])
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    """Write a received file into a directory, under a name nothing there has."""
+    home = home_of(args)
+    home.load_identity()
+    try:
+        file_id = bytes.fromhex(args.id)
+    except ValueError:
+        raise NotFound(f"no file {args.id!r}: an id is 32 hex digits") from None
+    with Database.open(home.db_file) as db:
+        found = db.get_file(file_id)
+    if found is None:
+        raise NotFound(f"no received file {args.id}")
+    name, data = files.decode_file(found.body)
+    target = _free_name(Path(args.dir), name)
+    try:
+        with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise HomeError(f"cannot write {target}: {exc.strerror}") from None
+    _out(str(target))
+    return 0
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name (2)``, ``name (3)``... if it is taken."""
+    stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+    target, n = folder / name, 1
+    while target.exists():
+        n += 1
+        target = folder / f"{stem} ({n}){dot}{ext}"
+    return target
+
+
 def _list(args: argparse.Namespace, op: str) -> int:
     reply = _ask(home_of(args), {"op": op, "limit": args.limit})
     for item in reply["items"]:
@@ -488,6 +532,16 @@ def _add_bootstrap(sub: Any) -> None:
     p.set_defaults(func=cmd_bootstrap_import)
 
 
+def _add_files(add: Callable[[str, Command, str], argparse.ArgumentParser]) -> None:
+    p = add("send-file", cmd_send_file, "queue a file (up to 64 MiB) with the running node")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.add_argument("--direct", action="store_true", help="as for send")
+    p = add("save", cmd_save, "write a received file (its id is in the inbox) to a directory")
+    p.add_argument("id", metavar="FILE_ID")
+    p.add_argument("--dir", default=".", help="where to write it (default: here)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pmsg", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="state directory (default: $P2PMSG_HOME or per-user)")
@@ -523,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip onion routing: dial the contact (who then learns your address)",
     )
+    _add_files(add)
     for name, func in (("inbox", cmd_inbox), ("outbox", cmd_outbox)):
         p = add(name, func, f"list the {name}")
         p.add_argument("--json", action="store_true")

@@ -12,6 +12,7 @@ Run under atheris (see fuzz/README.md)::
 
 from __future__ import annotations
 
+from p2pmsg.delivery.files import split
 from p2pmsg.delivery.frames import (
     HEADER_BYTES,
     AckFrame,
@@ -57,6 +58,7 @@ def seeds() -> dict[str, bytes]:
         "bad_version": b"\x02" + text[1:],
         "bad_type": text[:1] + b"\x03" + text[2:],
         "bad_kind": text[:26] + b"\x09" + text[27:],
+        "file_part": encode(MsgFrame(ID, 0, MessageKind.FILE_PART, split(ID, "a.txt", b"hi")[0])),
         "empty": b"",
     }
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pmsg.delivery import files
+from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import (
     ControlError,
     HomeError,
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 256 * 1024
 MAX_LIMIT = 1000
-OPS = frozenset({"send", "inbox", "outbox", "status", "peers", "lookup"})
+OPS = frozenset({"send", "send_file", "inbox", "outbox", "status", "peers", "lookup"})
 TIMEOUT = 30.0
 LOOKUP_TIMEOUT = 110.0  # a DHT lookup may need many round trips; the CLI waits 120 s
 MAX_SOCKET_PATH = 108  # sun_path on Linux, NUL included
@@ -54,6 +56,8 @@ class Request:
     limit: int = 100
     node_id: bytes = b""
     direct: bool = False
+    path: str = ""
+    """For ``send_file``: the file, read by the node (the socket is the owner's only)."""
 
 
 def parse_request(line: bytes) -> Request:
@@ -67,12 +71,15 @@ def parse_request(line: bytes) -> Request:
     op = data.get("op") if isinstance(data, dict) else None
     if not isinstance(op, str) or op not in OPS:
         raise ControlError("unknown operation")
-    if op == "send":
-        to, text, direct = data.get("to"), data.get("text"), data.get("direct", False)
+    if op in ("send", "send_file"):
+        what = "text" if op == "send" else "path"
+        to, text, direct = data.get("to"), data.get(what), data.get("direct", False)
         if not isinstance(to, str) or not isinstance(text, str):
-            raise ControlError("send needs string 'to' and 'text'")
+            raise ControlError(f"{op} needs string 'to' and '{what}'")
         if not isinstance(direct, bool):
             raise ControlError("'direct' is true or false")
+        if op == "send_file":
+            return Request(op, to=to, path=text, direct=direct)
         return Request(op, to=to, text=text, direct=direct)
     if op == "lookup":
         node_id = data.get("id")
@@ -221,6 +228,11 @@ def node_handler(node: Node) -> Handler:
         if request.op == "send":
             message_id = await node.send(request.to, request.text, direct=request.direct)
             return {"id": message_id.hex()}
+        if request.op == "send_file":
+            data = await _read_file(request.path)
+            name = Path(request.path).name
+            file_id = await node.send_file(request.to, data, name, direct=request.direct)
+            return {"id": file_id.hex()}
         if request.op == "status":
             return await node.status()
         if request.op == "lookup":
@@ -231,14 +243,23 @@ def node_handler(node: Node) -> Handler:
         items = []
         if request.op == "inbox":
             for m in await node.store.list_inbox(request.limit):
-                text = m.body.decode("utf-8", errors="replace")
+                text = _text(m.kind, m.body, m.id)
                 name = await peer_name(m.peer)
                 items.append(_item(m.id, name, text, "received", m.received))
         else:
+            files_seen = set()
             for o in await node.store.list_outbox(request.limit):
-                text = o.body.decode("utf-8", errors="replace")
+                message_id, state, text = o.id, _shown(o), _text(o.kind, o.body, o.id)
+                if o.kind is MessageKind.FILE_PART:  # one line per file, not per part
+                    part = files.decode_part(o.body)
+                    if part.file in files_seen:
+                        continue
+                    files_seen.add(part.file)
+                    acked, count = await node.store.file_progress(o.peer, part.file)
+                    message_id, text = part.file, f"[file {part.name}: {acked} of {count} parts]"
+                    state = "delivered" if acked == count else state
                 time_ = o.delivered if o.delivered is not None else o.created
-                items.append(_item(o.id, await peer_name(o.peer), text, _shown(o), time_))
+                items.append(_item(message_id, await peer_name(o.peer), text, state, time_))
         return {"items": items}
 
     return handle
@@ -253,6 +274,25 @@ async def _lookup(node: Node, node_id: bytes) -> dict[str, Any]:
 
 def _peer_item(peer: Peer) -> dict[str, Any]:
     return {"node_id": peer.node_id.hex(), "endpoints": list(peer.endpoints), "prefix": peer.prefix}
+
+
+async def _read_file(path: str) -> bytes:
+    """The file to send; :class:`ControlError` when it cannot be read or is too large."""
+    file = trio.Path(path)
+    try:
+        if (await file.stat()).st_size > files.MAX_FILE_BYTES:
+            raise ControlError(f"{path}: larger than {files.MAX_FILE_BYTES >> 20} MiB")
+        return await file.read_bytes()
+    except OSError as exc:
+        raise ControlError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _text(kind: MessageKind, body: bytes, message_id: bytes) -> str:
+    """A message's body as a listing shows it: a file as its name and size."""
+    if kind is MessageKind.FILE:
+        name, data = files.decode_file(body)
+        return f"[file {name}, {len(data):,} bytes: p2pmsg save {message_id.hex()}]"
+    return body.decode("utf-8", errors="replace")
 
 
 def _shown(message: OutboxMessage) -> str:

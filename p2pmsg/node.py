@@ -34,7 +34,7 @@ from p2pmsg import join
 from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport, remote_host
 from p2pmsg.admission import Admission, Limits, Ticket
 from p2pmsg.bootstrap import BootstrapLists
-from p2pmsg.delivery import frames, onion_frames
+from p2pmsg.delivery import files, frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.liveness import NetworkWatch
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
@@ -133,6 +133,9 @@ class ReceivedMessage:
     body: bytes = field(repr=False)
     sent: float
     received: float
+    filename: str | None = None
+    """A file's name as its sender gave it (``kind`` FILE, ``body`` its
+    contents); never a path, but check it before saving under it."""
 
     @property
     def text(self) -> str:
@@ -229,7 +232,7 @@ class Node:
             max_parallel_peers=options.max_parallel_peers,
             ack_timeout=options.ack_timeout,
             poll_interval=options.poll_interval,
-            on_delivered=self._delivered,
+            on_acked=self._acked,
             onion=self.onion.path,
             wall_clock=wall_clock,
             rng=rng,
@@ -382,9 +385,6 @@ class Node:
         contact, or ``max_queued`` in all: nothing is dropped, the caller is
         told) or ``ValueError`` (too large).
         """
-        found = await self.store.get_contact(contact)
-        if found is None:
-            raise UnknownContact(contact)
         kind, body = (
             (MessageKind.TEXT, data.encode())
             if isinstance(data, str)
@@ -393,26 +393,62 @@ class Node:
         limit = frames.MAX_BODY if direct else MAX_ONION_BODY
         if len(body) > limit:
             raise ValueError(f"message larger than {limit} bytes")
-        now = self._wall_clock()
-        message = OutboxMessage(
-            id=self._rng(frames.ID_BYTES),
-            peer=found.node_id,
-            kind=kind,
-            body=body,
-            created=now,
-            expires=now + self.options.message_ttl,
-            attempts=0,
-            next_attempt=now,
-            delivered=None,
-            direct=direct,
+        message_id = self._rng(frames.ID_BYTES)
+        await self._enqueue(contact, [(message_id, kind, body)], direct)
+        return message_id
+
+    async def send_file(
+        self, contact: str, data: bytes, name: str, *, direct: bool = False
+    ) -> bytes:
+        """Queue the file ``data`` called ``name`` for ``contact``; return its id.
+
+        The file goes in parts (:mod:`p2pmsg.delivery.files`), each an
+        outbox message of its own, a few at a time: a transfer cut off by a
+        reset or a restart goes on from the parts not yet acked. Once every
+        part is acked, :meth:`deliveries` reports the file's id (after the
+        parts' ids). The recipient sees one message of kind FILE with
+        ``filename``. Raises as :meth:`send` does; ``OutboxFull`` when the
+        parts do not fit, ``ValueError`` for a bad name or a file over
+        :data:`~p2pmsg.delivery.files.MAX_FILE_BYTES`.
+        """
+        file_id = self._rng(files.FILE_ID_BYTES)
+        parts = files.split(file_id, name, data)
+        await self._enqueue(
+            contact,
+            [(self._rng(frames.ID_BYTES), MessageKind.FILE_PART, part) for part in parts],
+            direct,
         )
-        await self.store.enqueue(
-            message,
+        return file_id
+
+    async def _enqueue(
+        self, contact: str, bodies: list[tuple[bytes, MessageKind, bytes]], direct: bool
+    ) -> None:
+        """Commit ``(id, kind, body)`` messages for ``contact``, all or none."""
+        found = await self.store.get_contact(contact)
+        if found is None:
+            raise UnknownContact(contact)
+        now = self._wall_clock()
+        messages = [
+            OutboxMessage(
+                id=message_id,
+                peer=found.node_id,
+                kind=kind,
+                body=body,
+                created=now,
+                expires=now + self.options.message_ttl,
+                attempts=0,
+                next_attempt=now,
+                delivered=None,
+                direct=direct,
+            )
+            for message_id, kind, body in bodies
+        ]
+        await self.store.enqueue_all(
+            messages,
             max_for_peer=self.options.max_queued_per_contact,
             max_total=self.options.max_queued,
         )
         self._sender.wake()
-        return message.id
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -576,7 +612,9 @@ class Node:
             self.stats.received += 1
         else:
             self.stats.duplicates += 1
-        if not message.seq:
+        if message.kind is MessageKind.FILE_PART:
+            shown = await self.store.release_files(message.peer, self._wall_clock()) if new else []
+        elif not message.seq:
             shown = [message] if new else []
         else:
             wait = self.options.reorder_wait
@@ -588,18 +626,29 @@ class Node:
     async def _show(self, shown: list[InboxMessage]) -> None:
         for m in shown:
             contact = await self.store.contact_by_node_id(m.peer)
+            body, filename = m.body, None
+            if m.kind is MessageKind.FILE:
+                filename, body = files.decode_file(m.body)
             seen = ReceivedMessage(
-                m.id, m.peer, contact.name if contact else None, m.kind, m.body, m.sent, m.received
+                m.id,
+                m.peer,
+                contact.name if contact else None,
+                m.kind,
+                body,
+                m.sent,
+                m.received,
+                filename,
             )
             self._report(self._app_send, seen)
 
     async def _acked(self, message_id: bytes) -> None:
-        if await self.store.mark_delivered(message_id, self._wall_clock()):
-            self._delivered(message_id)
-
-    def _delivered(self, message_id: bytes) -> None:
-        self.stats.delivered += 1
-        self._report(self._delivered_send, message_id)
+        """A message's ack came: report it (and the file it completed) once."""
+        queued, file = await self.store.mark_acked(message_id, self._wall_clock())
+        if queued:
+            self.stats.delivered += 1
+            self._report(self._delivered_send, message_id)
+        if file is not None:
+            self._report(self._delivered_send, file)
 
     def _report(self, channel: trio.MemorySendChannel[Any], item: object) -> None:
         try:

@@ -40,6 +40,7 @@ import trio
 from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import OutboxFull, StoreError
 from p2pmsg.keys import KEY_BYTES, node_id_of
+from p2pmsg.store_files import FilesFull, FileTables
 from p2pmsg.store_link import LinkReplayTables
 from p2pmsg.store_onion import OnionTables, SurbRecord, insert_inbox
 from p2pmsg.store_schema import (
@@ -67,6 +68,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Contact",
     "Database",
+    "FilesFull",
     "InboxMessage",
     "MessageKind",
     "Offload",
@@ -91,6 +93,18 @@ Ts = TypeVarTuple("Ts")
 
 
 COUNT_QUEUED: Final = "SELECT n FROM queued_counts WHERE peer = ?"
+FILE_WINDOW: Final = 8
+"""Queued file parts sent to one peer at once (the rest wait for their acks):
+a quarter MiB in flight, so a transfer neither floods its routes nor the
+recipient's reassembly, and one lost part delays only itself."""
+_WAITING_PARTS: Final = (
+    "WITH waiting_parts AS (SELECT rowid FROM (SELECT rowid, row_number() OVER"
+    " (PARTITION BY peer ORDER BY created, rowid) AS n FROM outbox WHERE state = 'queued'"
+    " AND kind = ?) WHERE n > ?) "
+)
+"""The queued file parts past each peer's window, as ``waiting_parts``; its
+parameters are :data:`_WAITING_PARAMS`."""
+_WAITING_PARAMS: Final = (int(MessageKind.FILE_PART), FILE_WINDOW)
 
 
 def _count(rows: list[Any]) -> int:
@@ -104,7 +118,7 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
-class Database(OnionTables, LinkReplayTables):
+class Database(OnionTables, FileTables, LinkReplayTables):
     """The store over one SQLite connection; see the module docstring.
 
     Not thread-safe by itself: one caller at a time (:class:`Store` ensures it).
@@ -254,41 +268,67 @@ class Database(OnionTables, LinkReplayTables):
         id, :class:`OutboxFull` when ``max_for_peer`` messages for its peer, or
         ``max_total`` in all, are queued already (checked in the same
         transaction, so concurrent sends cannot overshoot)."""
-        if message.state is not OutboxState.QUEUED or message.delivered is not None:
-            raise ValueError("only a queued, undelivered message can be enqueued")
+        self.enqueue_all([message], max_for_peer=max_for_peer, max_total=max_total)
+
+    def enqueue_all(
+        self,
+        messages: Sequence[OutboxMessage],
+        *,
+        max_for_peer: int = MAX_QUEUED_PER_PEER,
+        max_total: int = MAX_QUEUED,
+    ) -> None:
+        """:meth:`enqueue` for messages to one peer, all or none: the parts of
+        a file (unnumbered, sent :data:`FILE_WINDOW` at a time) or messages."""
+        if not messages:
+            return
+        peer = messages[0].peer
+        for message in messages:
+            if message.state is not OutboxState.QUEUED or message.delivered is not None:
+                raise ValueError("only a queued, undelivered message can be enqueued")
+            if message.peer != peer:
+                raise ValueError("messages enqueued together go to one peer")
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (message.id,)).fetchall():
-                raise StoreError("a message with that id is already in the outbox")
+            for message in messages:
+                if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (message.id,)).fetchall():
+                    raise StoreError("a message with that id is already in the outbox")
             for_peer, total = (
-                _count(conn.execute(COUNT_QUEUED, (key,)).fetchall())
-                for key in (message.peer, ALL_QUEUED)
+                _count(conn.execute(COUNT_QUEUED, (key,)).fetchall()) for key in (peer, ALL_QUEUED)
             )
-            if for_peer >= max_for_peer:
+            if for_peer + len(messages) > max_for_peer:
                 raise OutboxFull(f"{for_peer} for this contact")
-            if total >= max_total:
+            if total + len(messages) > max_total:
                 raise OutboxFull(f"{total} in all")
             seq = conn.execute(
-                "SELECT coalesce(max(seq), 0) + 1 FROM outbox WHERE peer = ?", (message.peer,)
+                "SELECT coalesce(max(seq), 0) + 1 FROM outbox WHERE peer = ?", (peer,)
             ).fetchall()[0][0]
-            conn.execute(
-                "INSERT INTO outbox (id, peer, kind, body, created, expires, state, attempts,"
-                " next_attempt, delivered, direct, seq) VALUES (:id, :peer, :kind, :body,"
-                " :created, :expires, 'queued', :attempts, :next_attempt, NULL, :direct, :seq)",
-                {**vars(message), "seq": seq},
-            )
+            for message in messages:
+                numbered = message.kind is not MessageKind.FILE_PART
+                conn.execute(
+                    "INSERT INTO outbox (id, peer, kind, body, created, expires, state, attempts,"
+                    " next_attempt, delivered, direct, seq) VALUES (:id, :peer, :kind, :body,"
+                    " :created, :expires, 'queued', :attempts, :next_attempt, NULL, :direct,"
+                    " :seq)",
+                    {**vars(message), "seq": seq if numbered else 0},
+                )
+                seq += numbered
 
     def due_messages(self, now: float, limit: int = DEFAULT_LIMIT) -> list[OutboxMessage]:
         """Queued messages to try now, oldest first: due, and not past their expiry."""
         rows = self._rows(
-            SELECT_OUTBOX + "WHERE state = 'queued' AND next_attempt <= ? AND expires > ?"
-            " ORDER BY created, rowid LIMIT ?",
-            (now, now, _check_limit(limit)),
+            _WAITING_PARTS + SELECT_OUTBOX + "WHERE state = 'queued' AND next_attempt <= ?"
+            " AND expires > ? AND rowid NOT IN waiting_parts ORDER BY created, rowid LIMIT ?",
+            (*_WAITING_PARAMS, now, now, _check_limit(limit)),
         )
         return [outbox_from_row(row) for row in rows]
 
     def next_due_time(self) -> float | None:
-        """The earliest ``next_attempt`` of a queued message, None if none is queued."""
-        value = self._rows("SELECT min(next_attempt) FROM outbox WHERE state = 'queued'")[0][0]
+        """The earliest ``next_attempt`` of a queued message that may be sent
+        (a file's parts past :data:`FILE_WINDOW` may not), None if none is queued."""
+        value = self._rows(
+            _WAITING_PARTS + "SELECT min(next_attempt) FROM outbox"  # noqa: S608 - constants
+            " WHERE state = 'queued' AND rowid NOT IN waiting_parts",
+            _WAITING_PARAMS,
+        )[0][0]
         return None if value is None else float(value)
 
     def next_expiry_time(self) -> float | None:
@@ -301,17 +341,18 @@ class Database(OnionTables, LinkReplayTables):
     ) -> list[OutboxMessage]:
         """Queued messages for ``peer``, oldest first: whether due or not, or
         with ``due`` only those sent direct or due by then (so that older
-        messages waiting for a retry never hide newer ones past ``limit``).
+        messages waiting for a retry never hide newer ones past ``limit``) and
+        of a file's parts only the first :data:`FILE_WINDOW` queued.
 
         Includes messages past their expiry until :meth:`expire_due` runs.
         """
         where = "WHERE peer = ? AND state = 'queued'"
-        params: tuple[object, ...] = (peer,)
+        params: tuple[object, ...] = (*_WAITING_PARAMS, peer)
         if due is not None:
-            where += " AND (direct OR next_attempt <= ?)"
+            where += " AND (direct OR next_attempt <= ?) AND rowid NOT IN waiting_parts"
             params += (due,)
         rows = self._rows(
-            SELECT_OUTBOX + where + " ORDER BY created, rowid LIMIT ?",
+            _WAITING_PARTS + SELECT_OUTBOX + where + " ORDER BY created, rowid LIMIT ?",
             (*params, _check_limit(limit)),
         )
         return [outbox_from_row(row) for row in rows]
@@ -506,6 +547,7 @@ class Store:
     list_contacts = _offloaded(Database.list_contacts)
     remove_contact = _offloaded(Database.remove_contact)
     enqueue = _offloaded(Database.enqueue)
+    enqueue_all = _offloaded(Database.enqueue_all)
     due_messages = _offloaded(Database.due_messages)
     next_due_time = _offloaded(Database.next_due_time)
     next_expiry_time = _offloaded(Database.next_expiry_time)
@@ -546,3 +588,8 @@ class Store:
     release = _offloaded(Database.release)
     oldest_held = _offloaded(Database.oldest_held)
     held_peers = _offloaded(Database.held_peers)
+    release_files = _offloaded(Database.release_files)
+    count_file_parts = _offloaded(Database.count_file_parts)
+    mark_acked = _offloaded(Database.mark_acked)
+    get_file = _offloaded(Database.get_file)
+    file_progress = _offloaded(Database.file_progress)

@@ -27,6 +27,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from p2pmsg.delivery.frames import MessageKind
+from p2pmsg.store_files import insert_file_part
 from p2pmsg.store_schema import SELECT_INBOX, InboxMessage, inbox_from_row
 
 
@@ -95,7 +97,8 @@ class OnionTables:
         """The smallest ``seq`` still queued for ``peer`` (0 if none): every
         earlier message of the conversation is delivered or expired."""
         rows = self._rows(
-            "SELECT min(seq) FROM outbox WHERE peer = ? AND state = 'queued'", (peer,)
+            "SELECT min(seq) FROM outbox WHERE peer = ? AND state = 'queued' AND seq > 0",
+            (peer,),
         )
         return int(rows[0][0] or 0)
 
@@ -221,7 +224,10 @@ def _table(table: ReplayTable) -> str:
 
 
 def insert_inbox(conn: sqlite3.Connection, message: InboxMessage) -> bool:
-    """Insert a received message (held back if it has a ``seq``); True if new."""
+    """Insert a received message (held back if it has a ``seq``); True if new.
+    A file's part goes to its file (:func:`p2pmsg.store_files.insert_file_part`)."""
+    if message.kind is MessageKind.FILE_PART:
+        return insert_file_part(conn, message)
     released = None if message.seq else message.received
     cur = conn.execute(
         "INSERT OR IGNORE INTO inbox (peer, id, kind, body, sent, received, seq, released)"

@@ -335,8 +335,77 @@ def _create_v5(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_V6 = (
+    # SQLite cannot widen a CHECK: each table is rebuilt (its indexes and
+    # triggers go with the old one and are made again), as its ALTER TABLE
+    # documentation prescribes, so that ``kind`` admits files
+    """CREATE TABLE outbox_v6 (
+        id BLOB PRIMARY KEY CHECK (length(id) = 16),
+        peer BLOB NOT NULL,
+        kind INTEGER NOT NULL CHECK (kind IN (0, 1, 2)),
+        body BLOB NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'delivered', 'expired')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        delivered REAL NULL,
+        direct INTEGER NOT NULL DEFAULT 0 CHECK (direct IN (0, 1)),
+        seq INTEGER NOT NULL DEFAULT 0)""",
+    "INSERT INTO outbox_v6 SELECT id, peer, kind, body, created, expires, state, attempts,"
+    " next_attempt, delivered, direct, seq FROM outbox ORDER BY rowid",
+    "DROP TABLE outbox",
+    "ALTER TABLE outbox_v6 RENAME TO outbox",
+    "CREATE INDEX outbox_due ON outbox (state, next_attempt)",
+    "CREATE INDEX outbox_expiry ON outbox (state, expires)",
+    "CREATE INDEX outbox_peer ON outbox (peer, state, created)",
+    "CREATE INDEX outbox_created ON outbox (created)",
+    "CREATE INDEX outbox_peer_seq ON outbox (peer, seq)",
+    *_V5[3:],  # the queued counts' triggers (the counts themselves are unchanged)
+    """CREATE TABLE inbox_v6 (
+        peer BLOB NOT NULL,
+        id BLOB NOT NULL,
+        kind INTEGER NOT NULL CHECK (kind IN (0, 1, 3)),
+        body BLOB NOT NULL,
+        sent REAL NOT NULL,
+        received REAL NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0,
+        released REAL NULL,
+        PRIMARY KEY (peer, id))""",
+    "INSERT INTO inbox_v6 SELECT peer, id, kind, body, sent, received, seq, released FROM inbox"
+    " ORDER BY rowid",
+    "DROP TABLE inbox",
+    "ALTER TABLE inbox_v6 RENAME TO inbox",
+    "CREATE INDEX inbox_received ON inbox (received)",
+    "CREATE INDEX inbox_released ON inbox (released)",
+    "CREATE INDEX inbox_peer_seq ON inbox (peer, seq)",
+    # the parts of files being received, until the last comes (p2pmsg.delivery.files)
+    """CREATE TABLE file_parts (
+        peer BLOB NOT NULL,
+        file BLOB NOT NULL,
+        idx INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        received REAL NOT NULL,
+        PRIMARY KEY (peer, file, idx))""",
+    "CREATE INDEX file_parts_received ON file_parts (received)",
+)
+
+
+def _create_v6(conn: sqlite3.Connection) -> None:
+    """Migration 5 -> 6: files (the outbox's and inbox's kinds, and the parts received)."""
+    for statement in _V6:
+        conn.execute(statement)
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _create_v2, _create_v3, _create_v4, _create_v5)
+MIGRATIONS: tuple[Migration, ...] = (
+    _create_v1,
+    _create_v2,
+    _create_v3,
+    _create_v4,
+    _create_v5,
+    _create_v6,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -126,10 +126,21 @@ def test_unknown_frame_type_is_refused(data: bytes, frame_type: int) -> None:
         decode(data[:1] + bytes([frame_type]) + data[2:])
 
 
-@pytest.mark.parametrize("kind", [2, 3, 0x80, 0xFF])
+@pytest.mark.parametrize("kind", [4, 0x80, 0xFF])
 def test_unknown_body_kind_is_refused(kind: int) -> None:
     with pytest.raises(RemoteProtocolError, match="kind"):
         decode(MSG[:KIND_AT] + bytes([kind]) + MSG[KIND_AT + 1 :])
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [(MessageKind.FILE, "whole file is never sent"), (MessageKind.FILE_PART, "file part")],
+)
+def test_a_file_kind_needs_a_file_part(kind: MessageKind, why: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=why):
+        decode(MSG[:KIND_AT] + bytes([kind]) + MSG[KIND_AT + 1 :])
+    with pytest.raises(ValueError, match=r"kind|file part"):
+        encode(MsgFrame(bytes(16), 0, kind, b"not a file part"))
 
 
 def test_an_ack_header_with_msg_type_is_a_short_msg() -> None:

@@ -15,7 +15,8 @@ import trio
 from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
-from p2pmsg.delivery import onion_frames
+from p2pmsg.delivery import files, onion_frames
+from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.delivery.mailbox_onion import MAX_ENTRIES_PER_POLL
 from p2pmsg.delivery.onion_path import Attempt
 from p2pmsg.delivery.sender import PARALLEL_TRANSMITS, SPARE_RETRIES
@@ -27,7 +28,7 @@ from p2pmsg.onion import sphinx
 from p2pmsg.onion_service import PREKEY_COPIES
 from p2pmsg.relay import OnionKeys
 from p2pmsg.sim.net import DELIVER, DROP, Packet, Verdict
-from p2pmsg.store import Database, OutboxMessage, OutboxState, Store, run_inline
+from p2pmsg.store import FILE_WINDOW, Database, OutboxMessage, OutboxState, Store, run_inline
 
 RELAYS = [f"relay{i}" for i in range(6)]
 SHORT = "through the onion"
@@ -604,3 +605,56 @@ async def test_a_full_disk_at_the_recipient_loses_nothing_and_the_node_runs_on(
         assert (got.id, got.text) == (sent, LONG)
         await trio.sleep(600)
         assert await bob.store.count_inbox() == 1
+
+
+FILE_DATA = bytes(i % 251 for i in range(FILE_WINDOW * files.PART_DATA + 3 * files.PART_DATA + 99))
+"""More parts than one window: the rest go as acks come."""
+
+
+async def test_a_file_goes_in_parts_and_arrives_whole(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    async with alice_and_bob(world) as (alice, bob):
+        file_id = await alice.send_file("bob", FILE_DATA, "notes.txt")
+        text_id = await alice.send("bob", SHORT)
+        delivered: set[bytes] = set()
+        with trio.fail_after(1800):
+            got = [await bob.messages().receive() for _ in range(2)]
+            while not {file_id, text_id} <= delivered:
+                delivered.add(await alice.deliveries().receive())
+        (whole,) = [m for m in got if m.kind is MessageKind.FILE]
+        assert (whole.id, whole.filename, whole.body) == (file_id, "notes.txt", FILE_DATA)
+        assert [m.text for m in got if m.kind is MessageKind.TEXT] == [SHORT]
+        parts = [m for m in await alice.store.list_outbox() if m.kind is MessageKind.FILE_PART]
+        assert len(parts) == files.part_count(len(FILE_DATA))
+        assert {m.state for m in parts} == {OutboxState.DELIVERED}
+        assert await bob.store.count_file_parts() == 0
+
+
+async def test_a_file_transfer_cut_off_goes_on_from_the_parts_not_yet_acked(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    boot = [world.invite(RELAYS[0])]
+    befriend(world, "alice", "bob", boot)
+    async with running(world, RELAYS, boot), world.node("bob", bootstrap=boot) as bob:
+        await bob.joined.wait()
+        async with world.node("alice", bootstrap=boot) as alice:
+            await alice.joined.wait()
+            file_id = await alice.send_file("bob", FILE_DATA, "notes.txt")
+            acked: set[bytes] = set()
+            with trio.fail_after(1800):
+                while len(acked) < 3:
+                    acked.add(await alice.deliveries().receive())
+        # alice stopped mid-transfer; what was acked is not sent again
+        with Database.open(world.home("alice").db_file) as db:
+            before = {m.id: m.attempts for m in db.list_outbox() if m.id in acked}
+        async with world.node("alice", bootstrap=boot) as alice:
+            with trio.fail_after(1800):
+                while (got := await bob.messages().receive()).kind is not MessageKind.FILE:
+                    pass
+                while await alice.deliveries().receive() != file_id:
+                    pass
+            assert (got.id, got.body) == (file_id, FILE_DATA)
+            outbox = {m.id: m for m in await alice.store.list_outbox()}
+            assert {i: outbox[i].attempts for i in acked} == before
+            assert all(m.state is OutboxState.DELIVERED for m in outbox.values())

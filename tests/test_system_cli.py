@@ -360,6 +360,37 @@ async def test_malformed_invites_are_refused(base: Path) -> None:
     assert (await ok(home, "contacts", "list", "--json")).lines == []
 
 
+async def test_a_file_is_sent_received_and_saved_byte_for_byte(base: Path) -> None:
+    alice, bob = pair(base)
+    await befriend({"alice": alice, "bob": bob})
+    photo = base / "photo.jpg"
+    photo.write_bytes(os.urandom(100_000))  # four parts
+    saved = base / "saved"
+    saved.mkdir()
+    (saved / "photo.jpg").write_bytes(b"an older file of that name")
+    async with running(alice, bob) as nodes:
+        done = await ok(alice, "send-file", "--direct", "bob", str(photo))
+        file_id = done.lines[0]
+        text = f"[file photo.jpg, 100,000 bytes: p2pmsg save {file_id}]"
+        inbox, outbox = await until_delivered(alice, bob, {file_id: text}, nodes)
+        refused = [
+            await cli(alice, "send-file", "bob", str(base / "missing.bin")),
+            await cli(alice, "send-file", "carol", str(photo)),
+            await cli(bob, "save", "00" * 16, "--dir", str(saved)),
+        ]
+    assert_received_once(inbox, "alice", {file_id: text})
+    assert [(m["id"], m["text"]) for m in outbox] == [(file_id, "[file photo.jpg: 4 of 4 parts]")]
+    done = await ok(bob, "save", file_id, "--dir", str(saved))
+    assert done.lines == [str(saved / "photo (2).jpg")]
+    assert (saved / "photo (2).jpg").read_bytes() == photo.read_bytes()
+    assert mode(saved / "photo (2).jpg") == 0o600
+    for done in refused:
+        assert_clean_error(done)
+    assert "not a file" in refused[0].err
+    assert "no contact" in refused[1].err
+    assert "no received file" in refused[2].err
+
+
 async def test_send_to_an_unknown_contact_is_refused(base: Path) -> None:
     home = base / "node"
     await init(home)

@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from p2pmsg.delivery import files
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.link.wire import MAX_MESSAGE
 
@@ -38,6 +39,10 @@ class MessageKind(IntEnum):
 
     BYTES = 0
     TEXT = 1
+    FILE_PART = 2
+    """One part of a file (:mod:`p2pmsg.delivery.files`), unordered (``seq`` 0)."""
+    FILE = 3
+    """A whole file, put together by the recipient: never on the wire."""
 
 
 @dataclass(frozen=True)
@@ -66,23 +71,27 @@ def encode(frame: Frame) -> bytes:
         return _ACK.pack(VERSION, FrameType.ACK, frame.id)
     if len(frame.body) > MAX_BODY:
         raise ValueError(f"message body larger than {MAX_BODY} bytes")
-    if frame.kind not in iter(MessageKind):
+    if frame.kind not in iter(MessageKind) or frame.kind is MessageKind.FILE:
         raise ValueError(f"unknown body kind {frame.kind}")
     if not all(0 <= v < 2**64 for v in (frame.sent_ms, frame.seq, frame.low)):
         raise ValueError("sent_ms, seq or low out of range")
-    if frame.kind == MessageKind.TEXT:
-        _check_utf8(frame.body, ValueError)
+    _check_body(frame.kind, frame.body, ValueError)
     head = _MSG.pack(
         VERSION, FrameType.MSG, frame.id, frame.sent_ms, frame.kind, frame.seq, frame.low
     )
     return head + frame.body
 
 
-def _check_utf8(body: bytes, error: type[Exception]) -> None:
+def _check_body(kind: MessageKind, body: bytes, error: type[Exception]) -> None:
     try:
-        body.decode("utf-8")
+        if kind is MessageKind.TEXT:
+            body.decode("utf-8")
+        elif kind is MessageKind.FILE_PART:
+            files.decode_part(body)
     except UnicodeDecodeError as exc:
         raise error("text body is not UTF-8") from exc
+    except ValueError as exc:
+        raise error(str(exc)) from exc
 
 
 def decode(data: bytes) -> Frame:
@@ -103,9 +112,10 @@ def decode(data: bytes) -> Frame:
         body_kind = MessageKind(body_kind)
     except ValueError as exc:
         raise RemoteProtocolError(f"unknown body kind {body_kind}") from exc
+    if body_kind is MessageKind.FILE:
+        raise RemoteProtocolError("a whole file is never sent as one message")
     body = data[_MSG.size :]
-    if body_kind is MessageKind.TEXT:
-        _check_utf8(body, RemoteProtocolError)
+    _check_body(body_kind, body, RemoteProtocolError)
     return MsgFrame(msg_id, sent_ms, body_kind, body, seq, low)
 
 

@@ -30,7 +30,7 @@ recipient than for a lost route, go once, so its mailbox holds fewer copies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -67,7 +67,7 @@ class Sender:
         max_parallel_peers: int,
         ack_timeout: float,
         poll_interval: float,
-        on_delivered: Callable[[bytes], None],
+        on_acked: Callable[[bytes], Awaitable[None]],
         onion: OnionPath | None = None,
         wall_clock: Callable[[], float],
         rng: Callable[[int], bytes],
@@ -79,7 +79,7 @@ class Sender:
         self.max_parallel_peers = max_parallel_peers
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
-        self._on_delivered = on_delivered
+        self._on_acked = on_acked
         self.onion = onion
         self._wall_clock = wall_clock
         self._rng = rng
@@ -251,8 +251,7 @@ class Sender:
                     ack = frames.decode(await link.receive())
                     if isinstance(ack, AckFrame) and ack.id in pending:
                         pending.discard(ack.id)
-                        if await self.store.mark_delivered(ack.id, self._wall_clock()):
-                            self._on_delivered(ack.id)
+                        await self._on_acked(ack.id)
         finally:
             await link.aclose()
 

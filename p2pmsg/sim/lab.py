@@ -64,6 +64,10 @@ def list_scenarios(out: Out) -> int:
     return 0
 
 
+MIN_FILE_KIB = 1024
+"""The smallest file a compressed timeline shrinks ``traffic.file_kib`` to."""
+
+
 def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> Scenario:
     """``scenario`` with ``nodes`` users (those abroad in proportion, pairs
     kept as far as they fit), its timeline compressed or stretched to
@@ -74,8 +78,9 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
     what physics or a protocol fixes (latency, timeouts, residual blocks,
     connection lifetimes, the pass deadlines); the warm-up and the drain are
     cut to at most 2 minutes each when compressed. ``traffic.volume`` shrinks
-    with fewer users and a shorter timeline, and never grows. Raises
-    :class:`ScenarioError`.
+    with fewer users and a shorter timeline, and never grows; so does
+    ``traffic.file_kib``, with the timeline, to no less than
+    :data:`MIN_FILE_KIB`. Raises :class:`ScenarioError`.
     """
     if nodes is not None:
         if not 2 <= nodes <= MAX_USERS:
@@ -121,6 +126,7 @@ def resize(scenario: Scenario, *, nodes: int | None, duration: float | None) -> 
             every=traffic.every * cut,
             browse_every=traffic.browse_every * cut,
             volume=_shrunk(traffic.volume, k),
+            file_kib=min(traffic.file_kib, max(MIN_FILE_KIB, round(traffic.file_kib * k))),
         ),
         censor=tuple(scaled(rule) for rule in scenario.censor),
     )

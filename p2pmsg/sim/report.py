@@ -286,6 +286,11 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "flood_refused": sum((Counter(r.flood_refused) for r in results), Counter()),
         "flooded_p99": _percentile([t for r in results for t in r.latencies(r.flooded)], 0.99),
         "baseline_p99": _percentile([t for r in results for t in r.baseline_latencies], 0.99),
+        "file": [
+            (r.file[2], r.received[r.file[0]] - r.file[1] if r.file[0] in r.received else None)
+            for r in results
+            if r.file is not None
+        ],
     }
     f, p = v.figures, scenario.passes
     in_time, in_end = f["delivered_within"], f["delivered_eventually"]
@@ -297,10 +302,34 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
               in_end.mean >= p.eventual),
         Check("duplicates shown", str(f["duplicates"]), "0", f["duplicates"] == 0),
     ]  # fmt: skip
-    v.checks += _scenario_checks(scenario, f) + _insider_checks(scenario, f)
+    v.checks += (
+        _scenario_checks(scenario, f) + _insider_checks(scenario, f) + _file_checks(scenario, f)
+    )
     v.checks += [Check(what, "not measured", "measured", False) for what in p.unmeasured]
     v.control_failed = p.control_min <= f["control"].mean <= p.control_max
     return v
+
+
+def _file_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
+    """With ``traffic.file_kib``: the file arrived whole in every seed, and
+    with ``file_rate`` fast enough for the policed rate."""
+    if not scenario.traffic.file_kib:
+        return []
+    seeds, times = len(f["seeds"]), [t for _, t in f["file"] if t is not None]
+    slowest = max(times) if len(times) == seeds else math.inf
+    checks = [
+        Check(f"a {scenario.traffic.file_kib:,} KiB file arrives whole",
+              f"{len(times)} of {seeds} seeds" + (f", slowest {max(times):.0f} s" if times else ""),
+              "every seed", len(times) == seeds)
+    ]  # fmt: skip
+    police = next((rule for rule in scenario.censor if rule.action == "police"), None)
+    if scenario.passes.file_rate and police is not None:
+        kbps = scenario.traffic.file_kib * 1024 * 8 / 1000 / slowest
+        share = scenario.passes.file_rate
+        checks.append(Check(f"the file's rate in its slowest seed, policed at {police.kbps:g} kbps",
+                            f"{kbps:.0f} kbps ({kbps / police.kbps:.0%})", f">= {share:.0%}",
+                            kbps >= share * police.kbps))  # fmt: skip
+    return checks
 
 
 def _scenario_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:

@@ -121,6 +121,9 @@ class SeedResult:
     """Ids of the burst's messages the outbox took (``traffic.burst``)."""
     burst_refused: int = 0
     """The burst's sends refused with OutboxFull."""
+    file: tuple[str, float, int] | None = None
+    """The file of ``traffic.file_kib``: its id, when it was sent, its bytes
+    (it arrived when ``received`` has its id)."""
     path_times: list[float] = field(default_factory=list)
     """Seconds each dial of a user took to a working link while the traffic
     ran (inf: it failed)."""

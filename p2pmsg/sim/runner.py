@@ -34,6 +34,8 @@ and runs it under trio's autojump clock, seeded (:mod:`p2pmsg.sim.world`):
   With ``burst``, halfway through one user at home writes that many
   messages at once to a user abroad, into an outbox that holds ``outbox``
   per contact: what it refuses is counted, what it takes must arrive.
+  With ``file_kib``, a minute after t0 the first pair's first user sends
+  the other a file of that size; when it arrives whole is collected.
 * **latency and loss**: every packet takes ``latency`` (both ends in one
   country) or ``border_latency`` (across the border); a packet lost (with
   probability ``loss``) is resent after a retransmission timeout, and the
@@ -116,6 +118,8 @@ NODE_OPTIONS = NodeOptions(
 """Smaller DHT buckets than a deployment's, as in the churn tests: the
 simulation's cost is dominated by lookups."""
 JOIN_TIMEOUT = 300.0
+FILE_AFTER = 60.0
+"""Seconds after t0 that the file of ``traffic.file_kib`` is sent: under the censor."""
 HEAL_LOOKUP_AFTER = 600.0
 LOOKUP_TIMEOUT = 60.0
 OONI: dict[str, str] = {
@@ -142,6 +146,7 @@ class _Run:
     ) -> None:
         self.s, self.seed = scenario, seed
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
+        self.pairs: list[tuple[str, str]] = []  # the users who are contacts (make_homes)
         try:
             self.world = World(
                 root, seed, transports=scenario.topology.transports, wrappers=wrappers
@@ -249,7 +254,8 @@ class _Run:
             for a, b in itertools.combinations(self.groups["users"], 2)
             if not self.s.traffic.local or self.hosts[a].isp == self.hosts[b].isp
         ]
-        return self.rng.sample(pairs, self.s.traffic.pairs)
+        self.pairs = self.rng.sample(pairs, self.s.traffic.pairs)
+        return self.pairs
 
     def lan(self, name: str) -> Callable[[], Discovery] | None:
         segment = self.lans.get(self.hosts[name].isp)
@@ -348,10 +354,12 @@ class _Run:
 
     def start_last(self, nursery: trio.Nursery) -> None:
         """What runs beside the traffic: the check after a heal, the burst, the
-        tampering relays' replays, the lookups under Sybils and the publisher
+        file, the tampering relays' replays, the lookups under Sybils and the publisher
         of bootstrap lists."""
         nursery.start_soon(self.after_heal)
         nursery.start_soon(self.burst)
+        if self.s.traffic.file_kib and self.pairs:
+            nursery.start_soon(self.transfer, *self.pairs[0])
         if self.insiders.kept:
             nursery.start_soon(self.insiders.run)
         if self.sybils is not None:
@@ -386,15 +394,16 @@ class _Run:
             if frm in self.clients:
                 self.clients[frm].send(to, message_id)
 
-    async def send(self, frm: str, to: str, text: str) -> bytes:
-        """``frm`` sends ``text`` to ``to``, once its node is up (no checkpoint
-        more than the send's own while it is: runs without restarts keep
-        their schedule)."""
+    async def send(self, frm: str, to: str, text: str, file: bytes | None = None) -> bytes:
+        """``frm`` sends ``text`` to ``to`` (or ``file`` named ``text``), once
+        its node is up (no checkpoint more than the send's own while it is:
+        runs without restarts keep their schedule)."""
         while frm in self.down:
             await self.down[frm].wait()
         self.sending[frm] += 1
+        node = self.nodes[frm]
         try:
-            return await self.nodes[frm].send(to, text)
+            return await (node.send(to, text) if file is None else node.send_file(to, file, text))
         finally:
             self.sending[frm] -= 1
             if not self.sending[frm] and frm in self.drained:
@@ -427,6 +436,15 @@ class _Run:
             self.result.cross_border.add(message_id)
             self.result.burst.append(message_id)
             self.result.payload_bytes += len(text)
+
+    async def transfer(self, frm: str, to: str) -> None:
+        """A minute after t0, ``frm`` sends ``to`` a file of ``traffic.file_kib`` KiB."""
+        await trio.sleep_until(self.t0 + FILE_AFTER)
+        size = self.s.traffic.file_kib * 1024
+        data = random.Random(self.seed).randbytes(size)  # noqa: S311 - a reproducible simulation
+        file_id = await self.send(frm, to, f"{frm}.bin", data)
+        self.result.file = (file_id.hex(), trio.current_time(), size)
+        self.result.payload_bytes += size
 
     async def start_control(self, client: control.Client) -> None:
         """Run ``client`` from t0: the control messenger starts under the censor."""
@@ -717,7 +735,8 @@ async def run_seed(
             await trio.sleep_until(min(now + 3600.0, finish))
             hour += 1
             if progress is not None:
-                got, sent = len(run.result.received), len(run.result.sent)
+                sent = run.result.sent
+                got = sum(key in run.result.received for key in sent)
                 progress(f"seed {seed}: hour {hour}, {got}/{sent} delivered")
         await run.heal_checked.wait()
         await run.collect()

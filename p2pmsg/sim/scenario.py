@@ -11,7 +11,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
                 latency, border_latency, loss, late_users, alternate,
                 transports, abroad, clock_skew, bad_clocks, lan, restarts,
                 ip_changes, tampering, duplicate, reorder
-    [traffic]   pairs, every, browse_every, local, burst, outbox, volume
+    [traffic]   pairs, every, browse_every, local, burst, outbox, volume, file_kib
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
@@ -19,7 +19,8 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
                 sybils, prefixes, ids, addresses, victims
     [pass]      delivery, within, eventual, control_max, control_min,
                 joined, join_within, lan_discovery, degraded,
-                degraded_within, path_median, path_p99, residual_tries, unmeasured
+                degraded_within, path_median, path_p99, residual_tries, file_rate,
+                unmeasured
 
 Every error names the file, the line and the field, and nothing else is
 raised: :class:`ScenarioError`.
@@ -126,6 +127,10 @@ class Traffic:
     volume: int = 0
     """After each seed's run, this many messages through the component-level
     model of S17's replays (:mod:`p2pmsg.sim.replays`); 0: none."""
+    file_kib: int = 0
+    """A minute after t0, the first pair's first user sends the other a file
+    of this size (:meth:`p2pmsg.node.Node.send_file`); it must arrive whole
+    before the run ends (S9, S19). 0: none."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,9 @@ class Pass:
     minutes on a stable network (S12: 1). A switch is a link made over
     another transport than the user's last link; the network is stable from
     the warm-up on, except for a minute after each censor event."""
+    file_rate: float = 0.0
+    """With a value and a ``police`` rule: the ``traffic.file_kib`` file must
+    come at this share of the policed rate or faster (S9: 0.8)."""
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
@@ -298,6 +306,8 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("traffic", "burst"): (0, 100_000),
     ("traffic", "outbox"): (1, 100_000),
     ("traffic", "volume"): (0, 10_000_000),
+    ("traffic", "file_kib"): (0, 64 * 1024),
+    ("pass", "file_rate"): (0, 1),
     ("run", "seeds"): (1, MAX_SEEDS),
     ("run", "duration"): (1e-3, float("inf")),
     ("control", "servers"): (1, 1000),
