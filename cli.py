@@ -533,7 +533,7 @@ def _add_bootstrap(sub: Any) -> None:
 
 
 def _add_files(add: Callable[[str, Command, str], argparse.ArgumentParser]) -> None:
-    p = add("send-file", cmd_send_file, "queue a file (up to 64 MiB) with the running node")
+    p = add("send-file", cmd_send_file, "queue a file (up to 16 MiB) with the running node")
     p.add_argument("name")
     p.add_argument("path")
     p.add_argument("--direct", action="store_true", help="as for send")

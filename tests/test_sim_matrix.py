@@ -31,7 +31,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S6": ("PASS", NONE),
     "S7": ("PASS", NONE),
     "S8": ("PASS", NONE),
-    "S9": ("FAIL", NONE),
+    "S9": ("PASS", NONE),
     "S10": ("PASS", NONE),
     "S11": ("FAIL", NONE),
     "S12": ("PASS", NONE),
@@ -41,7 +41,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S16": ("PASS", NONE),
     "S17": ("PASS", NONE),
     "S18": ("PASS", NONE),
-    "S19": ("FAIL", NONE),
+    "S19": ("PASS", NONE),
     "S20": ("PASS", NONE),
 }
 """Scenario id -> (outcome, the measured pass figures that fail) at this size.

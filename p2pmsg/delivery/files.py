@@ -34,9 +34,10 @@ PART_HEAD_BYTES: Final = _HEAD.size + MAX_NAME_BYTES
 """The most a part adds to its data."""
 PART_DATA: Final = 32 * 1024
 """File bytes per part: 16 onion packets, well inside one onion message."""
-MAX_PARTS: Final = 2048
+MAX_PARTS: Final = 512
 MAX_FILE_BYTES: Final = MAX_PARTS * PART_DATA
-"""64 MiB: the largest file sent."""
+"""16 MiB: the largest file sent (its parts take at most half of the
+outbox a contact has by default)."""
 _FILE = struct.Struct(">B")
 
 

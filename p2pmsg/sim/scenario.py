@@ -306,7 +306,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("traffic", "burst"): (0, 100_000),
     ("traffic", "outbox"): (1, 100_000),
     ("traffic", "volume"): (0, 10_000_000),
-    ("traffic", "file_kib"): (0, 64 * 1024),
+    ("traffic", "file_kib"): (0, 16 * 1024),
     ("pass", "file_rate"): (0, 1),
     ("run", "seeds"): (1, MAX_SEEDS),
     ("run", "duration"): (1e-3, float("inf")),
