@@ -737,7 +737,7 @@ async def run_seed(
             if progress is not None:
                 sent = run.result.sent
                 got = sum(key in run.result.received for key in sent)
-                progress(f"seed {seed}: hour {hour}, {got}/{sent} delivered")
+                progress(f"seed {seed}: hour {hour}, {got}/{len(sent)} delivered")
         await run.heal_checked.wait()
         await run.collect()
         nursery.cancel_scope.cancel()
