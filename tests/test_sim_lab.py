@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -145,12 +146,32 @@ def test_sim_run_prints_json_writes_results_and_exits_by_the_verdict(
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     code = main(["sim", "run", str(scenario), "--out", str(tmp_path / "out"), "--json"])
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    sent = printed["figures"]["messages"]
+    assert re.search(rf"seed 1: hour \d, \d+/{sent} delivered\n$", captured.err), captured.err
     assert printed == json.loads((tmp_path / "out" / "results.json").read_text())
     assert code == (0 if printed["passed"] else 1)
     assert printed["control_failed"]
     assert printed["scenario"]["id"] == "T1"
     assert (tmp_path / "out" / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_file_sent_under_a_policed_rate_is_judged_by_its_rate() -> None:
+    policed = TINY.replace('every = "10m"', 'every = "10m"\nfile_kib = 96').replace(
+        "[pass]", '[[censor]]\naction = "police"\nkbps = 130\n[pass]\nfile_rate = 0.8'
+    )
+    scenario = loads(policed, "file.toml")
+    result = runner.run(scenario, 1)
+    assert result.file is not None
+    file_id, sent, size = result.file
+    assert size == 96 * 1024
+    took = result.received[file_id] - sent
+    verdict = report.judge(scenario, [result])
+    whole, rate = (c for c in verdict.checks if "file" in c.name)
+    assert whole.ok
+    assert rate.value.startswith(f"{size * 8 / 1000 / took:.0f} kbps")
+    assert rate.ok == (size * 8 / 1000 / took >= 0.8 * 130)
 
 
 def test_sim_run_on_a_bad_file_says_where_without_a_traceback(
