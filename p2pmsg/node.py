@@ -405,8 +405,8 @@ class Node:
         The file goes in parts (:mod:`p2pmsg.delivery.files`), each an
         outbox message of its own, a few at a time: a transfer cut off by a
         reset or a restart goes on from the parts not yet acked. Once every
-        part is acked, :meth:`deliveries` reports the file's id (after the
-        parts' ids). The recipient sees one message of kind FILE with
+        part is acked, :meth:`deliveries` reports the file's id (never the
+        parts'). The recipient sees one message of kind FILE with
         ``filename``. Raises as :meth:`send` does; ``OutboxFull`` when the
         parts do not fit, ``ValueError`` for a bad name or a file over
         :data:`~p2pmsg.delivery.files.MAX_FILE_BYTES`.
@@ -642,13 +642,12 @@ class Node:
             self._report(self._app_send, seen)
 
     async def _acked(self, message_id: bytes) -> None:
-        """A message's ack came: report it (and the file it completed) once."""
-        queued, file = await self.store.mark_acked(message_id, self._wall_clock())
-        if queued:
+        """A message's ack came: report it once (a file's part, only the
+        file's id once the last part is acked)."""
+        delivered = await self.store.mark_acked(message_id, self._wall_clock())
+        if delivered is not None:
             self.stats.delivered += 1
-            self._report(self._delivered_send, message_id)
-        if file is not None:
-            self._report(self._delivered_send, file)
+            self._report(self._delivered_send, delivered)
 
     def _report(self, channel: trio.MemorySendChannel[Any], item: object) -> None:
         try:

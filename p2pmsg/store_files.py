@@ -128,10 +128,12 @@ class FileTables:
         """Parts kept for files not yet whole."""
         return int(self._rows("SELECT count(*) FROM file_parts")[0][0])
 
-    def mark_acked(self, message_id: bytes, now: float) -> tuple[bool, bytes | None]:
-        """:meth:`~p2pmsg.store.Database.mark_delivered`, and the file whose
-        last part this ack delivered, in one transaction (so that exactly one
-        ack reports a file): ``(was queued, file id or None)``."""
+    def mark_acked(self, message_id: bytes, now: float) -> bytes | None:
+        """:meth:`~p2pmsg.store.Database.mark_delivered`, and what the ack
+        delivered, in one transaction (so that exactly one ack reports it):
+        the message's id, or for a file's part the file's id once it was the
+        last part acked; None for a message or part acked before, and a part
+        that leaves others unacked."""
         with self._write() as conn:
             row = conn.execute(
                 "UPDATE outbox SET state = 'delivered', delivered = ?"
@@ -139,14 +141,14 @@ class FileTables:
                 (now, message_id, files.FILE_ID_BYTES),
             ).fetchone()
             if row is None or row[1] != MessageKind.FILE_PART:
-                return row is not None, None
+                return None if row is None else message_id
             peer, file = bytes(row[0]), bytes(row[2])
             unacked = conn.execute(
                 "SELECT 1 FROM outbox WHERE peer = ? AND kind = ? AND state != 'delivered'"
                 " AND substr(body, 1, ?) = ? LIMIT 1",
                 (peer, MessageKind.FILE_PART, files.FILE_ID_BYTES, file),
             ).fetchall()
-            return True, None if unacked else file
+            return None if unacked else file
 
     def file_progress(self, peer: bytes, file: bytes) -> tuple[int, int]:
         """Of the parts of a file we send ``peer``: how many are acked, of how many."""

@@ -6,6 +6,7 @@ import contextlib
 import random
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ from p2pmsg import store_schema
 from p2pmsg.delivery import files
 from p2pmsg.delivery.frames import MessageKind
 from p2pmsg.errors import OutboxFull
-from p2pmsg.store import FILE_WINDOW, Database, FilesFull, InboxMessage, OutboxMessage
+from p2pmsg.store import (
+    FILE_WINDOW,
+    Database,
+    FilesFull,
+    InboxMessage,
+    OutboxMessage,
+    OutboxState,
+)
 from p2pmsg.store_files import MAX_FILES_PER_PEER, PART_TTL
 
 FILE = bytes(range(16))
@@ -127,22 +135,29 @@ def test_a_file_is_sent_a_window_of_parts_at_a_time(db: Database) -> None:
     assert db.due_messages(5.0) == []
     assert db.next_due_time() == 50.0
     # An ack opens the window by one.
-    assert db.mark_acked(ids[0], 6.0) == (True, None)
+    assert db.mark_acked(ids[0], 6.0) is None
     assert [m.id for m in db.due_messages(6.0)] == [ids[FILE_WINDOW]]
-    assert db.mark_acked(ids[0], 7.0) == (False, None)  # a second ack reports nothing
 
 
 def test_the_ack_of_a_files_last_part_names_the_file_once(db: Database) -> None:
     ids = parts_out(db, FILE, 3 * files.PART_DATA)
-    assert [db.mark_acked(i, 2.0) for i in (ids[2], ids[0])] == [(True, None)] * 2
-    assert db.mark_acked(ids[1], 3.0) == (True, FILE)
-    assert db.mark_acked(ids[1], 4.0) == (False, None)
+    assert [db.mark_acked(i, 2.0) for i in (ids[2], ids[0])] == [None, None]
+    assert db.mark_acked(ids[1], 3.0) == FILE
+    assert db.mark_acked(ids[1], 4.0) is None  # a second ack reports nothing
+    assert [m.state for m in db.list_outbox()] == [OutboxState.DELIVERED] * 3
+
+
+def test_the_ack_of_a_message_names_the_message_once(db: Database) -> None:
+    message = replace(part_messages(FILE, 1)[0], kind=MessageKind.TEXT, body=b"hi")
+    db.enqueue(message)
+    assert db.mark_acked(message.id, 2.0) == message.id
+    assert db.mark_acked(message.id, 3.0) is None
 
 
 def test_an_expired_part_keeps_the_file_from_being_reported(db: Database) -> None:
     ids = parts_out(db, FILE, 2 * files.PART_DATA)
     db._conn.execute("UPDATE outbox SET state = 'expired' WHERE id = ?", (ids[0],))
-    assert db.mark_acked(ids[1], 2.0) == (True, None)
+    assert db.mark_acked(ids[1], 2.0) is None
 
 
 def test_a_files_parts_are_queued_all_or_none(db: Database) -> None:
