@@ -34,7 +34,7 @@ from p2pmsg.contacts import contact_from_text
 from p2pmsg.delivery import files
 from p2pmsg.dht import records
 from p2pmsg.endpoint import Endpoint, Invite
-from p2pmsg.errors import BadEndpoint, BadInvite, HomeError, NotFound, P2PMsgError
+from p2pmsg.errors import BadEndpoint, BadInvite, HomeError, NoSuchFile, NotFound, P2PMsgError
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, decode_key, encode_key
 from p2pmsg.node import Node
@@ -363,11 +363,11 @@ def cmd_save(args: argparse.Namespace) -> int:
     try:
         file_id = bytes.fromhex(args.id)
     except ValueError:
-        raise NotFound(f"no file {args.id!r}: an id is 32 hex digits") from None
+        raise NoSuchFile(f"{args.id!r}: an id is 32 hex digits") from None
     with Database.open(home.db_file) as db:
         found = db.get_file(file_id)
     if found is None:
-        raise NotFound(f"no received file {args.id}")
+        raise NoSuchFile(args.id)
     name, data = files.decode_file(found.body)
     target = _free_name(Path(args.dir), name)
     try:

@@ -75,6 +75,10 @@ class NotFound(P2PMsgError):
     """No node with that id was found in the DHT."""
 
 
+class NoSuchFile(P2PMsgError):
+    """No file with that id was received."""
+
+
 class ListenError(P2PMsgError):
     """The node cannot listen on one of its endpoints."""
 

@@ -49,6 +49,7 @@ from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import (
     HandshakeError,
     ListenError,
+    NoSuchFile,
     RemoteProtocolError,
     StoreError,
     UnknownContact,
@@ -134,8 +135,12 @@ class ReceivedMessage:
     sent: float
     received: float
     filename: str | None = None
-    """A file's name as its sender gave it (``kind`` FILE, ``body`` its
-    contents); never a path, but check it before saving under it."""
+    """A file's name as its sender gave it (``kind`` FILE); never a path,
+    but check it before saving under it."""
+    file_size: int = 0
+    """A file's size in bytes. Its contents are read with
+    :meth:`Node.read_file` (``body`` is empty), so that files waiting in the
+    bounded channel hold no memory."""
 
     @property
     def text(self) -> str:
@@ -407,8 +412,9 @@ class Node:
         reset or a restart goes on from the parts not yet acked. Once every
         part is acked, :meth:`deliveries` reports the file's id (never the
         parts'). The recipient sees one message of kind FILE with
-        ``filename``. Raises as :meth:`send` does; ``OutboxFull`` when the
-        parts do not fit, ``ValueError`` for a bad name or a file over
+        ``filename`` and ``file_size``, and reads it with :meth:`read_file`.
+        Raises as :meth:`send` does; ``OutboxFull`` when the parts do not
+        fit, ``ValueError`` for a bad name or a file over
         :data:`~p2pmsg.delivery.files.MAX_FILE_BYTES`.
         """
         file_id = self._rng(files.FILE_ID_BYTES)
@@ -419,6 +425,14 @@ class Node:
             direct,
         )
         return file_id
+
+    async def read_file(self, file_id: bytes) -> bytes:
+        """The contents of a received file (a FILE message's ``id``); raises
+        :class:`NoSuchFile` for an id of no file received."""
+        found = await self.store.get_file(file_id)
+        if found is None:
+            raise NoSuchFile(file_id.hex())
+        return files.decode_file(found.body)[1]
 
     async def _enqueue(
         self, contact: str, bodies: list[tuple[bytes, MessageKind, bytes]], direct: bool
@@ -626,9 +640,10 @@ class Node:
     async def _show(self, shown: list[InboxMessage]) -> None:
         for m in shown:
             contact = await self.store.contact_by_node_id(m.peer)
-            body, filename = m.body, None
+            body, filename, size = m.body, None, 0
             if m.kind is MessageKind.FILE:
-                filename, body = files.decode_file(m.body)
+                filename, data = files.decode_file(m.body)
+                body, size = b"", len(data)
             seen = ReceivedMessage(
                 m.id,
                 m.peer,
@@ -638,6 +653,7 @@ class Node:
                 m.sent,
                 m.received,
                 filename,
+                size,
             )
             self._report(self._app_send, seen)
 

@@ -22,6 +22,7 @@ from p2pmsg.delivery.onion_path import Attempt
 from p2pmsg.delivery.sender import PARALLEL_TRANSMITS, SPARE_RETRIES
 from p2pmsg.dht import mailbox
 from p2pmsg.dht.records import RecordType, prekey_key
+from p2pmsg.errors import NoSuchFile
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.node import Node
 from p2pmsg.onion import sphinx
@@ -624,7 +625,11 @@ async def test_a_file_goes_in_parts_and_arrives_whole(
                 delivered.add(await alice.deliveries().receive())
         assert delivered == {file_id, text_id}  # the parts' ids are not reported
         (whole,) = [m for m in got if m.kind is MessageKind.FILE]
-        assert (whole.id, whole.filename, whole.body) == (file_id, "notes.txt", FILE_DATA)
+        assert (whole.id, whole.filename, whole.file_size) == (file_id, "notes.txt", len(FILE_DATA))
+        assert whole.body == b""  # read on demand: files in the channel hold no memory
+        assert await bob.read_file(file_id) == FILE_DATA
+        with pytest.raises(NoSuchFile):
+            await bob.read_file(text_id)
         assert [m.text for m in got if m.kind is MessageKind.TEXT] == [SHORT]
         parts = [m for m in await alice.store.list_outbox() if m.kind is MessageKind.FILE_PART]
         assert len(parts) == files.part_count(len(FILE_DATA))
@@ -656,7 +661,7 @@ async def test_a_file_transfer_cut_off_goes_on_from_the_parts_not_yet_acked(
                 while (got := await bob.messages().receive()).kind is not MessageKind.FILE:
                     pass
                 assert await alice.deliveries().receive() == file_id
-            assert (got.id, got.body) == (file_id, FILE_DATA)
+            assert (got.id, await bob.read_file(file_id)) == (file_id, FILE_DATA)
             outbox = {m.id: m for m in await alice.store.list_outbox()}
             assert {i: outbox[i].attempts for i in before} == before
             assert all(m.state is OutboxState.DELIVERED for m in outbox.values())

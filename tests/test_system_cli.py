@@ -388,7 +388,7 @@ async def test_a_file_is_sent_received_and_saved_byte_for_byte(base: Path) -> No
         assert_clean_error(done)
     assert "not a file" in refused[0].err
     assert "no contact" in refused[1].err
-    assert "no received file" in refused[2].err
+    assert "No file with that id was received" in refused[2].err
 
 
 async def test_send_to_an_unknown_contact_is_refused(base: Path) -> None:
