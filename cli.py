@@ -34,7 +34,15 @@ from p2pmsg.contacts import contact_from_text
 from p2pmsg.delivery import files
 from p2pmsg.dht import records
 from p2pmsg.endpoint import Endpoint, Invite
-from p2pmsg.errors import BadEndpoint, BadInvite, HomeError, NoSuchFile, NotFound, P2PMsgError
+from p2pmsg.errors import (
+    BadEndpoint,
+    BadInvite,
+    FileUnusable,
+    HomeError,
+    NoSuchFile,
+    NotFound,
+    P2PMsgError,
+)
 from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, decode_key, encode_key
 from p2pmsg.node import Node
@@ -349,7 +357,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_send_file(args: argparse.Namespace) -> int:
     path = Path(args.path).resolve()
     if not path.is_file():
-        raise HomeError(f"{args.path}: not a file")
+        raise FileUnusable(f"{args.path}: not a file")
     request = {"op": "send_file", "to": args.name, "path": str(path), "direct": args.direct}
     reply = _ask(home_of(args), request)
     _out(reply["id"])
@@ -374,7 +382,7 @@ def cmd_save(args: argparse.Namespace) -> int:
         with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(data)
     except OSError as exc:
-        raise HomeError(f"cannot write {target}: {exc.strerror}") from None
+        raise FileUnusable(f"{target}: {exc.strerror}") from None
     _out(str(target))
     return 0
 

@@ -79,6 +79,10 @@ class NoSuchFile(P2PMsgError):
     """No file with that id was received."""
 
 
+class FileUnusable(P2PMsgError):
+    """The file given cannot be read or written."""
+
+
 class ListenError(P2PMsgError):
     """The node cannot listen on one of its endpoints."""
 

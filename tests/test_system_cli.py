@@ -382,13 +382,16 @@ async def test_a_file_is_sent_received_and_saved_byte_for_byte(base: Path) -> No
     assert [(m["id"], m["text"]) for m in outbox] == [(file_id, "[file photo.jpg: 4 of 4 parts]")]
     done = await ok(bob, "save", file_id, "--dir", str(saved))
     assert done.lines == [str(saved / "photo (2).jpg")]
+    refused.append(await cli(bob, "save", file_id, "--dir", str(base / "nowhere")))
     assert (saved / "photo (2).jpg").read_bytes() == photo.read_bytes()
     assert mode(saved / "photo (2).jpg") == 0o600
     for done in refused:
         assert_clean_error(done)
-    assert "not a file" in refused[0].err
+    assert "The file given cannot be read or written" in refused[0].err
+    assert "missing.bin: not a file" in refused[0].err
     assert "no contact" in refused[1].err
     assert "No file with that id was received" in refused[2].err
+    assert "No such file or directory" in refused[3].err
 
 
 async def test_send_to_an_unknown_contact_is_refused(base: Path) -> None:
