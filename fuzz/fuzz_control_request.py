@@ -22,7 +22,11 @@ from p2pmsg.errors import ControlError
 
 def _as_json(request: Request) -> dict[str, Any]:
     if request.op == "send":
-        return {"op": "send", "to": request.to, "text": request.text}
+        return {"op": "send", "to": request.to, "text": request.text, "direct": request.direct}
+    if request.op == "send_file":
+        return {"op": "send_file", "to": request.to, "path": request.path, "direct": request.direct}
+    if request.op == "lookup":
+        return {"op": "lookup", "id": request.node_id.hex()}
     return {"op": request.op, "limit": request.limit}
 
 
@@ -35,8 +39,10 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
     assert request.op in OPS
     assert isinstance(request.to, str) and isinstance(request.text, str)
     assert type(request.limit) is int and 1 <= request.limit <= MAX_LIMIT
-    if request.op != "send":
-        assert request.to == request.text == ""
+    if request.op not in ("send", "send_file"):
+        assert request.to == request.text == request.path == ""
+    if request.op != "send_file":
+        assert request.path == ""
     line = encode(_as_json(request))
     if len(line) <= MAX_LINE:  # \u escapes can make the re-encoding longer than the input
         assert parse_request(line) == request, (data, line)
@@ -50,6 +56,10 @@ def seeds() -> dict[str, bytes]:
         "inbox": b'{"op":"inbox","limit":20}',
         "outbox_max": b'{"op":"outbox","limit":1000}',
         "status": b'{"op":"status"}',
+        "send_direct": b'{"op":"send","to":"bob","text":"hi","direct":true}',
+        "send_file": b'{"op":"send_file","to":"bob","path":"/home/a/photo.jpg"}',
+        "send_file_text": b'{"op":"send_file","to":"bob","text":"hi"}',
+        "lookup": b'{"op":"lookup","id":"' + b"ab" * 32 + b'"}',
         "send_missing_text": b'{"op":"send","to":"bob"}',
         "limit_bool": b'{"op":"inbox","limit":true}',
         "limit_zero": b'{"op":"inbox","limit":0}',
