@@ -212,6 +212,10 @@ class MailboxStore:
         live = (entries[i] for i in ids[start:] if entries[i].expires > now)
         return list(itertools.islice(live, limit))
 
+    def blobs(self) -> list[bytes]:
+        """Every blob held, under any key (for inspection: what a holder can see)."""
+        return [entry.blob for entries in self._keys.values() for entry in entries.values()]
+
     def delete(self, key: bytes, ids: list[bytes]) -> int:
         """Remove the entries ``ids`` of ``key``; how many there were."""
         entries = self._keys.get(key)

@@ -57,6 +57,8 @@ class SimLanDiscovery:
 
     def __init__(self, lan: SimLan) -> None:
         self.lan = lan
+        self._nursery: trio.Nursery | None = None
+        self._joined: tuple[int, bytes, trio.MemorySendChannel[bytes]] | None = None
 
     async def run(
         self,
@@ -67,15 +69,41 @@ class SimLanDiscovery:
     ) -> None:
         """Advertise ``advertise`` and send others' payloads to ``sightings`` until cancelled."""
         await trio.sleep(REGISTER)
-        lan = self.lan
-        me = next(lan._ids)
         try:
             async with trio.open_nursery() as nursery:
-                for payload, theirs in lan._members.values():
-                    nursery.start_soon(lan._deliver_later, sightings, payload)
-                    nursery.start_soon(lan._deliver_later, theirs, advertise)
-                lan._members[me] = (advertise, sightings)
+                self._nursery = nursery
+                self._join(advertise, sightings)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            lan._members.pop(me, None)
+            self._leave()
+
+    def _join(self, advertise: bytes, sightings: trio.MemorySendChannel[bytes]) -> None:
+        assert self._nursery is not None
+        lan, me = self.lan, next(self.lan._ids)
+        for payload, theirs in lan._members.values():
+            self._nursery.start_soon(lan._deliver_later, sightings, payload)
+            self._nursery.start_soon(lan._deliver_later, theirs, advertise)
+        lan._members[me] = (advertise, sightings)
+        self._joined = me, advertise, sightings
+
+    def _leave(self) -> None:
+        if self._joined is not None:
+            self.lan._members.pop(self._joined[0], None)
+            self._joined = None
+
+    def move(self, lan: SimLan) -> None:
+        """The device is carried to ``lan``: it leaves this LAN's group at
+        once and announces on the new one :data:`REGISTER` seconds later (a
+        no-op for a discovery not running)."""
+        if self._joined is None or self._nursery is None:
+            self.lan = lan
+            return
+        _, advertise, sightings = self._joined
+        self._leave()
+        self.lan = lan
+        self._nursery.start_soon(self._rejoin, advertise, sightings)
+
+    async def _rejoin(self, advertise: bytes, sightings: trio.MemorySendChannel[bytes]) -> None:
+        await trio.sleep(REGISTER)
+        self._join(advertise, sightings)

@@ -286,6 +286,11 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "flood_refused": sum((Counter(r.flood_refused) for r in results), Counter()),
         "flooded_p99": _percentile([t for r in results for t in r.latencies(r.flooded)], 0.99),
         "baseline_p99": _percentile([t for r in results for t in r.baseline_latencies], 0.99),
+        "mule": (
+            sum(_carried_in_time(r) for r in results),
+            sum(len(r.carried) for r in results),
+            sum(r.mule_plaintext for r in results),
+        ),
         "file": [
             (r.file[2], r.received[r.file[0]] - r.file[1] if r.file[0] in r.received else None)
             for r in results
@@ -302,12 +307,37 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
               in_end.mean >= p.eventual),
         Check("duplicates shown", str(f["duplicates"]), "0", f["duplicates"] == 0),
     ]  # fmt: skip
-    v.checks += (
-        _scenario_checks(scenario, f) + _insider_checks(scenario, f) + _file_checks(scenario, f)
-    )
+    v.checks += _scenario_checks(scenario, f) + _insider_checks(scenario, f)
+    v.checks += _file_checks(scenario, f) + _mule_checks(scenario, f)
     v.checks += [Check(what, "not measured", "measured", False) for what in p.unmeasured]
     v.control_failed = p.control_min <= f["control"].mean <= p.control_max
     return v
+
+
+MULE_DEADLINE = 10.0
+"""Seconds after the mule's arrival that what it carries must be delivered (S11)."""
+
+
+def _carried_in_time(r: SeedResult) -> int:
+    """The mule's messages delivered within :data:`MULE_DEADLINE` of its arrival."""
+    if r.mule_arrived is None:
+        return 0
+    due = r.mule_arrived + MULE_DEADLINE
+    return sum(r.received.get(k, math.inf) <= due for k in r.carried)
+
+
+def _mule_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
+    """With a mule: what it carried arrived within 10 s of it, and none was readable there."""
+    if not scenario.topology.mule:
+        return []
+    in_time, carried, plaintext = f["mule"]
+    return [
+        Check(f"the mule's messages delivered within {MULE_DEADLINE:g} s of its arrival",
+              f"{in_time} of {carried}", f">= {scenario.passes.delivery:.1%}",
+              carried > 0 and in_time >= scenario.passes.delivery * carried),
+        Check("plaintext of the carried messages at the mule", str(plaintext), "0",
+              plaintext == 0),
+    ]  # fmt: skip
 
 
 def _file_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:

@@ -121,6 +121,14 @@ class SeedResult:
     """Ids of the burst's messages the outbox took (``traffic.burst``)."""
     burst_refused: int = 0
     """The burst's sends refused with OutboxFull."""
+    carried: dict[str, float] = field(default_factory=dict)
+    """With a mule (S11): the ids of the messages it must carry, and when each was sent."""
+    mule_arrived: float | None = None
+    """When the mule reached the second LAN."""
+    mule_plaintext: int = 0
+    """Carried messages whose text was found at the mule (its files, its mailbox entries)."""
+    mule_held: int = 0
+    """Mailbox entries the mule held at the end."""
     file: tuple[str, float, int] | None = None
     """The file of ``traffic.file_kib``: its id, when it was sent, its bytes
     (it arrived when ``received`` has its id)."""

@@ -94,12 +94,14 @@ from p2pmsg.sim.censor import Censor, ResidualBlock
 from p2pmsg.sim.flood import Flood
 from p2pmsg.sim.lan import SimLan
 from p2pmsg.sim.lists import Lists
+from p2pmsg.sim.mule import Mule
 from p2pmsg.sim.prober import Prober
 from p2pmsg.sim.result import SeedResult, heals, transport_switches
 from p2pmsg.sim.scenario import CensorRule, Scenario, ScenarioError
 from p2pmsg.sim.sybils import Sybils
 from p2pmsg.sim.tamper import Insiders
 from p2pmsg.sim.topology import (
+    MULE,
     PROBER,
     WEB_PORT,
     WEB_TIMEOUT,
@@ -135,6 +137,9 @@ Progress = Callable[[str], None]
 
 class _Run:
     """One seed's world, its parts and what they saw."""
+
+    mule: Mule | None = None
+    """S11's mule (made with the homes)."""
 
     def __init__(
         self,
@@ -243,8 +248,9 @@ class _Run:
         if self.lists is not None:
             publishers = [self.lists.key]
             self.lists.invites = invites[: records.MAX_BOOTSTRAP_INVITES]
-        for name in self.groups["users"] + self.groups["control"] + self.groups["skewed"]:
-            self.world.home(name, bootstrap=invites, publishers=publishers)
+        for group in ("users", "control", "skewed", "mule"):
+            for name in self.groups[group]:
+                self.world.home(name, bootstrap=invites, publishers=publishers)
         for name in self.groups["late"]:  # a friend already in hands over an invite
             friend = self.world.invite(self.rng.choice(self.groups["users"]))
             extra = [friend] if self.s.topology.alternate == "invite" else []
@@ -255,9 +261,15 @@ class _Run:
             if not self.s.traffic.local or self.hosts[a].isp == self.hosts[b].isp
         ]
         self.pairs = self.rng.sample(pairs, self.s.traffic.pairs)
+        if self.s.topology.mule:
+            users, count = self.groups["users"], self.s.traffic.mule_pairs
+            self.mule = Mule(self.world, self.result, lans=self.lans, users=users, count=count,
+                             rng=random.Random(f"{self.seed}/mule"))  # noqa: S311  # fmt: skip
         return self.pairs
 
     def lan(self, name: str) -> Callable[[], Discovery] | None:
+        if self.mule is not None and name == MULE:
+            return self.mule.discovery()
         segment = self.lans.get(self.hosts[name].isp)
         return segment.discovery if segment is not None else None
 
@@ -360,6 +372,8 @@ class _Run:
         nursery.start_soon(self.burst)
         if self.s.traffic.file_kib and self.pairs:
             nursery.start_soon(self.transfer, *self.pairs[0])
+        if self.mule is not None:
+            nursery.start_soon(self.mule.run, self.nodes, self.t0, self.end)
         if self.insiders.kept:
             nursery.start_soon(self.insiders.run)
         if self.sybils is not None:
@@ -638,6 +652,8 @@ class _Run:
                     )
         self.result.wire_bytes = self.meter.wire_bytes
         self.collect_lan()
+        if self.mule is not None:
+            self.mule.collect(self.nodes[MULE])
         self.collect_dials()
         self.collect_residuals()
         if self.lists is not None:
@@ -702,7 +718,8 @@ async def run_seed(
     run = _Run(scenario, seed, root, wrappers, calm)
     pairs = run.make_homes()
     async with trio.open_nursery() as nursery:
-        for name in run.groups["bootstrap"] + run.groups["users"] + run.groups["skewed"]:
+        for name in [*run.groups["bootstrap"], *run.groups["users"], *run.groups["skewed"],
+                     *run.groups["mule"]]:  # fmt: skip
             await nursery.start(run.run_node, name)
         for a, b in pairs:
             await run.nodes[a].store.add_contact(run.world.contact_of(b))

@@ -10,8 +10,9 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [topology]  users, isps, country, bootstrap, cloud_prefixes, web,
                 latency, border_latency, loss, late_users, alternate,
                 transports, abroad, clock_skew, bad_clocks, lan, restarts,
-                ip_changes, tampering, duplicate, reorder
-    [traffic]   pairs, every, browse_every, local, burst, outbox, volume, file_kib
+                ip_changes, tampering, duplicate, reorder, mule
+    [traffic]   pairs, every, browse_every, local, burst, outbox, volume, file_kib,
+                mule_pairs
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
@@ -94,6 +95,9 @@ class Topology:
     so with a clear error (and no other user may)."""
     lan: bool = False
     """Each ISP's users share one LAN, where they find each other by (simulated) mDNS."""
+    mule: bool = False
+    """With ``lan``: one more node, carried from the first ISP's LAN to the
+    second's halfway through (S11; :mod:`p2pmsg.sim.mule`)."""
     restarts: int = 0
     """Each user's node stops and starts again from its home (keys, store and
     queue kept) this many times, at times drawn uniformly over the run."""
@@ -127,6 +131,9 @@ class Traffic:
     volume: int = 0
     """After each seed's run, this many messages through the component-level
     model of S17's replays (:mod:`p2pmsg.sim.replays`); 0: none."""
+    mule_pairs: int = 0
+    """With ``topology.mule``: users of the first LAN each with a contact on
+    the second, whose messages the mule must carry."""
     file_kib: int = 0
     """A minute after t0, the first pair's first user sends the other a file
     of this size (:meth:`p2pmsg.node.Node.send_file`); it must arrive whole
@@ -307,6 +314,7 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("traffic", "outbox"): (1, 100_000),
     ("traffic", "volume"): (0, 10_000_000),
     ("traffic", "file_kib"): (0, 16 * 1024),
+    ("traffic", "mule_pairs"): (0, MAX_USERS),
     ("pass", "file_rate"): (0, 1),
     ("run", "seeds"): (1, MAX_SEEDS),
     ("run", "duration"): (1e-3, float("inf")),
@@ -418,10 +426,20 @@ def _check(where: _Where, s: Scenario) -> None:
         raise where.error("traffic", "pairs", "at most one per two users")
     if s.traffic.local and s.traffic.pairs > local_pairs(s.topology):
         raise where.error("traffic", "pairs", "at most one per two users of one ISP")
-    if s.traffic.burst and not s.topology.abroad:
-        raise where.error("traffic", "burst", "needs users abroad ([topology] abroad)")
-    if s.control.kind == "bootstrap_only" and not s.topology.late_users:
-        raise where.error("control", "kind", "bootstrap_only needs late_users in [topology]")
+    t = s.topology
+    needs = (
+        (s.traffic.burst and not t.abroad, "traffic", "burst",
+         "needs users abroad ([topology] abroad)"),
+        (t.mule and not (t.lan and t.isps >= 2), "topology", "mule",
+         "needs lan = true and two ISPs at least"),
+        (s.traffic.mule_pairs and not t.mule, "traffic", "mule_pairs",
+         "needs a mule ([topology] mule)"),
+        (s.control.kind == "bootstrap_only" and not t.late_users, "control", "kind",
+         "bootstrap_only needs late_users in [topology]"),
+    )  # fmt: skip
+    for broken, table, key, why in needs:
+        if broken:
+            raise where.error(table, key, why)
     if not s.topology.transports:
         raise where.error("topology", "transports", "at least one")
     if len(set(s.topology.transports)) < len(s.topology.transports):

@@ -24,6 +24,7 @@ from p2pmsg.sim.world import World
 ABROAD = "DE"
 """The country of users abroad."""
 PROBER = "probe0"
+MULE = "mule"
 PROBE_EVERY = 5.0
 PROBES_AT_ONCE = 64
 PROBE_HORIZON = 180.0
@@ -102,10 +103,11 @@ class Meter:
 
 def place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
     """Add the scenario's hosts to ``world``; their names by group (``users``, ``late``, ``skewed``,
-    ``control``, ``bootstrap``, ``servers``, ``web``, ``bg``, ``resolver``)."""
+    ``control``, ``bootstrap``, ``servers``, ``web``, ``bg``, ``resolver``, ``mule``)."""
     topo = s.topology
     names = (
         "users", "late", "control", "bootstrap", "servers", "web", "bg", "resolver", "skewed",
+        "mule",
     )  # fmt: skip
     groups: dict[str, list[str]] = {name: [] for name in names}
     late = topo.late_users
@@ -129,14 +131,11 @@ def place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
         name, ip = f"a{i:04d}", f"85.1.{i // 250}.{i % 250 + 1}"
         world.add_host(name, ip=ip, asn=3320, country=ABROAD, isp="abroad")
         groups["users"].append(name)
-    if s.control.kind == "fixed_servers":  # each user's control messenger: a device of theirs
-        for name in groups["users"]:
-            host = world.net.host(name)
-            a, b, c, d = host.ip.split(".")
-            ip = f"{int(a) + 1}.{b}.{c}.{d}"
-            world.add_host(
-                control_host(name), ip=ip, asn=host.asn, country=host.country, isp=host.isp
-            )
+    if s.control.kind == "fixed_servers":
+        _control_devices(world, groups["users"])
+    if topo.mule:  # a device of nobody's, on the first ISP's LAN (p2pmsg.sim.mule)
+        world.add_host(MULE, ip="95.0.245.1", asn=64_500, country=topo.country, isp="isp0")
+        groups["mule"].append(MULE)
     if any(rule.action == "probe" for rule in s.censor):
         world.add_host(PROBER, ip="95.0.251.1", asn=64_500, country=topo.country, isp="isp0")
     for j in range(topo.isps):
@@ -157,6 +156,15 @@ def place_hosts(world: World, s: Scenario) -> dict[str, list[str]]:
             groups[group].append(name)
             k += 1
     return groups
+
+
+def _control_devices(world: World, users: list[str]) -> None:
+    """Each user's control messenger: a device of theirs, beside their node."""
+    for name in users:
+        host = world.net.host(name)
+        a, b, c, d = host.ip.split(".")
+        ip = f"{int(a) + 1}.{b}.{c}.{d}"
+        world.add_host(control_host(name), ip=ip, asn=host.asn, country=host.country, isp=host.isp)
 
 
 async def web_server(world: World, host: str) -> None:
