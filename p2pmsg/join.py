@@ -183,6 +183,8 @@ class Joiner:
         self.on_cache = on_cache
         """Also run each time the routing table is cached (the node saves its path scores)."""
         self.lan_peers = LanPeers(ttl=dht.options.record_ttl)
+        self.on_lan_peer: Callable[[Peer], None] | None = None
+        """Called with each peer newly on our LAN (it must not block)."""
 
     async def seeds(self) -> list[Peer]:
         cached = seeds_from_cache(await self.store.get_meta(CACHE_KEY))
@@ -251,5 +253,8 @@ class Joiner:
             peer = self.dht.consider(data)
             if peer is not None and await self.dht.ping(peer):
                 log.info("found a peer on the LAN")
+                new = self.lan_peers.get(peer.node_id) is None
                 self.lan_peers.seen(peer)
+                if new and self.on_lan_peer is not None:
+                    self.on_lan_peer(peer)
                 self.joined.set()

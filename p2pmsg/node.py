@@ -50,6 +50,7 @@ from p2pmsg.errors import (
     HandshakeError,
     ListenError,
     NoSuchFile,
+    P2PMsgError,
     RemoteProtocolError,
     StoreError,
     UnknownContact,
@@ -78,6 +79,8 @@ log = logging.getLogger(__name__)
 _LINK_ERRORS = DIAL_ERRORS
 PATHS_KEY = "path_scores"
 BRIDGED_MAILBOX_POLL = 60.0
+NEARBY_FETCHES = 2
+"""New LAN neighbours asked for our mailbox at once."""
 """How often a node that uses bridges fetches its mailbox: nobody can dial it,
 so every message and ack for it waits there."""
 
@@ -250,6 +253,7 @@ class Node:
             store, self._show, wait=options.reorder_wait, wall_clock=wall_clock
         )
         self._joiner: join.Joiner | None = None
+        self._nearby = trio.CapacityLimiter(NEARBY_FETCHES)
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
@@ -336,6 +340,7 @@ class Node:
                 if lan is not None and not config.bridge:
                     if node.options.lan_direct:
                         node._sender.lan = joiner.lan_peers
+                    joiner.on_lan_peer = lambda peer: nursery.start_soon(node._fetch_nearby, peer)
                     await nursery.start(joiner.lan, lan)
                 await nursery.start(node._sender.run)
                 await nursery.start(node._reorder.run)
@@ -348,6 +353,18 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()
+
+    async def _fetch_nearby(self, peer: Peer) -> None:
+        """A new LAN neighbour: what waits for a retry goes now (it may be
+        the contact, or carry to it), and it is asked for our mailbox
+        entries (a few neighbours at a time)."""
+        if await self.store.retry_all_sooner(self._wall_clock()):
+            self._sender.wake()
+        async with self._nearby:
+            try:
+                await self.onion.fetch_nearby(peer)
+            except (*DIAL_ERRORS, P2PMsgError) as exc:
+                log.debug("a LAN neighbour's mailbox fetch failed: %r", exc)
 
     async def _retry_once_joined(self) -> None:
         """A start is a change of network (a move, a reconnect): once joined,

@@ -17,7 +17,8 @@ nursery:
   mailbox for every epoch a message could still wait in and feed the packets
   to the relay, which opens them like any other packet for us. Entries are
   cleared at the holders one poll later, once they have surely been
-  processed; the inbox deduplicates what comes twice.
+  processed; the inbox deduplicates what comes twice. A new LAN neighbour
+  is also asked straight for what it holds of our mailbox (:meth:`fetch_nearby`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from p2pmsg.delivery.receiver import Receiver
 from p2pmsg.dht import mailbox
 from p2pmsg.dht import records as rec
 from p2pmsg.dht.linkpool import Connect
+from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.e2e import prekeys
@@ -310,6 +312,26 @@ class OnionService:
             self._fetched.popitem(last=False)
         await self.store.set_meta("mailbox_epoch", str(current))
         return fetched
+
+    async def fetch_nearby(self, peer: Peer) -> int:
+        """Our mailbox entries that ``peer``, a new LAN neighbour, holds:
+        fetched from it straight and handled like a poll's; how many were new.
+        A neighbour just come may have been carried from a LAN where senders
+        left them (SCENARIOS S11's mule, :meth:`p2pmsg.delivery.sender.Sender._deposit`)."""
+        current = mailbox.epoch_of(self._wall_clock())
+        new = 0
+        for epoch in (current - 1, current):
+            for blob in await self.dht.mailboxes.fetch_at(peer, self.identity.node_id, epoch):
+                entry = mailbox.entry_id(blob)
+                if entry not in self._fetched:
+                    self._fetched[entry] = epoch
+                    self.relay.submit(blob)
+                    new += 1
+        while len(self._fetched) > 4 * mailbox.DEFAULT_MAX_PER_KEY:
+            self._fetched.popitem(last=False)
+        if new:
+            log.info("fetched %d entries from our mailbox at a new LAN neighbour", new)
+        return new
 
     async def _first_epoch(self, current: int) -> int:
         stored = await self.store.get_meta("mailbox_epoch")

@@ -229,3 +229,26 @@ def test_grind_puts_an_identity_near_a_key() -> None:
     key = bytes(32)
     ident: Identity = grind(random.Random(1), key, 6)
     assert distance(ident.node_id, key) < 2 ** (256 - 6)
+
+
+async def test_a_deposit_left_with_a_neighbour_is_fetched_from_it_alone(
+    autojump_clock: MockClock,
+) -> None:
+    """A sender no route leaves leaves its packet with a node it can reach,
+    holder or not; the owner, meeting that node later, asks it straight."""
+    world = DhtWorld(SMALL)
+    async with trio.open_nursery() as nursery:
+        nodes = await world.build(nursery, 12)
+        owner, sender, neighbour = nodes[3], nodes[5], nodes[7]
+        owner_id = owner.identity.node_id
+        packet = os.urandom(PACKET)
+        near = neighbour.as_peer()
+        assert await sender.mailboxes.deposit_at([near], owner_id, packet) == 3
+        assert await sender.mailboxes.deposit_at([], owner_id, packet) == 0
+        epoch = epoch_of(sim_wall_clock())
+        assert await owner.mailboxes.fetch_at(near, owner_id, epoch) == [packet]
+        assert await owner.mailboxes.fetch_at(near, owner_id, epoch - 1) == []
+        assert await owner.mailboxes.fetch_at(sender.as_peer(), owner_id, epoch) == []
+        with pytest.raises(ValueError, match="blob"):
+            await sender.mailboxes.deposit_at([near], owner_id, b"")
+        nursery.cancel_scope.cancel()

@@ -46,6 +46,31 @@ async def test_members_of_a_lan_see_each_other_and_not_those_gone(
     assert lan.dropped == 0
 
 
+async def test_a_device_carried_to_another_lan_is_seen_there_and_leaves_the_first(
+    autojump_clock: MockClock,
+) -> None:
+    first, second = SimLan("first"), SimLan("second")
+    a_send, a_seen = trio.open_memory_channel[bytes](8)
+    b_send, b_seen = trio.open_memory_channel[bytes](8)
+    m_send, m_seen = trio.open_memory_channel[bytes](8)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.discovery().run, b"a", a_send)
+        await nursery.start(second.discovery().run, b"b", b_send)
+        mule = first.discovery()
+        await nursery.start(mule.run, b"m", m_send)
+        assert (await m_seen.receive(), await a_seen.receive()) == (b"a", b"m")
+        moved = trio.current_time()
+        mule.move(second)
+        assert (await m_seen.receive(), await b_seen.receive()) == (b"b", b"m")
+        assert trio.current_time() == moved + REGISTER + ANSWER
+        late_send, late_seen = trio.open_memory_channel[bytes](8)
+        await nursery.start(first.discovery().run, b"c", late_send)
+        assert await late_seen.receive() == b"a"  # the mule is no longer on the first LAN
+        await trio.sleep(1.0)
+        assert late_seen.statistics().current_buffer_used == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_full_sightings_channel_drops_and_counts(autojump_clock: MockClock) -> None:
     lan = SimLan("home")
     sends = []

@@ -118,6 +118,7 @@ async def test_a_message_crosses_three_relays_and_its_ack_comes_back(
         assert not row.direct
         assert bob.onion.receiver.stats.opened >= 1
         assert alice.onion.receiver.stats.acks_received >= 1
+        assert alice._sender.deposited == 0  # routes work: nothing is left unrouted
 
 
 @TEXTS
@@ -145,6 +146,8 @@ async def test_sender_and_recipient_never_online_together(
             with trio.fail_after(600):
                 while not await whole_messages_waiting(relays[0], bob.identity):  # noqa: ASYNC110 - as in until()
                     await trio.sleep(10.0)
+            # bob offline is no cut-off: the relays deposited it, alice did not
+            assert alice._sender.deposited == 0
         async with world.node("bob", bootstrap=boot) as bob:
             with trio.fail_after(900):
                 got = await bob.messages().receive()

@@ -33,7 +33,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S8": ("PASS", NONE),
     "S9": ("PASS", NONE),
     "S10": ("PASS", NONE),
-    "S11": ("FAIL", frozenset({"the mule's messages delivered within 10 s of its arrival"})),
+    "S11": ("PASS", NONE),
     "S12": ("PASS", NONE),
     "S13": ("FAIL", NONE),
     "S14": ("PASS", NONE),

@@ -73,6 +73,14 @@ def test_a_minimal_scenario_takes_the_defaults() -> None:
             HEAD + "[traffic]\nburst = 50\n",
             "f.toml:4: traffic.burst: needs users abroad ([topology] abroad)",
         ),
+        (
+            HEAD + "[topology]\nmule = true\n",
+            "f.toml:4: topology.mule: needs lan = true and two ISPs at least",
+        ),
+        (
+            HEAD + "[traffic]\nmule_pairs = 2\n",
+            "f.toml:4: traffic.mule_pairs: needs a mule ([topology] mule)",
+        ),
         (HEAD + "censor = 3\n", "f.toml:3: censor: must be an array of tables"),
         ('title = "t"\n', "f.toml:1: id: missing"),
         (HEAD + "[run\n", "f.toml: not valid TOML"),

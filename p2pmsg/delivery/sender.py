@@ -25,11 +25,18 @@ relays is cut off, as a border shutdown does to every relay abroad before
 anyone can tell which (SCENARIOS S10); two disjoint routes fail together
 far less often. Later retries, by then more likely waiting for an offline
 recipient than for a lost route, go once, so its mailbox holds fewer copies.
+
+While we look cut off from most relays (:meth:`Sender.cut_off`), each
+attempt is also left unrouted in the recipient's mailbox, with every node
+on our LAN and, if it could not leave at all, with the holders we reach
+(:meth:`Sender._deposit`): in a blackout where only the LAN works, a
+neighbour carried to the recipient's LAN brings it (SCENARIOS S11's mule).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -43,6 +50,7 @@ from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.e2e.primitives import NoSession
 from p2pmsg.errors import UnsupportedEndpoint
 from p2pmsg.keys import PublicIdentity
+from p2pmsg.onion import sphinx
 from p2pmsg.onion.route import NoRoute
 from p2pmsg.store import Contact, OutboxMessage, Store
 
@@ -52,6 +60,14 @@ PARALLEL_TRANSMITS = 64
 """Onion attempts on their way out at once, over every peer."""
 SPARE_RETRIES = 3
 """Onion retries sent twice, over disjoint routes."""
+PARALLEL_DEPOSITS = 8
+"""Unrouted deposits (:meth:`Sender._deposit`) under way at once."""
+CUT_OFF_WINDOW = 120.0
+"""Seconds of onion attempts :meth:`Sender.cut_off` looks back on."""
+CUT_OFF_MIN = 4
+"""Attempts in that window it needs to judge."""
+CUT_OFF_SAMPLES = 64
+"""Attempts it remembers."""
 
 
 class Sender:
@@ -91,6 +107,12 @@ class Sender:
         """Contacts on our LAN, reached straight over it."""
         self.lan_sent = 0
         """Messages sent over the LAN instead of an onion route."""
+        self.deposited = 0
+        """Attempts left unrouted in their recipient's mailbox (:meth:`_deposit`)."""
+        self._deposits = trio.CapacityLimiter(PARALLEL_DEPOSITS)
+        self._left: deque[tuple[float, bool]] = deque(maxlen=CUT_OFF_SAMPLES)
+        """When recent onion attempts ended, and whether each left."""
+        self._was_cut_off = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -188,7 +210,7 @@ class Sender:
             if message.attempts:
                 await onion.attempt_failed(message.id, copies=_copies(message.attempts - 1))
             attempt = await onion.prepare(recipient, message)
-            await self._start_transmit(attempt, "onion delivery")
+            await self._start_transmit(attempt, "onion delivery", deposit=True)
             if _copies(message.attempts) == 2:
                 try:
                     spare = await onion.prepare(
@@ -199,21 +221,89 @@ class Sender:
                 else:
                     await self._start_transmit(spare, "spare copy")
 
-    async def _start_transmit(self, attempt: Attempt, what: str) -> None:
+    async def _start_transmit(self, attempt: Attempt, what: str, *, deposit: bool = False) -> None:
         """Send ``attempt`` in the background once fewer than
-        :data:`PARALLEL_TRANSMITS` are on their way."""
+        :data:`PARALLEL_TRANSMITS` are on their way; with ``deposit``, leave
+        it in the recipient's mailbox should it not leave (:meth:`_deposit`)."""
         assert self._nursery is not None
         await self._transmits.acquire_on_behalf_of(attempt)
-        self._nursery.start_soon(self._transmit, attempt, what)
+        self._nursery.start_soon(self._transmit, attempt, what, deposit)
 
-    async def _transmit(self, attempt: Attempt, what: str) -> None:
+    async def _transmit(self, attempt: Attempt, what: str, deposit: bool) -> None:
         assert self.onion is not None
+        cut_off = self.cut_off()
+        left = False
         try:
             await self.onion.transmit(attempt)
+            left = True
         except (*DIAL_ERRORS, NoRoute) as exc:
             log.info("%s failed: %s", what, type(exc).__name__)
         finally:
             self._transmits.release_on_behalf_of(attempt)
+        self._left.append((trio.current_time(), left))
+        if self.cut_off() and not self._was_cut_off:
+            # Just cut off: every message waiting for a retry goes now, and
+            # so is deposited now, not at its retry, maybe after a carrier left.
+            log.info("cut off from most relays: leaving messages in mailboxes")
+            await self.store.retry_all_sooner(self._wall_clock())
+            self.wake()
+        self._was_cut_off = self.cut_off()
+        if deposit and cut_off:
+            await self._deposit(attempt, holders=not left)
+
+    def cut_off(self) -> bool:
+        """Whether we look cut off from most relays, as when only our LAN
+        works: over the last :data:`CUT_OFF_WINDOW` seconds, at least
+        :data:`CUT_OFF_MIN` onion attempts and not one ack, while some
+        attempt could not leave or half our DHT routing table stopped
+        answering. An attempt that leaves through a relay on the LAN then
+        likely dies at the next; a recipient merely offline leaves neither
+        an attempt stuck here nor our peers silent."""
+        now = trio.current_time()
+        while self._left and self._left[0][0] < now - CUT_OFF_WINDOW:
+            self._left.popleft()
+        assert self.onion is not None
+        acks = self.onion.timer.recent
+        acked = bool(acks) and acks[-1][0] >= now - CUT_OFF_WINDOW
+        table = self.dht.table
+        silent = 2 * len(table.unreachable()) >= max(1, len(table))
+        stuck = silent or any(not left for _, left in self._left)
+        return len(self._left) >= CUT_OFF_MIN and stuck and not acked
+
+    async def _deposit(self, attempt: Attempt, *, holders: bool) -> None:
+        """Leave the attempt's packets, unrouted, in its recipient's mailbox:
+        with every node on our LAN, and with ``holders``, with the holders
+        the DHT still reaches.
+
+        For every attempt while we are :meth:`cut_off`, as in a blackout
+        where only the LAN works (SCENARIOS S11): a neighbour may be carried
+        to where the recipient is, and the recipient asks each new neighbour
+        for its mailbox; the holders, for an attempt that could not leave at
+        all. It costs what a direct mailbox fetch costs (they learn our
+        address wrote to that mailbox), so it is done only when routes
+        cannot be used. The neighbours answer at once; the holders' lookups,
+        slow where most of the network is cut off, run
+        :data:`PARALLEL_DEPOSITS` at a time, and one more is skipped (the
+        message's next attempt may make it)."""
+        dest = attempt.dest.node_id
+        neighbours = [entry.peer for entry in self.lan.entries()] if self.lan is not None else []
+        packets = [
+            sphinx.create_packet([attempt.dest], part, self._rng)[1] for part, _ in attempt.parts
+        ]
+        for packet in packets:
+            await self.dht.mailboxes.deposit_at(neighbours, dest, packet)
+        self.deposited += 1
+        if not holders:
+            return
+        try:
+            self._deposits.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        try:
+            for packet in packets:
+                await self.dht.deposit(dest, packet)
+        finally:
+            self._deposits.release()
 
     async def _push_or_resolve(self, contact: Contact, batch: list[OutboxMessage]) -> None:
         """Push over the contact's known endpoints; when that is impossible or

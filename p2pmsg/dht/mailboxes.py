@@ -137,6 +137,33 @@ class Mailboxes:
                 nursery.start_soon(replica, key)
         return taken
 
+    async def deposit_at(
+        self, peers: list[Peer], owner_node_id: bytes, blob: bytes, *, ttl: int = DEFAULT_TTL
+    ) -> int:
+        """:meth:`deposit` straight to ``peers`` (under every replica key),
+        whoever the holders are: for a sender no route leaves, its LAN
+        neighbours, one of which may carry the blob to its owner. How many
+        (peer, key) pairs took it."""
+        if not 0 < len(blob) <= MAX_BLOB or not 0 < ttl <= MAX_TTL:
+            raise ValueError(f"a blob of 1..{MAX_BLOB} bytes and a ttl of 1..{MAX_TTL} s")
+        now = self._wall_clock()
+        expires = int(now) + ttl
+        taken = 0
+
+        async def one(peer: Peer, key: bytes) -> None:
+            nonlocal taken
+            try:
+                await self._call(peer, rpc.Method.DEPOSIT, rpc.encode_deposit(key, expires, blob))
+            except P2PMsgError:
+                return
+            taken += 1
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                for key in mailbox_keys(owner_node_id, epoch_of(now)):
+                    nursery.start_soon(one, peer, key)
+        return taken
+
     async def _ask_holders(
         self, key: bytes, method: rpc.Method, bodies: list[bytes], local: Callable[[], int]
     ) -> int:
@@ -180,6 +207,15 @@ class Mailboxes:
         async with trio.open_nursery() as nursery:
             for key in mailbox_keys(owner_node_id, epoch):
                 nursery.start_soon(replica, key)
+        return list(found.values())
+
+    async def fetch_at(self, peer: Peer, owner_node_id: bytes, epoch: int) -> list[bytes]:
+        """:meth:`fetch` from ``peer`` alone, whether or not it is a holder by
+        the DHT's measure (a LAN neighbour that may carry our entries)."""
+        found: dict[bytes, bytes] = {}
+        async with trio.open_nursery() as nursery:
+            for key in mailbox_keys(owner_node_id, epoch):
+                nursery.start_soon(self._fetch_from, peer, key, found)
         return list(found.values())
 
     async def _fetch_from(self, peer: Peer, key: bytes, found: dict[bytes, bytes]) -> None:
