@@ -26,9 +26,10 @@ anyone can tell which (SCENARIOS S10); two disjoint routes fail together
 far less often. Later retries, by then more likely waiting for an offline
 recipient than for a lost route, go once, so its mailbox holds fewer copies.
 
-While we look cut off from most relays (:meth:`Sender.cut_off`), each
-attempt is also left unrouted in the recipient's mailbox, with every node
-on our LAN and, if it could not leave at all, with the holders we reach
+While we look cut off from most relays (:meth:`Sender.cut_off`) and have
+neighbours on our LAN, each attempt is also left unrouted in the
+recipient's mailbox, with every node on our LAN and, if it could not
+leave at all, with the holders we reach
 (:meth:`Sender._deposit`): in a blackout where only the LAN works, a
 neighbour carried to the recipient's LAN brings it (SCENARIOS S11's mule).
 """
@@ -241,6 +242,8 @@ class Sender:
         finally:
             self._transmits.release_on_behalf_of(attempt)
         self._left.append((trio.current_time(), left))
+        if self.lan is None or not len(self.lan):
+            return  # nobody near to carry anything: the retries will do
         if self.cut_off() and not self._was_cut_off:
             # Just cut off: every message waiting for a retry goes now, and
             # so is deposited now, not at its retry, maybe after a carrier left.
