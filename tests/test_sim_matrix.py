@@ -48,9 +48,12 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
 A FAIL with NONE fails only on figures it cannot measure yet."""
 
 
-SLOW = {"S16": 900}
+SLOW = {"S16": 1800}
 """Timeouts beyond the suite's: S16 runs each seed twice (its calm baseline,
 then 1,000 flooding ids), about 6 minutes on 2 cores."""
+pytestmark = pytest.mark.timeout(900)
+"""Every scenario's three seeds: slower since files and the mule (12-02; see
+the issue's note), so past the suite's 300 s on a loaded 2-core machine."""
 
 
 @pytest.mark.parametrize(
