@@ -465,7 +465,7 @@ def report(
             f"{args.lookups} above and {args.warm_up} unreported ones, from simulated "
             f"{info['warm_start']:.0f} s",
             "",
-            side_by_side(*info["warm"], bool(peer)),
+            side_by_side(info["warm"][0], info["warm"][1], bool(peer)),
             "",
         ]
     return "\n".join(lines + NOTES)

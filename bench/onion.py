@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import nacl.bindings as sodium
 import trio
@@ -222,14 +223,13 @@ def traced() -> Iterator[Counter[str]]:
     land in ``aead_other``/``b2_other``: the link, the e2e layer, the DHT.
     """
     counts: Counter[str] = Counter()
-    real = (
+    dh, base, enc, dec, blake = (
         sodium.crypto_scalarmult,
         sodium.crypto_scalarmult_base,
         sodium.crypto_aead_chacha20poly1305_ietf_encrypt,
         sodium.crypto_aead_chacha20poly1305_ietf_decrypt,
         hashlib.blake2b,
     )
-    dh, base, enc, dec, blake = real
     aead_sizes = {LIONESS_HALF: "aead_payload", STREAM_BYTES: "aead_stream"}
 
     def t_dh(*args: Any) -> Any:
@@ -261,21 +261,17 @@ def traced() -> Iterator[Counter[str]]:
             counts["b2_other"] += 1
         return blake(data, **kwargs)
 
-    sodium.crypto_scalarmult = t_dh
-    sodium.crypto_scalarmult_base = t_base
-    sodium.crypto_aead_chacha20poly1305_ietf_encrypt = t_enc
-    sodium.crypto_aead_chacha20poly1305_ietf_decrypt = t_dec
-    hashlib.blake2b = t_blake  # type: ignore[misc,assignment]
-    try:
+    patches = {
+        (sodium, "crypto_scalarmult"): t_dh,
+        (sodium, "crypto_scalarmult_base"): t_base,
+        (sodium, "crypto_aead_chacha20poly1305_ietf_encrypt"): t_enc,
+        (sodium, "crypto_aead_chacha20poly1305_ietf_decrypt"): t_dec,
+        (hashlib, "blake2b"): t_blake,
+    }
+    with contextlib.ExitStack() as stack:
+        for (module, name), traced_call in patches.items():
+            stack.enter_context(mock.patch.object(module, name, traced_call))
         yield counts
-    finally:
-        (
-            sodium.crypto_scalarmult,
-            sodium.crypto_scalarmult_base,
-            sodium.crypto_aead_chacha20poly1305_ietf_encrypt,
-            sodium.crypto_aead_chacha20poly1305_ietf_decrypt,
-            hashlib.blake2b,
-        ) = real  # type: ignore[misc]
 
 
 def check_formula() -> None:

@@ -46,7 +46,9 @@ _A, FIRST = session.encrypt(ALICE, BOB.public, None, BOB_KEYS.bundle(BOB), b"fir
 _A, SECOND_INITIAL = session.encrypt(ALICE, BOB.public, _A, None, b"second", RNG)
 BOB_STATE, BOB_KEYS, _ = session.decrypt(BOB, BOB_KEYS, ALICE.public, None, FIRST)
 BOB_STATE, REPLY = session.encrypt(BOB, ALICE.public, BOB_STATE, None, b"reply", RNG)
-_A, _, _ = session.decrypt(ALICE, PrekeySecrets.generate(ALICE, RNG), BOB.public, _A, REPLY)
+_A, _alice_keys, _ = session.decrypt(
+    ALICE, PrekeySecrets.generate(ALICE, RNG), BOB.public, _A, REPLY
+)
 _A, NORMAL = session.encrypt(ALICE, BOB.public, _A, None, b"normal", RNG)
 _A, LATER = session.encrypt(ALICE, BOB.public, _A, None, b"later", RNG)
 BOB_STATE_BYTES = BOB_STATE.to_bytes()
