@@ -14,40 +14,25 @@ must bring every file and report it.
 from __future__ import annotations
 
 import random
-import tempfile
-from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
+from wiremachine import ALICE, BOB, WireMachine
 
 from p2pmsg.delivery import files
-from p2pmsg.store import FILE_WINDOW, Database, InboxMessage, MessageKind, OutboxMessage
-
-ALICE = bytes([1]) * 32
-BOB = bytes([2]) * 32
-WIRE_CAP = 32
+from p2pmsg.store import FILE_WINDOW, InboxMessage, MessageKind, OutboxMessage
 
 
-class FilesMachine(RuleBasedStateMachine):
+class FilesMachine(WireMachine):
+    wire_cap = 32
+
     def __init__(self) -> None:
         super().__init__()
-        self.dir = tempfile.TemporaryDirectory()
-        self.paths = (Path(self.dir.name) / "alice.db", Path(self.dir.name) / "bob.db")
-        self.alice = Database.open(self.paths[0])
-        self.bob = Database.open(self.paths[1])
-        self.now = 1000.0
         self.files: dict[bytes, tuple[str, bytes]] = {}
         self.bodies: dict[bytes, bytes] = {}  # a part's message id -> its body
-        self.forward: list[bytes] = []
-        self.back: list[bytes] = []
         self.shown: list[bytes] = []
         self.reported: list[bytes] = []
-
-    def teardown(self) -> None:
-        self.alice.close()
-        self.bob.close()
-        self.dir.cleanup()
 
     @precondition(lambda self: len(self.files) < 4)
     @rule(parts=st.integers(1, FILE_WINDOW + 2), tail=st.integers(0, 99), seed=st.integers(0, 9))
@@ -73,29 +58,14 @@ class FilesMachine(RuleBasedStateMachine):
         self.alice.enqueue_all(messages)
         self.files[file_id] = (name, data)
 
-    @rule()
-    def transmit(self) -> None:
-        """Alice sends every part due, and backs each off a second."""
-        for message in self.alice.due_messages(self.now):
-            if len(self.forward) < WIRE_CAP:
-                self.forward.append(message.id)
-            assert self.alice.mark_attempt(message.id, self.now + 1.0)
-        self.now += 1.0
-
-    @precondition(lambda self: self.forward)
-    @rule(data=st.data())
-    def arrive(self, data: st.DataObject) -> None:
-        self._bob_takes(self.forward.pop(data.draw(st.integers(0, len(self.forward) - 1))))
-
-    def _bob_takes(self, message_id: bytes) -> None:
+    def bob_takes(self, message_id: bytes) -> None:
         """Bob keeps the part (and acks it), then shows any file it completed."""
         part = InboxMessage(
             peer=ALICE, id=message_id, kind=MessageKind.FILE_PART,
             body=self.bodies[message_id], sent=self.now, received=self.now,
         )  # fmt: skip
         self.bob.add_received(part)
-        if len(self.back) < WIRE_CAP:
-            self.back.append(message_id)
+        self.ack_back(message_id)
         self.shown += [m.id for m in self._check_shown(self.bob.release_files(ALICE, self.now))]
 
     def _check_shown(self, shown: list[InboxMessage]) -> list[InboxMessage]:
@@ -104,45 +74,14 @@ class FilesMachine(RuleBasedStateMachine):
             assert files.decode_file(m.body) == self.files[m.id], "a file not as sent"
         return shown
 
-    @precondition(lambda self: self.back)
-    @rule(data=st.data())
-    def ack_arrives(self, data: st.DataObject) -> None:
-        self._alice_acked(self.back.pop(data.draw(st.integers(0, len(self.back) - 1))))
-
-    def _alice_acked(self, message_id: bytes) -> None:
+    def alice_acked(self, message_id: bytes) -> None:
         if (file_id := self.alice.mark_acked(message_id, self.now)) is not None:
             self.reported.append(file_id)
-
-    @precondition(lambda self: self.forward or self.back)
-    @rule(data=st.data(), duplicate=st.booleans(), to_bob=st.booleans())
-    def wire_misbehaves(self, data: st.DataObject, duplicate: bool, to_bob: bool) -> None:
-        wire = self.forward if (to_bob and self.forward) or not self.back else self.back
-        i = data.draw(st.integers(0, len(wire) - 1))
-        if duplicate and len(wire) < WIRE_CAP:
-            wire.append(wire[i])
-        elif not duplicate:
-            del wire[i]
-
-    @rule(alice=st.booleans())
-    def crash(self, alice: bool) -> None:
-        if alice:
-            self.alice.close()
-            self.alice = Database.open(self.paths[0])
-        else:
-            self.bob.close()
-            self.bob = Database.open(self.paths[1])
 
     @rule()
     def drain(self) -> None:
         """The wire works again: every file arrives whole and is reported, once."""
-        self.forward.clear()
-        self.back.clear()
-        for _ in range(len(self.bodies) + 2):  # a window opens per round at least
-            self.now += 1.0
-            for message in self.alice.due_messages(self.now):
-                self._bob_takes(message.id)
-                self._alice_acked(message.id)
-            self.back.clear()
+        self.deliver_all_due(len(self.bodies) + 2)  # a window opens per round at least
         assert sorted(self.shown) == sorted(self.files)
         assert sorted(self.reported) == sorted(self.files)
         assert self.bob.count_file_parts() == 0
