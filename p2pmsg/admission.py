@@ -27,7 +27,12 @@ before its handshake starts:
   all taken, a newcomer from an address holding at least two fewer than the
   busiest address ends that address's oldest link (or handshake) and takes
   its place. A flood from a few addresses thus gives way to newcomers from
-  others, however many each address may hold.
+  others, however many each address may hold. Failing that, a newcomer
+  from an address holding no link ends the link that has been silent
+  longest, if for at least :data:`IDLE_EVICTION` seconds (libp2p's
+  connection manager trims its least used connections likewise): links
+  stay open long after their last message (``NodeOptions.link_idle``), and
+  idle ones must not keep new peers out.
 
 An address of ``None`` is one the transport cannot tell (loopback, or a link
 that came through a local proxy such as obfs4proxy): only the totals apply
@@ -41,10 +46,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
 from p2pmsg.abc import MAX_SEND
 from p2pmsg.dht.ratelimit import RateLimiter
 from p2pmsg.link.connection import MAX_BUFFER
+
+IDLE_EVICTION: Final = 60.0
+"""Seconds a link must have been silent before a newcomer may take its place."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def prefix_of(address: str) -> str:
     return str(ipaddress.ip_network((ip, bits), strict=False))
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
     """One admitted link: call :meth:`established` once its handshake is done
     and :meth:`close` (idempotent) when it ends, whatever happened."""
@@ -109,11 +118,17 @@ class Ticket:
     address: str | None
     keys: tuple[str, ...]
     """What it counts under: its address and prefix (none for an unknown address)."""
+    used: float
+    """When it was admitted or last carried a message (:meth:`touch`)."""
     pending: bool = True
     closed: bool = False
     evict: Callable[[], object] | None = None
     """Ends the link, for :meth:`Admission.admit` to make room; without it,
     the link is never evicted."""
+
+    def touch(self, now: float) -> None:
+        """A message came over the link at ``now``: it is not idle."""
+        self.used = now
 
     def established(self) -> None:
         if self.pending and not self.closed:
@@ -134,6 +149,8 @@ class Admission:
     refused: Counter[Refused] = field(default_factory=Counter)
     evicted: int = 0
     """Links ended to make room for a link from a less busy address."""
+    evicted_idle: int = 0
+    """Of those, links ended because they were the longest silent."""
     peak_bytes: int = 0
     _links: Counter[str] = field(default_factory=Counter)
     _pending: Counter[str] = field(default_factory=Counter)
@@ -141,6 +158,8 @@ class Admission:
     _total_pending: int = 0
     _held: dict[str, list[Ticket]] = field(default_factory=dict)
     """The links of each known address, oldest first."""
+    _tickets: list[Ticket] = field(default_factory=list)
+    """Every link held, known address or not."""
     _opens: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -166,16 +185,20 @@ class Admission:
         taken, the oldest link (or handshake) of the address holding the most
         is evicted first, if that address holds at least two more than
         ``address`` does: a flood from a few addresses gives way to newcomers
-        from others, as Tor's and libp2p's connection trimming do."""
+        from others, as Tor's and libp2p's connection trimming do. Else, for
+        a newcomer from an address holding no link, the established link
+        silent longest goes, if silent :data:`IDLE_EVICTION` seconds."""
         reason = self._refusal(address, now)
         if reason in (Refused.TOTAL, Refused.MEMORY, Refused.PENDING) and self._evict_for(
-            address, pending=reason is Refused.PENDING
+            address, pending=reason is Refused.PENDING, now=now
         ):
             reason = self._refusal(address, now)
         if reason is not None:
             self.refused[reason] += 1
             return reason
-        ticket = Ticket(self, address, () if address is None else (address, prefix_of(address)))
+        keys = () if address is None else (address, prefix_of(address))
+        ticket = Ticket(self, address, keys, used=now)
+        self._tickets.append(ticket)
         self._total += 1
         self._total_pending += 1
         for key in ticket.keys:
@@ -206,22 +229,34 @@ class Admission:
             reason = Refused.RATE
         return reason
 
-    def _evict_for(self, address: str | None, *, pending: bool) -> bool:
-        """End the oldest link (handshake under way, with ``pending``) of the
-        address holding the most, if it holds two more than ``address``."""
-        counts = self._pending if pending else self._links
-        busiest = max(self._held, key=lambda a: counts[a], default=None)
-        own = 0 if address is None else counts[address]
-        if busiest is None or counts[busiest] < own + 2:
-            return False
-        kind = (t for t in self._held[busiest] if t.pending or not pending)
-        victim = next((t for t in kind if t.evict is not None), None)
+    def _evict_for(self, address: str | None, *, pending: bool, now: float) -> bool:
+        """End a link (or a handshake, with ``pending``) to make room for one
+        from ``address``: see :meth:`admit`."""
+        victim = self._busiest_victim(address, pending=pending)
+        idle = victim is None and not pending and (address is None or not self._links[address])
+        if idle:
+            silent = [t for t in self._tickets if not t.pending and t.evict is not None]
+            oldest = min(silent, key=lambda t: t.used, default=None)
+            if oldest is not None and now - oldest.used >= IDLE_EVICTION:
+                victim = oldest
         if victim is None or victim.evict is None:
             return False
         victim.close()
         victim.evict()
         self.evicted += 1
+        self.evicted_idle += idle
         return True
+
+    def _busiest_victim(self, address: str | None, *, pending: bool) -> Ticket | None:
+        """The oldest evictable link (handshake, with ``pending``) of the
+        address holding the most, if it holds two more than ``address``."""
+        counts = self._pending if pending else self._links
+        busiest = max(self._held, key=lambda a: counts[a], default=None)
+        own = 0 if address is None else counts[address]
+        if busiest is None or counts[busiest] < own + 2:
+            return None
+        kind = (t for t in self._held[busiest] if t.pending or not pending)
+        return next((t for t in kind if t.evict is not None), None)
 
     def _settle(self, ticket: Ticket) -> None:
         self._total_pending -= 1
@@ -231,6 +266,7 @@ class Admission:
     def _release(self, ticket: Ticket) -> None:
         if ticket.pending:
             self._settle(ticket)
+        self._tickets.remove(ticket)
         if ticket.address is not None:
             held = self._held[ticket.address]
             held.remove(ticket)
@@ -247,6 +283,7 @@ class Admission:
             "reserved_bytes": self.reserved_bytes,
             "peak_bytes": self.peak_bytes,
             "evicted": self.evicted,
+            "evicted_idle": self.evicted_idle,
             "memory_cap": self.limits.memory,
             "refused": {reason.name.lower(): n for reason, n in self.refused.items()},
         }

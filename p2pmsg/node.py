@@ -93,6 +93,15 @@ class NodeOptions:
     handshake_timeout: float = 30.0
     ack_timeout: float = 15.0
     idle_timeout: float = 120.0
+    """Seconds a bridge's tunnel may stay silent before it is closed."""
+    link_idle: float = 900.0
+    """Seconds an inbound link may stay silent before it is closed. Relays'
+    links are kept warm long after their last packet, as Tor keeps idle
+    connections for 30 to 60 minutes: a dial on every hop of a rare sender's
+    route slows its messages (S9, S18). Above the onion service's
+    ``link_idle``, so that the side that opened a link closes it; an idle
+    link gives way to a newcomer when the inbound links are full
+    (:mod:`p2pmsg.admission`)."""
     message_ttl: float = 7 * 86400.0
     replay_window: float = 86400.0
     replay_capacity: int = 100_000
@@ -578,7 +587,7 @@ class Node:
             return
         ticket.established()
         try:
-            await self._serve_peer(secure, ticket.address)
+            await self._serve_peer(secure, ticket)
         except _LINK_ERRORS as exc:
             log.debug("inbound link ended: %r", exc)
         except StoreError as exc:  # what it carried is not acked: its sender sends it again
@@ -587,10 +596,12 @@ class Node:
             self.onion.links.detach(secure)
             await secure.aclose()
 
-    async def _serve_peer(self, link: SecureLink, address: str | None) -> None:
+    async def _serve_peer(self, link: SecureLink, ticket: Ticket) -> None:
+        address = ticket.address
         while True:
-            with trio.fail_after(self.options.idle_timeout):
+            with trio.fail_after(self.options.link_idle):
                 data = await link.receive()
+            ticket.touch(trio.current_time())
             if len(data) > 1 and data[1] in (rpc.REQUEST_TYPE, rpc.RESPONSE_TYPE):
                 await self._answer_rpc(link, data, address)
                 continue

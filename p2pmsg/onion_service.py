@@ -77,6 +77,9 @@ class OnionServiceOptions:
     """Nobody can dial us (we use bridges): hold a link open to a gateway
     relay, the last hop of our reply blocks, and take packets back over it."""
     key_check: float = 600.0
+    link_idle: float = 840.0
+    """Seconds a next-hop link of ours may go unused before it is closed:
+    a minute under the peers' ``NodeOptions.link_idle``, so we close first."""
     route: OnionOptions = field(default_factory=OnionOptions)
     relay_options: RelayOptions = field(default_factory=RelayOptions)
 
@@ -102,7 +105,7 @@ class OnionService:
         self._wall_clock = wall_clock
         self._rng = rng
         self.keys = OnionKeys(store, rng)
-        self.links = PacketLinks(connect)
+        self.links = PacketLinks(connect, idle=options.link_idle)
         self.resolver = Resolver(dht)
         self.scores = RelayScores()
         self.path = OnionPath(

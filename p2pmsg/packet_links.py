@@ -106,6 +106,8 @@ class PacketLinks:
         self._probes = 0
         self.silent = 0
         """Links broken because they left a probe unanswered."""
+        self.last_silent = -math.inf
+        """When a link last left its probe unanswered."""
         self.resent = 0
         """Packets sent again because their link broke right after."""
 
@@ -146,6 +148,7 @@ class PacketLinks:
                     data = await held.link.receive()
                 if held.silence.cancelled_caught:
                     self.silent += 1
+                    self.last_silent = trio.current_time()
                     await self._broken(held, silent=True)
                     return
                 if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:

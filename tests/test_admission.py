@@ -8,7 +8,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from p2pmsg.admission import Admission, Limits, Refused, Ticket, prefix_of
+from p2pmsg.admission import IDLE_EVICTION, Admission, Limits, Refused, Ticket, prefix_of
 from p2pmsg.link.connection import MAX_BUFFER
 
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.1.1", "2001:db8::1", "2001:db8:0:1::1", "u0001", None)
@@ -85,6 +85,41 @@ def test_half_open_handshakes_give_way_too() -> None:
     assert len(ended) == 1 and ended[0].closed and admission.pending == 3
 
 
+def test_when_full_the_link_silent_longest_gives_way_to_a_newcomer() -> None:
+    admission = Admission(Limits(links=3, opens_burst=10))
+    ended: list[str] = []
+
+    def up(address: str | None, now: float) -> Ticket:
+        ticket = admission.admit(address, now=now)
+        assert isinstance(ticket, Ticket)
+        ticket.established()
+        ticket.evict = lambda: ended.append(str(address))
+        return ticket
+
+    first, second, third = up("10.0.0.1", 0.0), up("10.1.0.1", 10.0), up(None, 20.0)
+    first.touch(IDLE_EVICTION)  # a message: the first is no longer the silent one
+    now = 10.0 + IDLE_EVICTION
+    assert admission.admit("10.2.0.1", now=now - 1.0) is Refused.TOTAL  # not silent long enough
+    assert admission.admit("10.0.0.1", now=now) is Refused.TOTAL  # it holds a link already
+    newcomer = admission.admit("10.2.0.1", now=now)
+    assert isinstance(newcomer, Ticket)
+    assert ended == ["10.1.0.1"] and second.closed and not (first.closed or third.closed)
+    assert (admission.evicted, admission.evicted_idle) == (1, 1)
+    assert admission.stats()["evicted_idle"] == 1
+    assert admission.admit(None, now=now) is Refused.TOTAL  # the unknown one: 50 s only
+    assert isinstance(admission.admit(None, now=20.0 + IDLE_EVICTION), Ticket)
+    assert ended == ["10.1.0.1", "None"]
+
+
+def test_a_handshake_under_way_is_never_taken_for_an_idle_link() -> None:
+    admission = Admission(Limits(links=2, opens_burst=10))
+    for address in ("10.0.0.1", "10.1.0.1"):
+        ticket = admission.admit(address, now=0.0)
+        assert isinstance(ticket, Ticket)
+        ticket.evict = lambda: None
+    assert admission.admit("10.2.0.1", now=10 * IDLE_EVICTION) is Refused.TOTAL
+
+
 class AdmissionMachine(RuleBasedStateMachine):
     """Against a model: the counts never pass a limit, a refusal names a limit
     that was reached, evictions make room, and closing every ticket returns to
@@ -105,7 +140,7 @@ class AdmissionMachine(RuleBasedStateMachine):
                 counts[prefix_of(t.address)] += 1
         return len(tickets), counts
 
-    @rule(address=st.sampled_from(ADDRESSES), wait=st.sampled_from([0.0, 0.0, 1.0, 5.0]))
+    @rule(address=st.sampled_from(ADDRESSES), wait=st.sampled_from([0.0, 0.0, 1.0, 5.0, 60.0]))
     def admit(self, address: str | None, wait: float) -> None:
         self.now += wait
         links, per = self._held(pending_only=False)
@@ -142,6 +177,11 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.open.remove(ticket)
         else:
             ticket.established()
+
+    @precondition(lambda self: self.open)
+    @rule(index=st.integers(min_value=0))
+    def carry(self, index: int) -> None:
+        self.open[index % len(self.open)].touch(self.now)
 
     @invariant()
     def within_limits(self) -> None:

@@ -10,7 +10,8 @@ import trio.testing
 from simworld import SimWorld, sim_wall_clock
 from trio.testing import MockClock
 
-from p2pmsg.admission import Limits, Refused
+from p2pmsg.admission import IDLE_EVICTION, Limits, Refused
+from p2pmsg.dht import rpc
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import OutboxFull, UnknownContact
 from p2pmsg.keys import Identity
@@ -231,6 +232,40 @@ async def test_inbound_links_are_bounded(world: SimWorld, autojump_clock: MockCl
         assert bob.stats.inbound_refused == 2
         for stream in silent:
             await stream.aclose()
+
+
+async def test_when_the_inbound_links_are_full_the_one_silent_longest_gives_way(
+    world: SimWorld, autojump_clock: MockClock
+) -> None:
+    """Links stay open for ``link_idle``; a newcomer takes the place of the
+    one that carried nothing longest, not of one that carried a message."""
+    options = NodeOptions(admission=Limits(links=2))
+    async with world.node("bob", options=options) as bob, world.node("alice") as alice:
+        held = []
+        for host in ("c0", "c1"):
+            raw = await SimTransport(world.net, host).dial(Endpoint.parse("sim:bob"))
+            held.append(
+                await connect_secure(
+                    raw, Identity.generate(), bob.identity.public, wall_clock=sim_wall_clock
+                )
+            )
+        await trio.sleep(IDLE_EVICTION)
+        await held[0].send(
+            rpc.encode_request(rpc.Request(b"\x00" * rpc.RID_BYTES, rpc.Method.PING))
+        )
+        assert rpc.decode(await held[0].receive()).rid == b"\x00" * rpc.RID_BYTES
+        await alice.store.add_contact(world.contact_of("bob"))
+        sent = await alice.send("bob", "room for me?", direct=True)
+        assert (await bob.messages().receive()).id == sent
+        with trio.fail_after(1.0), pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):
+            await held[1].receive()  # ended at once, not after link_idle
+        assert bob.admission.evicted_idle == 1 and bob.stats.inbound_refused == 0
+        await held[0].send(
+            rpc.encode_request(rpc.Request(b"\x01" * rpc.RID_BYTES, rpc.Method.PING))
+        )
+        assert rpc.decode(await held[0].receive()).rid == b"\x01" * rpc.RID_BYTES
+        for link in held:
+            await link.aclose()
 
 
 async def test_one_address_gets_only_its_share_of_handshakes(

@@ -42,7 +42,7 @@ OPTIONS = NodeOptions(
     # lookup cheaper; a larger, longer-lived link pool saves handshakes.
     onion=OnionServiceOptions(mailbox_poll=1800.0),
     dht=DhtOptions(k=8, mailbox_k=5, max_links=128, link_idle=600.0),
-    idle_timeout=900.0,  # above the pool's link_idle, so pooled links are not stale
+    link_idle=900.0,  # above the pool's link_idle, so pooled links are not stale
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -257,12 +258,14 @@ async def test_a_black_holed_link_is_found_by_its_probe_and_its_packets_go_again
     links, dialled, target = breakable_links()
     async with trio.open_nursery() as nursery:
         await nursery.start(links.run)
+        start = trio.current_time()
         for packet in (b"a", b"b", b"c"):
             await links.send(target, packet)
             await trio.sleep(RESEND_WINDOW)  # older than a reset would resend
         assert dialled[0].probes == 1  # one in flight at a time
         await trio.sleep(PROBE_TIMEOUT)
         assert links.silent == 1 and dialled[0].closed
+        assert links.last_silent == start + PROBE_TIMEOUT  # the sender's cut-off sees when
         assert dialled[1].sent == [b"a", b"b", b"c"]
         assert links.resent == 3
         nursery.cancel_scope.cancel()
@@ -277,7 +280,7 @@ async def test_a_link_that_answers_is_kept_and_what_it_confirmed_is_not_resent(
         await links.send(target, b"a")
         await trio.sleep(PROBE_TIMEOUT * 3)
         await links.send(target, b"b")
-        assert links.silent == 0 and len(dialled) == 1
+        assert links.silent == 0 and len(dialled) == 1 and links.last_silent == -math.inf
         assert dialled[0].probes == 2  # one per packet after the link answered
         await trio.testing.wait_all_tasks_blocked()  # the answer is read
         dialled[0].reset()  # at once: "b" was answered for, nothing to resend

@@ -178,7 +178,7 @@ async def test_a_bridge_carries_at_most_its_limit_of_tunnels_per_client(
 
 
 async def test_an_idle_tunnel_is_closed(world: SimWorld, autojump_clock: MockClock) -> None:
-    """By the bridge: the target would keep it for its own idle timeout (120 s)."""
+    """By the bridge: the target would keep it for its own link_idle (900 s)."""
     options = NodeOptions(idle_timeout=50.0)
     async with lab(world, options) as at:
         dialer = at.client(via="bridge")

@@ -258,10 +258,12 @@ class Sender:
         """Whether we look cut off from most relays, as when only our LAN
         works: over the last :data:`CUT_OFF_WINDOW` seconds, at least
         :data:`CUT_OFF_MIN` onion attempts and not one ack, while some
-        attempt could not leave or half our DHT routing table stopped
-        answering. An attempt that leaves through a relay on the LAN then
-        likely dies at the next; a recipient merely offline leaves neither
-        an attempt stuck here nor our peers silent."""
+        attempt could not leave, a link we sent on went silent (a black hole
+        takes what we write, and links stay open long after their last
+        packet), or half our DHT routing table stopped answering. An attempt
+        that leaves through a relay on the LAN then likely dies at the next;
+        a recipient merely offline leaves neither an attempt stuck here, nor
+        a link silent, nor our peers silent."""
         now = trio.current_time()
         while self._left and self._left[0][0] < now - CUT_OFF_WINDOW:
             self._left.popleft()
@@ -270,7 +272,8 @@ class Sender:
         acked = bool(acks) and acks[-1][0] >= now - CUT_OFF_WINDOW
         table = self.dht.table
         silent = 2 * len(table.unreachable()) >= max(1, len(table))
-        stuck = silent or any(not left for _, left in self._left)
+        black_holed = self.onion.links.last_silent >= now - CUT_OFF_WINDOW
+        stuck = silent or black_holed or any(not left for _, left in self._left)
         return len(self._left) >= CUT_OFF_MIN and stuck and not acked
 
     async def _deposit(self, attempt: Attempt, *, holders: bool) -> None:
