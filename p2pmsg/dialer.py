@@ -31,6 +31,7 @@ deduplication shows nothing twice.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
@@ -150,10 +151,19 @@ def _tunnelable(text: str) -> bool:
 
 
 def _three_tuple(endpoint: Endpoint) -> ThreeTuple | None:
-    """("", server host, port) for the residual guard; None without a port."""
+    """("", server host, port) for the residual guard; None without a port,
+    and None for a loopback or link-local address: no censor sits between us
+    and a host on our own machine or link, so a reset from one is the host's
+    own (a node killed in the middle of our handshake), not a residual block."""
     try:
         host, port = endpoint.host_port()
     except BadEndpoint:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ("", host, port)
+    if address.is_loopback or address.is_link_local:
         return None
     return ("", host, port)
 

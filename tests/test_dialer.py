@@ -4,6 +4,8 @@ the losers, and what it learns (autojump clock: times are simulated)."""
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -11,14 +13,16 @@ import trio
 from trio.testing import MockClock
 
 from p2pmsg.abc import Link
-from p2pmsg.dialer import Dialer, Dialled
+from p2pmsg.dialer import DIAL_ERRORS, Dialer, Dialled
 from p2pmsg.endpoint import Endpoint
+from p2pmsg.errors import UnsupportedEndpoint
 from p2pmsg.keys import Identity
 from p2pmsg.link.replay import ReplayWindow
 from p2pmsg.link.secure import accept_secure
 from p2pmsg.pathscore import STAGGER_DELAY
 from p2pmsg.sim.net import DELIVER, DROP, Packet, SimNetwork, Verdict
 from transports.sim import SimTransport
+from transports.tcp import TcpTransport
 
 SERVER = Identity.generate()
 ENDPOINTS = ["sim:server:1", "sim:server:2", "sim:server:3"]
@@ -96,3 +100,49 @@ async def test_every_endpoint_failing_raises_the_last_error_and_scores_each(
     assert [d.winner for d in seen] == [None]
     assert dialer.health["sim"].failures == {"reset": 3}
     assert len(dialer.residual) == 0  # a refused SYN is a peer that is down, not a censor
+
+
+async def reset_after_first_message(
+    listeners: list[trio.SocketListener], handshakes: list[bytes]
+) -> None:
+    """A server that reads what the client sends first and then resets, as a
+    node killed in the middle of a handshake does (or a censor's RST)."""
+    async with listeners[0] as listener:
+        while True:
+            stream = await listener.accept()
+            handshakes.append(await stream.receive_some(65536))
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stream.socket.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "guarded"), [("127.0.0.1", False), ("127.0.0.2", False), ("localhost", True)]
+)
+async def test_a_reset_from_our_own_machine_is_the_peers_not_a_residual_block(
+    host: str, guarded: bool
+) -> None:
+    """A handshake reset by a loopback address arms no residual guard: no
+    censor sits on the loopback, and a peer restarting there must be dialled
+    again at once. Only the literal address is trusted (``localhost`` is a
+    name a resolver answers, so it is guarded like any other host)."""
+    async with trio.open_nursery() as nursery:
+        address = "127.0.0.1" if host == "localhost" else host
+        listeners = await trio.open_tcp_listeners(0, host=address)
+        port = listeners[0].socket.getsockname()[1]
+        handshakes: list[bytes] = []
+        nursery.start_soon(reset_after_first_message, listeners, handshakes)
+        dialer = Dialer(Identity.generate(), [TcpTransport()])
+        endpoints = [f"tcp:{host}:{port}"]
+        with pytest.raises(DIAL_ERRORS):
+            await dialer.connect(endpoints, SERVER.public)
+        assert dialer.health["tcp"].failures == {"reset": 1}
+        assert len(handshakes) == 1 and handshakes[0]  # reset in the handshake, not refused
+        assert len(dialer.residual) == (1 if guarded else 0)
+        if guarded:
+            with pytest.raises(UnsupportedEndpoint):  # skipped for the residual window
+                await dialer.connect(endpoints, SERVER.public)
+        else:
+            with pytest.raises(DIAL_ERRORS):  # dialled again, and reset again
+                await dialer.connect(endpoints, SERVER.public)
+            assert dialer.health["tcp"].failures == {"reset": 2} and len(handshakes) == 2
+        nursery.cancel_scope.cancel()

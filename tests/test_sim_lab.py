@@ -436,7 +436,7 @@ def test_without_eviction_the_flood_takes_the_victims_links(
     small, against a node that never evicts: its flooders' 10 addresses may
     hold 32 links each, which is more than its memory cap takes, so honest
     links wait for the flooders' to time out."""
-    monkeypatch.setattr(Admission, "_evict_for", lambda self, address, pending: False)
+    monkeypatch.setattr(Admission, "_evict_for", lambda self, address, *, pending, now: False)
     checks = _flood_checks(loads(FLOOD, "tiny-flood.toml"))
     assert checks["inbound memory under the flood"]  # the cap itself still holds
     assert not checks["latency p99 of the flooded users' messages"]
