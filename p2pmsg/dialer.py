@@ -31,6 +31,7 @@ deduplication shows nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -159,12 +160,10 @@ def _three_tuple(endpoint: Endpoint) -> ThreeTuple | None:
         host, port = endpoint.host_port()
     except BadEndpoint:
         return None
-    try:
+    with contextlib.suppress(ValueError):  # a name is guarded like any host
         address = ipaddress.ip_address(host)
-    except ValueError:
-        return ("", host, port)
-    if address.is_loopback or address.is_link_local:
-        return None
+        if address.is_loopback or address.is_link_local:
+            return None
     return ("", host, port)
 
 

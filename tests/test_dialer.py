@@ -1,5 +1,6 @@
 """The dialer's race on the simulated network: staggered starts, the winner,
-the losers, and what it learns (autojump clock: times are simulated)."""
+the losers, and what it learns (autojump clock: times are simulated); and,
+over real loopback TCP, what a reset there arms."""
 
 from __future__ import annotations
 
