@@ -59,6 +59,25 @@ async def test_a_peer_that_moved_is_verified_at_its_new_endpoint(
         nursery.cancel_scope.cancel()
 
 
+async def test_find_peer_answers_from_our_own_store_when_the_owner_is_gone(
+    autojump_clock: MockClock,
+) -> None:
+    """b stores its peer record at a, its only neighbour, then goes silent: a
+    is one of the k closest to b's id, so its own copy is the answer."""
+    world = DhtWorld()
+    async with trio.open_nursery() as nursery:
+        a = await world.add(nursery, "10.9.0.1")
+        b = await world.add(nursery, "10.9.0.2")
+        assert await b.join([a.as_peer()])
+        record = b.publish_local(["sim:10.9.0.2:1"], frozenset({"v2"}))
+        assert await b.put(record) == 1
+        world.net.policy = lambda p: Drop() if "10.9.0.2" in (p.src_host, p.dst_host) else Deliver()
+        found = await a.find_peer(b.identity.node_id)
+        assert found is not None
+        assert found.endpoints == ("sim:10.9.0.2:1",)
+        nursery.cancel_scope.cancel()
+
+
 class PingCounting(Dht):
     """The real service, listing the node ids it sends PINGs to."""
 

@@ -70,7 +70,7 @@ class LookupRun:
                 request = rpc.encode_find_value(self.value_type, target)
                 body = await self._call(peer, rpc.Method.FIND_VALUE, request)
                 values, closer = rpc.decode_value_reply(body)
-                self._collect(values, self.value_type)
+                self.collect(values)
         except P2PMsgError:  # the RPC failed, or its answer is malformed
             lookup.on_failure(peer.node_id, trio.current_time())
         else:
@@ -78,7 +78,9 @@ class LookupRun:
             lookup.on_success(peer.node_id, peers, trio.current_time())
         self._wake.set()
 
-    def _collect(self, values: list[bytes], value_type: int) -> None:
+    def collect(self, values: list[bytes]) -> None:
+        """Keep the valid records of the lookup's type and target among
+        ``values`` (encoded), the newest per publisher."""
         now = self._wall_clock()
         for data in values:
             try:
@@ -86,7 +88,7 @@ class LookupRun:
                 rec.validate(record, now)
             except RemoteProtocolError:
                 continue
-            if record.type == value_type and record.key == self.lookup.target:
+            if record.type == self.value_type and record.key == self.lookup.target:
                 slot = (record.publisher, record.type)
                 if slot not in self.found or self.found[slot].seq < record.seq:
                     self.found[slot] = record

@@ -450,10 +450,15 @@ class Dht:
     # -- lookups ---------------------------------------------------------------
 
     async def lookup(
-        self, target: bytes, *, disjoint_paths: int = 1, value_type: int | None = None
+        self,
+        target: bytes,
+        *,
+        disjoint_paths: int = 1,
+        value_type: rec.RecordType | None = None,
     ) -> tuple[list[Peer], list[rec.Record]]:
         """The k closest answering peers to ``target`` and, with ``value_type``,
-        the valid records of that type stored under ``target`` (newest first)."""
+        the valid records of that type stored under ``target`` (newest first),
+        our own store's among them: we may be one of the k closest."""
         lookup = Lookup(
             target,
             self.table.closest(target, self.options.k),
@@ -470,6 +475,9 @@ class Dht:
             peer_from_bytes=self._peer_from_bytes,
             wall_clock=self._wall_clock,
         )
+        if value_type is not None:
+            held = self.records.get(value_type, target, self._wall_clock())
+            run.collect([rec.encode(r) for r in held])
         return await run.run()
 
     # -- storing and finding ---------------------------------------------------
