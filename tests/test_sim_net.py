@@ -291,6 +291,19 @@ async def test_listen_ports_and_hosts(autojump_clock: trio.testing.MockClock) ->
         await net.listen("server", 70000)
 
 
+async def test_a_flow_can_have_its_own_window(autojump_clock: trio.testing.MockClock) -> None:
+    net = SimNetwork(queue_packets=4)
+    await net.listen("server", 80)
+    narrow = await net.connect("client", "server", 80, window=2)
+    wide = await net.connect("client", "server", 80)
+    for stream, room in ((narrow, 2), (wide, 4)):
+        for i in range(room):
+            await stream.send(bytes([i]))
+        assert await hangs(lambda: stream.send(b"one too many"))  # noqa: B023
+    with pytest.raises(ValueError, match="window must be positive"):
+        await net.connect("client", "server", 80, window=0)
+
+
 async def test_bad_sizes_and_delays_are_refused(autojump_clock: trio.testing.MockClock) -> None:
     with pytest.raises(ValueError, match="bad delay"):
         Deliver(-1.0)

@@ -23,6 +23,7 @@ and bounded (at most ``max_entries`` entries, ``max_servers`` watched).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections import OrderedDict
@@ -33,6 +34,9 @@ from p2pmsg.sim.censor import FlowView
 from p2pmsg.sim.net import DROP, Packet, SimHost, Verdict
 
 Network = ipaddress.IPv4Network
+
+_address = functools.lru_cache(maxsize=4096)(ipaddress.IPv4Address)
+"""Parsed once per host: :meth:`Blocklist.blocks` runs at every packet."""
 
 
 @dataclass
@@ -75,7 +79,7 @@ class Blocklist:
     def blocks(self, client: SimHost, server: SimHost, now: float) -> bool:
         if client.country != self.country or not server.ip:
             return False
-        address = ipaddress.IPv4Address(server.ip)
+        address = _address(server.ip)
         return any(
             address in e.network and now >= e.effective.get(client.isp, 0.0) for e in self.entries
         )

@@ -361,9 +361,12 @@ class SimNetwork:
                 return port
         raise OSError(errno.EADDRNOTAVAIL, f"no free port on {host.name}")
 
-    async def connect(self, src_host: str, dst_host: str, dst_port: int) -> SimStream:
+    async def connect(
+        self, src_host: str, dst_host: str, dst_port: int, *, window: int | None = None
+    ) -> SimStream:
         """Open a stream from ``src_host`` to ``dst_host:dst_port``.
 
+        ``window`` is this flow's ``queue_packets`` (the network's by default).
         Raises ``ConnectionRefusedError`` (nobody listens, full backlog, reset
         SYN), ``OSError(EHOSTUNREACH)`` for an unknown host; hangs while the
         policy drops the SYN. Cancelled: no connection was made.
@@ -374,8 +377,10 @@ class SimNetwork:
             raise OSError(errno.EHOSTUNREACH, f"no route to host {dst_host!r}")
         local = (src.name, self._ephemeral_port(src))
         remote = (dst_host, dst_port)
+        if window is not None and window < 1:
+            raise ValueError("window must be positive")
         self._flows += 1
-        flow = _Flow(self._flows, self.queue_packets)
+        flow = _Flow(self._flows, window or self.queue_packets)
         await self._carry_syn(Packet(*local, *remote, flow.id, "c2s", b"", "syn"))
         self._listener_at(remote)
         await self._carry_syn(Packet(*remote, *local, flow.id, "s2c", b"", "syn"))
