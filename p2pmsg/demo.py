@@ -22,13 +22,23 @@ Out = Callable[[str], None]
 
 
 def demo_scenario() -> Scenario:
-    """S1, smaller and shorter: 16 users on 2 ISPs for 3 simulated hours."""
+    """S1, smaller and shorter: 16 users on 3 ISPs for 3 simulated hours, the
+    censor's calendar halved with the run, so that it learns addresses and then
+    widens them to cloud ranges within it (S1 takes 6 hours)."""
     s1 = lab.find("S1")
+    half = 3 * 3600.0 / s1.run.duration
+    censor = tuple(
+        dataclasses.replace(
+            rule, at=rule.at * half, every=rule.every * half, propagation=rule.propagation * half
+        )
+        for rule in s1.censor
+    )
     return dataclasses.replace(
         s1,
         run=dataclasses.replace(s1.run, duration=3 * 3600.0, drain=1800.0, seeds=1),
-        topology=dataclasses.replace(s1.topology, users=16, isps=2),
+        topology=dataclasses.replace(s1.topology, users=16),
         traffic=dataclasses.replace(s1.traffic, pairs=8, every=900.0),
+        censor=censor,
     )
 
 

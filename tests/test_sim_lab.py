@@ -135,7 +135,7 @@ def test_one_seed_reproduces_a_run_and_another_seed_does_not() -> None:
     assert verdict.control_failed  # its only server was dropped before the first message
     assert verdict.figures["duplicates"] == 0
     assert [e for _, e in first.censor_events] == [
-        "drop: 1 addresses (servers)",
+        "drop: 1 address (servers)",
         "drop: 2 addresses (bootstrap)",
     ]
 
@@ -191,6 +191,9 @@ def test_the_demo_tells_the_russia_2018_story_with_numbers(tmp_path: Path) -> No
     text = "\n".join(lines)
     assert ok, text
     assert "drop: 3 addresses (servers)" in text
+    # The escalation of S1 within the demo's hours: learned addresses, then prefixes.
+    assert re.search(r"t0\+\d:\d\d  blocklist_add: \d+ address(es)? \(learned\)", text), text
+    assert re.search(r"t0\+\d:\d\d  blocklist_add: \d+ prefix(es)? \(learned\)", text), text
     assert "the control messenger (fixed servers) delivered 0 of" in text
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["control_failed"]

@@ -628,8 +628,8 @@ class _Run:
                 networks, now, propagation=rule.propagation, reason=rule.target
             )
             if added:
-                what = "prefixes" if rule.prefix < 32 else "addresses"
-                event = f"{rule.action}: {added} {what} ({rule.target})"
+                what = ("prefix", "prefixes") if rule.prefix < 32 else ("address", "addresses")
+                event = f"{rule.action}: {added} {what[added > 1]} ({rule.target})"
                 self.result.censor_events.append((now - self.t0, event))
             if rule.every <= 0:
                 return
