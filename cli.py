@@ -30,6 +30,7 @@ import trio
 
 from p2pmsg import bootstrap, control
 from p2pmsg.abc import Transport
+from p2pmsg.admission import Limits
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.delivery import files
 from p2pmsg.dht import records
@@ -43,7 +44,7 @@ from p2pmsg.errors import (
     NotFound,
     P2PMsgError,
 )
-from p2pmsg.home import Config, Home
+from p2pmsg.home import MIB, Config, Home
 from p2pmsg.keys import Identity, decode_key, encode_key
 from p2pmsg.node import Node
 from p2pmsg.ports import free_listen_port
@@ -191,6 +192,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         listen = run_trio(_with_obfs4_certs, home, listen)
     listen = tuple(_with_key_args(home, e) for e in listen)
+    limits = None
+    if args.max_links or args.max_memory:
+        default = Limits()
+        limits = Limits(
+            links=args.max_links or default.links, memory=args.max_memory or default.memory
+        )
     config = Config(
         listen=listen,
         bootstrap=tuple(args.bootstrap),
@@ -198,6 +205,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         bridge=args.bridge,
         use_bridges=use_bridges,
         publishers=tuple(encode_key(decode_key(key.strip().lower())) for key in args.publisher),
+        limits=limits,
     )
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
@@ -491,6 +499,28 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     )
 
 
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError("a whole number, at least 1")
+    return count
+
+
+def _memory(text: str) -> int:
+    """MiB -> bytes; at least one link's buffers."""
+    least = Limits().link_bytes / MIB
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = math.nan
+    if not least <= mib < math.inf:
+        raise argparse.ArgumentTypeError(f"MiB, at least {least:g} (one link's buffers)")
+    return int(mib * MIB)
+
+
 def _days(text: str) -> float:
     try:
         days = float(text)
@@ -525,6 +555,10 @@ def _add_init(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY",
         help="take signed bootstrap lists from this publisher (repeat for more)",
+    )
+    p.add_argument("--max-links", type=_count, metavar="N", help="inbound links at most (256)")
+    p.add_argument(
+        "--max-memory", type=_memory, metavar="MIB", help="inbound links' buffers at most (64)"
     )
 
 

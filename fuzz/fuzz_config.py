@@ -52,6 +52,8 @@ def seeds() -> dict[str, bytes]:
         "bridges_not_a_list": b'{"listen": [], "use_bridges": "p2pmsg://x"}',
         "bad_publisher": b'{"listen": [], "publishers": ["' + b"a" * 51 + b'"]}',
         "publishers_not_a_list": b'{"listen": [], "publishers": "a"}',
+        "limits": b'{"listen": [], "limits": {"links": 8, "memory_mib": 16.5}}',
+        "bad_limits": b'{"listen": [], "limits": {"links": 1e999, "memory_mib": -0.0}}',
     }
 
 

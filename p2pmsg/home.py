@@ -8,13 +8,16 @@ the control socket in the short window before its own chmod.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
+from p2pmsg.admission import Limits
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadEndpoint, BadInvite, BadKey, HomeError
 from p2pmsg.keys import Identity, decode_key, load_identity, save_identity, write_private_file
@@ -24,6 +27,12 @@ CONFIG_FILE = "config.json"
 DB_FILE = "p2pmsg.db"
 CONTROL_SOCKET = "control.sock"
 MAX_CONFIG_BYTES = 64 * 1024
+MIB = 1024 * 1024
+LIMIT_KEYS = (
+    "links", "links_per_address", "links_per_prefix", "pending", "pending_per_address",
+    "pending_per_prefix", "opens_per_second", "opens_burst", "memory_mib",
+)  # fmt: skip
+"""The keys of config.json's ``limits``: :class:`Limits`' fields, the memory cap in MiB."""
 
 
 def _str_list(value: object) -> TypeGuard[list[str]]:
@@ -46,6 +55,10 @@ class Config:
     #: Keys of the publishers whose signed bootstrap lists we take
     #: (:mod:`p2pmsg.bootstrap`), as printed by ``p2pmsg bootstrap sign``.
     publishers: tuple[str, ...] = ()
+    #: Limits on inbound links and their memory (:mod:`p2pmsg.admission`),
+    #: as a relay operator sets Tor's ``ConnLimit`` and ``MaxMemInQueues``.
+    #: None: the defaults, or what the application passes in ``NodeOptions``.
+    limits: Limits | None = None
 
     def publisher_keys(self) -> tuple[bytes, ...]:
         return tuple(decode_key(k) for k in self.publishers)
@@ -60,6 +73,8 @@ class Config:
             "use_bridges": [str(b) for b in self.use_bridges],
             "publishers": list(self.publishers),
         }
+        if self.limits is not None:
+            data["limits"] = _limits_to_json(self.limits)
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -85,6 +100,8 @@ class Config:
         publishers = data.get("publishers", [])
         if not _str_list(publishers):
             raise HomeError("config.json is damaged: publishers is a list of keys")
+        limits = data.get("limits")
+        limits = None if limits is None else _limits_from_json(limits)
         try:
             for key in publishers:
                 decode_key(key)
@@ -95,9 +112,42 @@ class Config:
                 bridge,
                 tuple(Invite.parse(b) for b in use_bridges),
                 tuple(publishers),
+                limits,
             )
         except (BadEndpoint, BadInvite, BadKey) as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc
+
+
+def _limits_to_json(limits: Limits) -> dict[str, float]:
+    values = dataclasses.asdict(limits)
+    values["memory_mib"] = limits.memory / MIB
+    return {key: values[key] for key in LIMIT_KEYS}
+
+
+def _limits_from_json(data: object) -> Limits:
+    """config.json's ``limits``: any of :data:`LIMIT_KEYS`, the rest default."""
+    if not isinstance(data, dict):
+        raise HomeError("config.json is damaged: limits is an object")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in LIMIT_KEYS:
+            known = ", ".join(LIMIT_KEYS)
+            raise HomeError(f"config.json: limits.{key} is unknown (known: {known})")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not 0 < value < math.inf:
+            raise HomeError(f"config.json: limits.{key} must be a positive number, not {value!r}")
+        if key == "memory_mib":
+            values["memory"] = int(value * MIB)
+        elif key.startswith("opens_"):
+            values[key] = float(value)
+        elif isinstance(value, int):
+            values[key] = value
+        else:
+            raise HomeError(f"config.json: limits.{key} must be a whole number, not {value!r}")
+    try:
+        return Limits(**values)
+    except (ValueError, OverflowError) as exc:
+        raise HomeError(f"config.json: limits: {exc}") from exc
 
 
 @dataclass(frozen=True)

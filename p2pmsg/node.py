@@ -98,8 +98,9 @@ class NodeOptions:
     """Seconds an inbound link may stay silent before it is closed. Relays'
     links are kept warm long after their last packet, as Tor keeps idle
     connections for 30 to 60 minutes: a dial on every hop of a rare sender's
-    route slows its messages (S9, S18). Above the onion service's
-    ``link_idle``, so that the side that opened a link closes it; an idle
+    route slows its messages (S9, S18). Must be above the onion service's
+    and the DHT pool's ``link_idle``, so that the side that opened a link
+    closes it (a ``ValueError`` otherwise); an idle
     link gives way to a newcomer when the inbound links are full
     (:mod:`p2pmsg.admission`)."""
     message_ttl: float = 7 * 86400.0
@@ -133,6 +134,16 @@ class NodeOptions:
     max_tunnels_per_peer: int = 64
     dht: DhtOptions = field(default_factory=DhtOptions)
     onion: OnionServiceOptions = field(default_factory=OnionServiceOptions)
+
+    def __post_init__(self) -> None:
+        # The side that opened a link must close it first: a link our peer
+        # times out under our pool is a failed send on a route that was fine.
+        for name, idle in (("onion.link_idle", self.onion.link_idle),
+                           ("dht.link_idle", self.dht.link_idle)):  # fmt: skip
+            if idle >= self.link_idle:
+                raise ValueError(
+                    f"{name} ({idle:g} s) must be under link_idle ({self.link_idle:g} s)"
+                )
 
 
 @dataclass(frozen=True)
@@ -306,6 +317,8 @@ class Node:
         try:
             await store.set_identity(identity.public.key, wall_clock())
             options = options or NodeOptions()
+            if config.limits is not None:
+                options = replace(options, admission=config.limits)
             if config.bridge:
                 options = replace(options, bridge=True, dht=replace(options.dht, unlisted=True))
             if config.use_bridges:  # nobody can dial us: no relaying; replies via a gateway

@@ -7,14 +7,18 @@ import stat
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cli
+from p2pmsg.admission import Limits
 from p2pmsg.contacts import MAX_NAME, check_name, contact_from_text
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import BadInvite, HomeError
-from p2pmsg.home import MAX_CONFIG_BYTES, Config, Home
+from p2pmsg.home import MAX_CONFIG_BYTES, MIB, Config, Home
 from p2pmsg.keys import Identity, encode_key
+from p2pmsg.node import Node
 
 ALICE = Identity(bytes(range(32)))
 BOB = Identity(bytes(range(32, 64)))
@@ -38,6 +42,13 @@ configs = st.builds(
     st.lists(st.text()).map(tuple),
     bridge=st.booleans(),
     publishers=st.lists(st.binary(min_size=32, max_size=32).map(encode_key), max_size=2).map(tuple),
+    limits=st.none()
+    | st.builds(
+        Limits,
+        links=st.integers(1, 10**6),
+        opens_per_second=st.floats(0.001, 1e6),
+        memory=st.integers(Limits().link_bytes, 2**40),
+    ),
 )
 
 
@@ -160,6 +171,56 @@ def test_a_config_that_uses_bridges_keeps_their_invites_and_refuses_a_bad_one() 
         Config.from_json('{"listen": [], "use_bridges": "p2pmsg://x"}')
     with pytest.raises(HomeError, match="damaged"):
         Config.from_json('{"listen": [], "use_bridges": ["p2pmsg://not-a-key@tcp:1.2.3.4:5"]}')
+
+
+def test_a_config_sets_the_inbound_limits_and_refuses_bad_ones() -> None:
+    text = '{"listen": [], "limits": {"links": 8, "opens_per_second": 1, "memory_mib": 16}}'
+    limits = Config.from_json(text).limits
+    assert limits == Limits(links=8, opens_per_second=1.0, memory=16 * MIB)
+    assert Config.from_json('{"listen": []}').limits is None
+    for limits_json, says in [
+        ('{"conns": 8}', "limits.conns is unknown"),
+        ('{"links": true}', "limits.links must be a positive number"),
+        ('{"links": -1}', "limits.links must be a positive number"),
+        ('{"links": 2.5}', "limits.links must be a whole number"),
+        ('{"memory_mib": Infinity}', "limits.memory_mib must be a positive number"),
+        ('{"memory_mib": 0.1}', "memory cap must hold at least one link"),
+        ("[8]", "limits is an object"),
+    ]:
+        with pytest.raises(HomeError, match=says):
+            Config.from_json(f'{{"listen": [], "limits": {limits_json}}}')
+
+
+def test_init_writes_the_limits_a_node_opens_with(tmp_path: Path) -> None:
+    home = Home(tmp_path / "relay")
+    argv = ["--home", str(home.path), "init", "--max-links", "8", "--max-memory", "16"]
+    assert cli.main(argv) == 0
+    assert home.load_config().limits == Limits(links=8, memory=16 * MIB)
+
+    async def opened() -> Limits:
+        async with Node.open(home.path, []) as node:
+            return node.admission.limits
+
+    assert trio.run(opened) == Limits(links=8, memory=16 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--max-links", "0"], "--max-links: a whole number, at least 1"),
+        (["--max-links", "many"], "--max-links: a whole number, at least 1"),
+        (["--max-memory", "0.1"], "--max-memory: MiB, at least 0.5"),
+        (["--max-memory", "nan"], "--max-memory: MiB, at least 0.5"),
+    ],
+)
+def test_bad_limits_on_init_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], says: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--home", str(tmp_path / "node"), "init", *flags])
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "node").exists()
 
 
 @pytest.mark.parametrize(

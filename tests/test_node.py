@@ -12,11 +12,13 @@ from trio.testing import MockClock
 
 from p2pmsg.admission import IDLE_EVICTION, Limits, Refused
 from p2pmsg.dht import rpc
+from p2pmsg.dht.service import DhtOptions
 from p2pmsg.endpoint import Endpoint
 from p2pmsg.errors import OutboxFull, UnknownContact
 from p2pmsg.keys import Identity
 from p2pmsg.link.secure import connect_secure
 from p2pmsg.node import NodeOptions
+from p2pmsg.onion_service import OnionServiceOptions
 from p2pmsg.puzzle import MIN_EFFORT, Pricing
 from p2pmsg.sim.net import Deliver, Drop, Packet, Verdict
 from transports.sim import SimTransport
@@ -37,6 +39,15 @@ async def test_two_nodes_exchange_messages_both_ways(
         assert (back.id, back.body, back.contact) == (reply, b"\x00binary", "bob")
         outbox = await alice.store.list_outbox()
         assert [(m.id, m.state) for m in outbox] == [(sent, "delivered")]
+
+
+def test_pools_must_close_their_links_before_the_peer_times_them_out() -> None:
+    NodeOptions(link_idle=200.0, dht=DhtOptions(link_idle=100.0),
+                onion=OnionServiceOptions(link_idle=150.0))  # fmt: skip
+    with pytest.raises(ValueError, match=r"onion.link_idle \(900 s\) must be under link_idle"):
+        NodeOptions(link_idle=900.0, onion=OnionServiceOptions(link_idle=900.0))
+    with pytest.raises(ValueError, match=r"dht.link_idle \(60 s\) must be under link_idle"):
+        NodeOptions(link_idle=60.0, onion=OnionServiceOptions(link_idle=30.0))
 
 
 async def test_unknown_contact_is_refused(world: SimWorld, autojump_clock: MockClock) -> None:
