@@ -14,6 +14,19 @@ from p2pmsg.sim.world import seeded_scheduler
 pytest_plugins = ["p2pmsg.testing.simnet"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests with a longer time budget than the suite's first, the longest
+    first: xdist gives each worker a contiguous share and the idle one steals
+    from the end of the other's, so a long test left to the end keeps one core
+    idle for minutes (the reduced matrix, the DHT at scale, onion churn)."""
+
+    def budget(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("timeout")
+        return float(mark.args[0]) if mark is not None and mark.args else 0.0
+
+    items.sort(key=budget, reverse=True)  # stable: the rest keep their order
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[SimWorld]:
     """A simulated world; its tests also ask for ``autojump_clock`` (pytest-trio
