@@ -44,7 +44,7 @@ from p2pmsg.errors import (
     NotFound,
     P2PMsgError,
 )
-from p2pmsg.home import MIB, Config, Home
+from p2pmsg.home import MAX_LIMIT, MIB, Config, Home
 from p2pmsg.keys import Identity, decode_key, encode_key
 from p2pmsg.node import Node
 from p2pmsg.ports import free_listen_port
@@ -504,8 +504,8 @@ def _count(text: str) -> int:
         count = int(text)
     except ValueError:
         count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError("a whole number, at least 1")
+    if not 1 <= count <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError("a whole number from 1 to 2**53")
     return count
 
 
@@ -516,8 +516,8 @@ def _memory(text: str) -> int:
         mib = float(text)
     except ValueError:
         mib = math.nan
-    if not least <= mib < math.inf:
-        raise argparse.ArgumentTypeError(f"MiB, at least {least:g} (one link's buffers)")
+    if not least <= mib <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"MiB from {least:g} (one link's buffers) to 2**53")
     return int(mib * MIB)
 
 

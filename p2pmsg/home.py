@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ LIMIT_KEYS = (
     "pending_per_prefix", "opens_per_second", "opens_burst", "memory_mib",
 )  # fmt: skip
 """The keys of config.json's ``limits``: :class:`Limits`' fields, the memory cap in MiB."""
+MAX_LIMIT = 2**53
 
 
 def _str_list(value: object) -> TypeGuard[list[str]]:
@@ -134,8 +134,10 @@ def _limits_from_json(data: object) -> Limits:
             known = ", ".join(LIMIT_KEYS)
             raise HomeError(f"config.json: limits.{key} is unknown (known: {known})")
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not 0 < value < math.inf:
-            raise HomeError(f"config.json: limits.{key} must be a positive number, not {value!r}")
+        if not number or not 0 < value <= MAX_LIMIT:
+            raise HomeError(
+                f"config.json: limits.{key} must be a number in (0, 2**53], not {value!r}"
+            )
         if key == "memory_mib":
             values["memory"] = int(value * MIB)
         elif key.startswith("opens_"):
@@ -146,7 +148,7 @@ def _limits_from_json(data: object) -> Limits:
             raise HomeError(f"config.json: limits.{key} must be a whole number, not {value!r}")
     try:
         return Limits(**values)
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise HomeError(f"config.json: limits: {exc}") from exc
 
 
