@@ -284,6 +284,7 @@ class Admission:
             "peak_bytes": self.peak_bytes,
             "evicted": self.evicted,
             "evicted_idle": self.evicted_idle,
+            "links_cap": self.limits.links,
             "memory_cap": self.limits.memory,
             "refused": {reason.name.lower(): n for reason, n in self.refused.items()},
         }

@@ -199,11 +199,13 @@ def test_init_writes_the_limits_a_node_opens_with(tmp_path: Path) -> None:
     assert cli.main(argv) == 0
     assert home.load_config().limits == Limits(links=8, memory=16 * MIB)
 
-    async def opened() -> Limits:
+    async def opened() -> tuple[Limits, dict[str, object]]:
         async with Node.open(home.path, []) as node:
-            return node.admission.limits
+            return node.admission.limits, (await node.status())["inbound"]
 
-    assert trio.run(opened) == Limits(links=8, memory=16 * MIB)
+    limits, inbound = trio.run(opened)
+    assert limits == Limits(links=8, memory=16 * MIB)
+    assert (inbound["links_cap"], inbound["memory_cap"]) == (8, 16 * MIB)  # what status shows
 
 
 @pytest.mark.parametrize(
