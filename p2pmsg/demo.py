@@ -26,10 +26,10 @@ def demo_scenario() -> Scenario:
     censor's calendar halved with the run, so that it learns addresses and then
     widens them to cloud ranges within it (S1 takes 6 hours)."""
     s1 = lab.find("S1")
-    half = 3 * 3600.0 / s1.run.duration
+    scale = 3 * 3600.0 / s1.run.duration
     censor = tuple(
         dataclasses.replace(
-            rule, at=rule.at * half, every=rule.every * half, propagation=rule.propagation * half
+            rule, at=rule.at * scale, every=rule.every * scale, propagation=rule.propagation * scale
         )
         for rule in s1.censor
     )

@@ -371,14 +371,14 @@ class SimNetwork:
         SYN), ``OSError(EHOSTUNREACH)`` for an unknown host; hangs while the
         policy drops the SYN. Cancelled: no connection was made.
         """
+        if window is not None and window < 1:
+            raise ValueError("window must be positive")
         src = self.host(src_host)
         if dst_host not in self._hosts:
             await trio.lowlevel.checkpoint()
             raise OSError(errno.EHOSTUNREACH, f"no route to host {dst_host!r}")
         local = (src.name, self._ephemeral_port(src))
         remote = (dst_host, dst_port)
-        if window is not None and window < 1:
-            raise ValueError("window must be positive")
         self._flows += 1
         flow = _Flow(self._flows, window or self.queue_packets)
         await self._carry_syn(Packet(*local, *remote, flow.id, "c2s", b"", "syn"))
