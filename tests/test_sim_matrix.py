@@ -35,7 +35,7 @@ OUTCOMES: dict[str, tuple[str, frozenset[str]]] = {
     "S10": ("PASS", NONE),
     "S11": ("PASS", NONE),
     "S12": ("PASS", NONE),
-    "S13": ("FAIL", NONE),
+    "S13": ("PASS", NONE),
     "S14": ("PASS", NONE),
     "S15": ("PASS", NONE),
     "S16": ("PASS", NONE),

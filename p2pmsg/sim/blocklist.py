@@ -58,6 +58,9 @@ class Blocklist:
     max_entries: int = 100_000
     entries: list[Entry] = field(default_factory=list)
     dropped_packets: int = 0
+    _single: dict[str, Entry] = field(default_factory=dict, repr=False)
+    """The /32 entries by address text: :meth:`blocks` runs at every packet."""
+    _wide: list[Entry] = field(default_factory=list, repr=False)
 
     def add(self, networks: Iterable[str], now: float, *, propagation: float, reason: str) -> int:
         """List ``networks`` (IPs or prefixes) from ``now``, each ISP after
@@ -71,7 +74,12 @@ class Blocklist:
             if len(self.entries) >= self.max_entries:
                 break
             effective = {isp: now + self.rng.uniform(0, propagation) for isp in self.isps}
-            self.entries.append(Entry(network, effective, reason))
+            entry = Entry(network, effective, reason)
+            self.entries.append(entry)
+            if network.prefixlen == network.max_prefixlen:
+                self._single[str(network.network_address)] = entry
+            else:
+                self._wide.append(entry)
             known.add(network)
             added += 1
         return added
@@ -79,9 +87,14 @@ class Blocklist:
     def blocks(self, client: SimHost, server: SimHost, now: float) -> bool:
         if client.country != self.country or not server.ip:
             return False
+        single = self._single.get(server.ip)
+        if single is not None and now >= single.effective.get(client.isp, 0.0):
+            return True
+        if not self._wide:
+            return False
         address = _address(server.ip)
         return any(
-            address in e.network and now >= e.effective.get(client.isp, 0.0) for e in self.entries
+            address in e.network and now >= e.effective.get(client.isp, 0.0) for e in self._wide
         )
 
     def judge(self, packet: Packet, flow: FlowView, now: float) -> Verdict | None:

@@ -266,6 +266,7 @@ def judge(scenario: Scenario, results: list[SeedResult]) -> Verdict:
         "tampered_replays": sum(r.tampered_replays for r in results),
         "layers_accepted_twice": sum(r.layers_accepted_twice for r in results),
         "volume": dict(sum((Counter(r.volume) for r in results), Counter())),
+        "hunt": [r.hunt for r in results if r.hunt],
         "residual_retries": [n for r in results for n in r.residual_retries],
         "stale_lists": (
             sum(r.stale_lists for r in results),
@@ -490,6 +491,8 @@ def _insider_checks(scenario: Scenario, f: dict[str, Any]) -> list[Check]:
                             and (again > 0 or not scenario.topology.restarts)))  # fmt: skip
     if scenario.traffic.volume:
         checks.append(_volume_check(f["volume"]))
+    if days := scenario.traffic.bridge_days:
+        checks += _hunt_checks(days, scenario.passes.open_entries, f["hunt"])
     if allowed := scenario.passes.residual_tries:
         residual = max((rule.residual for rule in scenario.censor), default=0.0)
         retries = f["residual_retries"]
@@ -511,6 +514,25 @@ def _volume_check(v: dict[str, int]) -> Check:
         "0 / 0 / 0 / 0",
         v.get("injected", 0) > 0 and not any(bad),
     )
+
+
+def _hunt_checks(days: int, wanted: float, seeds: list[dict[str, Any]]) -> list[Check]:
+    """S13 over ``days`` days (:mod:`p2pmsg.sim.hunt`): the honest users that
+    still have a working bridge, and how soon the censor knew half of them."""
+    users = sum(s["users"] for s in seeds)
+    kept = sum(s["open_at_end"] for s in seeds) / users if users else 0.0
+    control = sum(s["control_open_at_end"] for s in seeds) / users if users else 0.0
+    half = ", ".join("never" if s["days_to_half"] is None else f"{s['days_to_half']:.1f}"
+                     for s in seeds)  # fmt: skip
+    total = {k: sum(s[k] for s in seeds) for k in ("bridges", "found", "blocked")}
+    return [
+        Check(f"honest users with a working bridge after {days} days of bridge hunting",
+              f"{kept:.1%} ({control:.1%} had they not asked for more)", f">= {wanted:.0%}",
+              bool(seeds) and kept >= wanted),
+        Check("the censor's days to find half the bridges, per seed",
+              f"{half or 'none'} ({total['found']} of {total['bridges']} found, "
+              f"{total['blocked']} blocked)", "reported", bool(seeds)),
+    ]  # fmt: skip
 
 
 def _flood_checks(f: dict[str, Any]) -> list[Check]:

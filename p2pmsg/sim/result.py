@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
 from p2pmsg.dialer import Dialled
 from p2pmsg.sim.scenario import CensorRule
@@ -69,6 +70,8 @@ class SeedResult:
     sent on it inside one window (S4: at most 1)."""
     volume: dict[str, int] = field(default_factory=dict)
     """``traffic.volume``: the replay model's :class:`~p2pmsg.sim.replays.Figures`."""
+    hunt: dict[str, Any] = field(default_factory=dict)
+    """``traffic.bridge_days``: the bridge hunt's :class:`~p2pmsg.sim.hunt.Figures`."""
     layers_accepted_twice: int = 0
     """Times a node accepted a packet whose layer it had accepted before (S17: 0)."""
     sybil_pings_answered: int = 0

@@ -88,7 +88,7 @@ from p2pmsg.errors import OutboxFull
 from p2pmsg.join import seeds_from_invites
 from p2pmsg.node import Node, NodeOptions
 from p2pmsg.onion_service import OnionServiceOptions
-from p2pmsg.sim import control, replays, rules
+from p2pmsg.sim import control, hunt, replays, rules
 from p2pmsg.sim.blocklist import Blocklist, Learner, widen
 from p2pmsg.sim.censor import Censor, ResidualBlock
 from p2pmsg.sim.flood import Flood
@@ -771,7 +771,8 @@ def run(
 
     A scenario with a ``flood`` runs twice: first ``calm``, for the baseline
     its latencies are held to (``SeedResult.baseline_latencies``). One with a
-    ``traffic.volume`` then runs the replay model (:mod:`p2pmsg.sim.replays`)."""
+    ``traffic.volume`` then runs the replay model (:mod:`p2pmsg.sim.replays`), and
+    one with a ``traffic.bridge_days`` the bridge hunt (:mod:`p2pmsg.sim.hunt`)."""
     flood = any(rule.action == "flood" for rule in scenario.censor)
     baseline = _run_once(scenario, seed, progress, wrappers, calm=True) if flood else None
     result = _run_once(scenario, seed, progress, wrappers)
@@ -781,6 +782,10 @@ def run(
         if progress is not None:
             progress(f"seed {seed}: {volume:,} messages through the replay model")
         result.volume = asdict(replays.measure(replays.Params.of(scenario, seed)))
+    if days := scenario.traffic.bridge_days:
+        if progress is not None:
+            progress(f"seed {seed}: {days} days of the bridge hunt")
+        result.hunt = asdict(hunt.measure(hunt.Params.of(scenario, seed)))
     return result
 
 

@@ -12,7 +12,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
                 transports, abroad, clock_skew, bad_clocks, lan, restarts,
                 ip_changes, tampering, duplicate, reorder, mule
     [traffic]   pairs, every, browse_every, local, burst, outbox, volume, file_kib,
-                mule_pairs
+                mule_pairs, bridge_days
     [control]   kind, servers, wire, resolve, per_message, media_kib
     [[censor]]  at, every, until, action, target, scope, probability,
                 propagation, min_clients, prefix, match, verdict,
@@ -21,6 +21,7 @@ seconds or text with a unit (``"250ms"``, ``"30s"``, ``"5m"``, ``"6h"``,
     [pass]      delivery, within, eventual, control_max, control_min,
                 joined, join_within, lan_discovery, degraded,
                 degraded_within, path_median, path_p99, residual_tries, file_rate,
+                open_entries,
                 unmeasured
 
 Every error names the file, the line and the field, and nothing else is
@@ -131,6 +132,9 @@ class Traffic:
     volume: int = 0
     """After each seed's run, this many messages through the component-level
     model of S17's replays (:mod:`p2pmsg.sim.replays`); 0: none."""
+    bridge_days: int = 0
+    """After each seed's run, this many days of S13's bridge hunt
+    (:mod:`p2pmsg.sim.hunt`); 0: none."""
     mule_pairs: int = 0
     """With ``topology.mule``: users of the first LAN each with a contact on
     the second, whose messages the mule must carry."""
@@ -234,6 +238,9 @@ class Pass:
     file_rate: float = 0.0
     """With a value and a ``police`` rule: the ``traffic.file_kib`` file must
     come at this share of the policed rate or faster (S9: 0.8)."""
+    open_entries: float = 0.0
+    """With ``traffic.bridge_days``: the share of the hunt's honest users that
+    must still have a working bridge on its last day (S13: 0.9)."""
     unmeasured: tuple[str, ...] = ()
     """Pass figures of SCENARIOS.md this runner cannot measure yet: each is
     reported as a failed check that says so."""
@@ -313,9 +320,11 @@ _RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("traffic", "burst"): (0, 100_000),
     ("traffic", "outbox"): (1, 100_000),
     ("traffic", "volume"): (0, 10_000_000),
+    ("traffic", "bridge_days"): (0, 365),
     ("traffic", "file_kib"): (0, 16 * 1024),
     ("traffic", "mule_pairs"): (0, MAX_USERS),
     ("pass", "file_rate"): (0, 1),
+    ("pass", "open_entries"): (0, 1),
     ("run", "seeds"): (1, MAX_SEEDS),
     ("run", "duration"): (1e-3, float("inf")),
     ("control", "servers"): (1, 1000),
