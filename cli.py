@@ -31,6 +31,7 @@ import trio
 from p2pmsg import bootstrap, control
 from p2pmsg.abc import Transport
 from p2pmsg.admission import Limits
+from p2pmsg.bridges import Supply
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.delivery import files
 from p2pmsg.dht import records
@@ -186,6 +187,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     use_bridges = tuple(Invite.parse(text) for text in args.use_bridge)
     if args.bridge and use_bridges:
         raise BadEndpoint("a bridge reaches the network itself: --bridge and --use-bridge conflict")
+    distributors = tuple(Invite.parse(text) for text in args.bridge_distributor)
+    if distributors and not use_bridges:
+        raise BadEndpoint("--bridge-distributor is asked through a bridge: give a --use-bridge")
     if home.exists():
         raise HomeError(f"{home.path} already holds a node")
     if any(e.transport == PtTransport.name for e in listen):
@@ -206,6 +210,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         use_bridges=use_bridges,
         publishers=tuple(encode_key(decode_key(key.strip().lower())) for key in args.publisher),
         limits=limits,
+        distribute=args.distribute,
+        distributors=distributors,
     )
     home.init(config, Identity.generate())
     with Database.open(home.db_file) as db:
@@ -273,6 +279,26 @@ def cmd_bootstrap_import(args: argparse.Namespace) -> int:
 
     newer = run_trio(take)
     _out(f"bootstrap list number {record.seq}: " + ("taken" if newer else "already held"))
+    return 0
+
+
+def cmd_bridges_offer(args: argparse.Namespace) -> int:
+    """Hand a bridge's invite out from this (distributing) node for 7 days."""
+    home = home_of(args)
+    home.load_identity()
+    if not home.load_config().distribute:
+        raise HomeError(f"{home.path} does not hand out bridges: init it with --distribute")
+    invite = Invite.parse(args.link)
+
+    async def offer() -> bool:
+        store = await Store.open(home.db_file)
+        try:
+            return await Supply(store, time.time, os.urandom).offer(invite)
+        finally:
+            await store.close()
+
+    new = run_trio(offer)
+    _out("offered: handed out for 7 days" if new else "already offered")
     return 0
 
 
@@ -556,13 +582,27 @@ def _add_init(p: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="take signed bootstrap lists from this publisher (repeat for more)",
     )
+    p.add_argument(
+        "--bridge-distributor",
+        action="append",
+        default=[],
+        metavar="LINK",
+        help="ask this node for more bridges when fewer than 3 work (repeat for more)",
+    )
+    p.add_argument(
+        "--distribute",
+        action="store_true",
+        help="hand out the bridges offered with 'bridges offer', 3 per asker per day",
+    )
     p.add_argument("--max-links", type=_count, metavar="N", help="inbound links at most (256)")
     p.add_argument(
         "--max-memory", type=_memory, metavar="MIB", help="inbound links' buffers at most (64)"
     )
 
 
-def _add_bootstrap(sub: Any) -> None:
+def _add_publishing(sub: Any) -> None:
+    """What publishers hand out: bridges, and signed bootstrap lists."""
+    _add_bridges(sub)
     boot = sub.add_parser("bootstrap", help="signed bootstrap lists")
     bsub = boot.add_subparsers(dest="bootstrap_command", required=True, metavar="ACTION")
     p = bsub.add_parser("sign", help="sign a list of invites with this node's key, as publisher")
@@ -572,6 +612,14 @@ def _add_bootstrap(sub: Any) -> None:
     p = bsub.add_parser("import", help="take a signed list (the line, or a file holding it)")
     p.add_argument("list", metavar="LINE_OR_FILE")
     p.set_defaults(func=cmd_bootstrap_import)
+
+
+def _add_bridges(sub: Any) -> None:
+    bridges = sub.add_parser("bridges", help="bridges this node hands out (init --distribute)")
+    brsub = bridges.add_subparsers(dest="bridges_command", required=True, metavar="ACTION")
+    p = brsub.add_parser("offer", help="hand out a bridge's invite, 3 bridges per asker per day")
+    p.add_argument("link", metavar="LINK")
+    p.set_defaults(func=cmd_bridges_offer)
 
 
 def _add_files(add: Callable[[str, Command, str], argparse.ArgumentParser]) -> None:
@@ -598,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("invite", cmd_invite, "print this node's invite link").add_argument(
         "--qr", action="store_true", help="also print a QR code"
     )
-    _add_bootstrap(sub)
+    _add_publishing(sub)
     contacts = sub.add_parser("contacts", help="manage contacts")
     csub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")
     p = csub.add_parser("add", help="add a contact from an invite link or node id")

@@ -54,6 +54,8 @@ def seeds() -> dict[str, bytes]:
         "publishers_not_a_list": b'{"listen": [], "publishers": "a"}',
         "limits": b'{"listen": [], "limits": {"links": 8, "memory_mib": 16.5}}',
         "bad_limits": b'{"listen": [], "limits": {"links": 1e999, "memory_mib": -0.0}}',
+        "distribute": b'{"listen": [], "distribute": true, "distributors": []}',
+        "bad_distributors": b'{"listen": [], "distribute": 1, "distributors": ["p2pmsg://x"]}',
     }
 
 

@@ -22,8 +22,8 @@ Salmon add users who replace blocked ones).
   (BLAKE2b keyed with the distributor's secret, as BridgeDB's hash rings
   are), skipping what the requester says failed for it. The same requester
   asking again the same day with the same failures gets the same answer, so
-  learning more costs a new identity, and each request pays a puzzle
-  (:mod:`p2pmsg.puzzle`) on the wire;
+  learning more costs a new identity (a link handshake, which a flooded
+  node prices with :mod:`p2pmsg.puzzle`);
 * bounded: at most ``max_bridges`` on the ring, the oldest leaving first.
 
 :func:`needs_more` is the node's side: it keeps :data:`NEED_OPEN` (3)
@@ -33,6 +33,15 @@ until all have failed has no path left to reach the distributor, and one
 that waits until only one works is stranded when two fail in the same hour
 (the lab's bridge hunt saw 2% of its users so in 30 days).
 
+Wire (link messages, after the tunnel's 6-7 and the gateway's 8)::
+
+    REQUEST  version(1) type=9  n(1) n x key(32)           the bridges that failed
+    REPLY    version(1) type=10 n(1) n x (len(2) invite)   n <= PER_REQUEST
+
+A request names failed bridges by key (at most :data:`MAX_FAILED`, the
+latest), so it stays small; the requester is the link's authenticated peer.
+Decoders raise :class:`RemoteProtocolError` and nothing else.
+
 Pure: time and the secret are parameters.
 """
 
@@ -40,9 +49,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Final
+
+from p2pmsg.endpoint import MAX_INVITE_CHARS
+from p2pmsg.errors import RemoteProtocolError
+from p2pmsg.keys import KEY_BYTES
 
 DAY: Final = 86_400.0
 PER_REQUEST: Final = 3
@@ -55,6 +69,11 @@ NEED_OPEN: Final = 3
 ASK_EVERY: Final = 3600.0
 """... at most this often."""
 SECRET_BYTES: Final = 32
+VERSION: Final = 1
+REQUEST_TYPE: Final = 9
+REPLY_TYPE: Final = 10
+MAX_FAILED: Final = 64
+"""Failed bridges a request names."""
 
 
 class Distributor:
@@ -132,3 +151,56 @@ def needs_more(failed: Sequence[bool], now: float, last_asked: float) -> bool:
     """Whether a node asks for more bridges: ``failed`` says of each of its
     bridges whether it failed, and it last asked at ``last_asked``."""
     return failed.count(False) < NEED_OPEN and now - last_asked >= ASK_EVERY
+
+
+def encode_request(failed: Sequence[bytes]) -> bytes:
+    """A request naming the keys of (at most :data:`MAX_FAILED`) failed bridges."""
+    if len(failed) > MAX_FAILED or any(len(k) != KEY_BYTES for k in failed):
+        raise ValueError(f"at most {MAX_FAILED} keys of {KEY_BYTES} bytes")
+    return bytes([VERSION, REQUEST_TYPE, len(failed)]) + b"".join(failed)
+
+
+def decode_request(data: bytes) -> tuple[bytes, ...]:
+    """The failed bridges' keys a request names."""
+    if len(data) < 3 or data[0] != VERSION or data[1] != REQUEST_TYPE:
+        raise RemoteProtocolError("not a bridge request")
+    count = data[2]
+    if count > MAX_FAILED or len(data) != 3 + count * KEY_BYTES:
+        raise RemoteProtocolError(f"a bridge request names at most {MAX_FAILED} whole keys")
+    return tuple(data[3 + i * KEY_BYTES : 3 + (i + 1) * KEY_BYTES] for i in range(count))
+
+
+def encode_reply(invites: Sequence[str]) -> bytes:
+    if len(invites) > PER_REQUEST:
+        raise ValueError(f"at most {PER_REQUEST} invites")
+    out = bytearray([VERSION, REPLY_TYPE, len(invites)])
+    for invite in invites:
+        raw = invite.encode()
+        if len(raw) > MAX_INVITE_CHARS:
+            raise ValueError("invite too long")
+        out += struct.pack(">H", len(raw)) + raw
+    return bytes(out)
+
+
+def decode_reply(data: bytes) -> tuple[str, ...]:
+    """The invites a reply carries (still to be parsed: they come from the network)."""
+    if len(data) < 3 or data[0] != VERSION or data[1] != REPLY_TYPE:
+        raise RemoteProtocolError("not a bridge reply")
+    if data[2] > PER_REQUEST:
+        raise RemoteProtocolError(f"a bridge reply carries at most {PER_REQUEST} invites")
+    offset, invites = 3, []
+    for _ in range(data[2]):
+        if offset + 2 > len(data):
+            raise RemoteProtocolError("truncated bridge reply")
+        (size,) = struct.unpack_from(">H", data, offset)
+        raw = data[offset + 2 : offset + 2 + size]
+        if len(raw) != size or size > MAX_INVITE_CHARS:
+            raise RemoteProtocolError("truncated bridge reply")
+        try:
+            invites.append(raw.decode())
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("a bridge invite is not UTF-8") from None
+        offset += 2 + size
+    if offset != len(data):
+        raise RemoteProtocolError("trailing bytes after a bridge reply")
+    return tuple(invites)

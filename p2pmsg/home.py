@@ -59,6 +59,10 @@ class Config:
     #: as a relay operator sets Tor's ``ConnLimit`` and ``MaxMemInQueues``.
     #: None: the defaults, or what the application passes in ``NodeOptions``.
     limits: Limits | None = None
+    #: Hand out the bridges offered to this node (:mod:`p2pmsg.bridges`).
+    distribute: bool = False
+    #: Invites of the nodes asked for more bridges when ours fail.
+    distributors: tuple[Invite, ...] = ()
 
     def publisher_keys(self) -> tuple[bytes, ...]:
         return tuple(decode_key(k) for k in self.publishers)
@@ -73,6 +77,10 @@ class Config:
             "use_bridges": [str(b) for b in self.use_bridges],
             "publishers": list(self.publishers),
         }
+        if self.distribute:
+            data["distribute"] = True
+        if self.distributors:
+            data["distributors"] = [str(d) for d in self.distributors]
         if self.limits is not None:
             data["limits"] = _limits_to_json(self.limits)
         return json.dumps(data, indent=2) + "\n"
@@ -102,6 +110,12 @@ class Config:
             raise HomeError("config.json is damaged: publishers is a list of keys")
         limits = data.get("limits")
         limits = None if limits is None else _limits_from_json(limits)
+        distribute, distributors = data.get("distribute", False), data.get("distributors", [])
+        if not isinstance(distribute, bool) or not _str_list(distributors):
+            raise HomeError(
+                "config.json is damaged: distribute is true or false,"
+                " distributors a list of invites"
+            )
         try:
             for key in publishers:
                 decode_key(key)
@@ -113,6 +127,8 @@ class Config:
                 tuple(Invite.parse(b) for b in use_bridges),
                 tuple(publishers),
                 limits,
+                distribute,
+                tuple(Invite.parse(d) for d in distributors),
             )
         except (BadEndpoint, BadInvite, BadKey) as exc:
             raise HomeError(f"config.json is damaged: {exc}") from exc

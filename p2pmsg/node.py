@@ -30,10 +30,11 @@ from typing import Any
 
 import trio
 
-from p2pmsg import join
+from p2pmsg import distributor, join
 from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport, remote_host
 from p2pmsg.admission import Admission, Limits, Ticket
 from p2pmsg.bootstrap import BootstrapLists
+from p2pmsg.bridges import Keeper, Supply
 from p2pmsg.delivery import files, frames, onion_frames
 from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
 from p2pmsg.delivery.liveness import NetworkWatch
@@ -55,7 +56,7 @@ from p2pmsg.errors import (
     StoreError,
     UnknownContact,
 )
-from p2pmsg.home import Home
+from p2pmsg.home import Config, Home
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link import tunnel
 from p2pmsg.link.replay import ReplayWindow
@@ -274,6 +275,10 @@ class Node:
         )
         self._joiner: join.Joiner | None = None
         self._nearby = trio.CapacityLimiter(NEARBY_FETCHES)
+        self.bridge_supply: Supply | None = None
+        """With ``init --distribute``: the bridges this node hands out."""
+        self.bridge_keeper: Keeper | None = None
+        """With ``init --bridge-distributor``: our bridges, checked and replaced."""
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
@@ -336,8 +341,7 @@ class Node:
                 network=network,
                 publishers=config.publisher_keys(),
             )
-            await node._load_paths()
-            await node._replay.load()
+            await node._load(config)
             async with trio.open_nursery() as nursery:
                 for endpoint in config.listen:
                     await node._listen(nursery, endpoint)
@@ -368,6 +372,8 @@ class Node:
                 await nursery.start(node._reorder.run)
                 await nursery.start(node._watch.run)
                 nursery.start_soon(node._retry_once_joined)
+                if node.bridge_keeper is not None:
+                    await nursery.start(node.bridge_keeper.run)
                 yield node
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -527,6 +533,17 @@ class Node:
             "bootstrap_lists": self.bootstrap.stats(),
             "inbound": self.admission.stats(),
             "handshake_pricing": self.handshake_pricing.stats(),
+            "bridges": self._bridge_stats(),
+        }
+
+    def _bridge_stats(self) -> dict[str, int]:
+        keeper, supply = self.bridge_keeper, self.bridge_supply
+        return {
+            "using": len(self._dialer.bridges),
+            "failed": len(keeper.failed) if keeper else 0,
+            "asked": keeper.requests if keeper else 0,
+            "given": keeper.given if keeper else 0,
+            "requests_answered": supply.requests if supply else 0,
         }
 
     # -- path scores -----------------------------------------------------------
@@ -624,6 +641,9 @@ class Node:
             if data == onion_frames.GATEWAY_MESSAGE:
                 self.onion.links.attach(link)
                 continue
+            if len(data) > 1 and data[1] == distributor.REQUEST_TYPE:
+                await self._answer_bridges(link, data)
+                continue
             if len(data) > 1 and data[1] == tunnel.OPEN_TYPE:
                 self.onion.links.detach(link)
                 await self.tunnels.serve(link, link.peer, data)
@@ -654,6 +674,36 @@ class Node:
         if isinstance(message, rpc.Request):
             response = await self.dht.handle(link.peer, message, address)
             await link.send(rpc.encode_response(response))
+
+    async def _load(self, config: Config) -> None:
+        """What the store keeps for a start: path scores, replay tags, bridges."""
+        await self._load_paths()
+        await self._replay.load()
+        if config.distribute:
+            self.bridge_supply = Supply(self.store, self._wall_clock, self._rng)
+        if config.use_bridges and config.distributors:
+            keeper = Keeper(self._dialer, config.distributors, self.store, config.use_bridges)
+            await keeper.load()
+            self.bridge_keeper = keeper
+
+    async def _answer_bridges(self, link: SecureLink, data: bytes) -> None:
+        """A bridge request: answered from our supply, or with none when we have none."""
+        try:
+            if self.bridge_supply is not None:
+                await self.bridge_supply.answer(link, link.peer, data)
+                return
+            distributor.decode_request(data)
+        except RemoteProtocolError:
+            self.stats.bad_frames += 1
+            raise
+        await link.send(distributor.encode_reply(()))
+
+    async def offer_bridge(self, invite: Invite) -> bool:
+        """Hand ``invite`` out to those who ask (``init --distribute``); False
+        if it is out already. Raises ``ValueError`` on a node that does not distribute."""
+        if self.bridge_supply is None:
+            raise ValueError("this node does not hand out bridges (init --distribute)")
+        return await self.bridge_supply.offer(invite)
 
     async def _commit_received(self, peer: PublicIdentity, frame: MsgFrame) -> None:
         message = InboxMessage.of_frame(peer.node_id, frame, self._wall_clock())

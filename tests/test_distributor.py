@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pmsg import distributor
 from p2pmsg.distributor import (
     ASK_EVERY,
     DAY,
@@ -18,6 +19,7 @@ from p2pmsg.distributor import (
     Distributor,
     needs_more,
 )
+from p2pmsg.errors import RemoteProtocolError
 
 SECRET = bytes(range(SECRET_BYTES))
 
@@ -97,3 +99,36 @@ def test_a_node_keeps_three_working_bridges_asking_at_most_hourly(
     failed: tuple[bool, ...], last_asked: float, asks: bool
 ) -> None:
     assert needs_more(failed, ASK_EVERY, last_asked) is asks
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=distributor.MAX_FAILED))
+def test_a_request_names_failed_bridges_by_key(keys: list[bytes]) -> None:
+    assert distributor.decode_request(distributor.encode_request(keys)) == tuple(keys)
+
+
+@given(st.lists(st.text(max_size=300), max_size=PER_REQUEST))
+def test_a_reply_carries_invites_as_sent(invites: list[str]) -> None:
+    assert distributor.decode_reply(distributor.encode_reply(invites)) == tuple(invites)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x01\x09",
+        b"\x02\x09\x00",  # another version
+        b"\x01\x0a\x00",  # a reply where a request goes
+        b"\x01\x09\x01" + bytes(31),
+        b"\x01\x09\x41" + bytes(32 * 65),  # more than MAX_FAILED
+    ],
+)
+def test_a_bad_request_is_a_protocol_error(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        distributor.decode_request(data)
+
+
+def test_what_cannot_go_on_the_wire_is_refused_before_it_is_sent() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        distributor.encode_request([bytes(31)])
+    with pytest.raises(ValueError, match="at most"):
+        distributor.encode_reply(["a"] * (PER_REQUEST + 1))

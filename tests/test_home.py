@@ -173,6 +173,40 @@ def test_a_config_that_uses_bridges_keeps_their_invites_and_refuses_a_bad_one() 
         Config.from_json('{"listen": [], "use_bridges": ["p2pmsg://not-a-key@tcp:1.2.3.4:5"]}')
 
 
+def test_a_config_keeps_bridge_distribution_and_refuses_it_damaged() -> None:
+    publisher = Invite(Identity.generate().public, (Endpoint.parse("tcp:192.0.2.8:443"),))
+    config = Config(distribute=True, distributors=(publisher,))
+    assert Config.from_json(config.to_json()) == config
+    assert "distribute" not in Config().to_json()  # configs from before stay as they were
+    for text in ['"distribute": 1', '"distributors": "p2pmsg://x"', '"distributors": [5]']:
+        with pytest.raises(HomeError, match="distribute is true or false"):
+            Config.from_json(f'{{"listen": [], {text}}}')
+
+
+def test_init_sets_up_bridge_distribution_on_both_sides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publisher = Home(tmp_path / "publisher")
+    assert cli.main(["--home", str(publisher.path), "init", "--distribute"]) == 0
+    bridge = Invite(Identity.generate().public, (Endpoint.parse("tcp:192.0.2.9:443"),))
+    offer = ["--home", str(publisher.path), "bridges", "offer", str(bridge)]
+    assert cli.main(offer) == 0
+    assert cli.main(offer) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "offered: handed out for 7 days",
+        "already offered",
+    ]
+    asks = str(publisher.invite())
+    node = tmp_path / "node"
+    assert cli.main(["--home", str(node), "init", "--bridge-distributor", asks]) == 1
+    assert "give a --use-bridge" in capsys.readouterr().err and not node.exists()
+    argv = ["--home", str(node), "init", "--use-bridge", str(bridge), "--bridge-distributor", asks]
+    assert cli.main(argv) == 0
+    assert Home(node).load_config().distributors == (publisher.invite(),)
+    assert cli.main(["--home", str(node), "bridges", "offer", str(bridge)]) == 1
+    assert "init it with --distribute" in capsys.readouterr().err
+
+
 def test_a_config_sets_the_inbound_limits_and_refuses_bad_ones() -> None:
     text = '{"listen": [], "limits": {"links": 8, "opens_per_second": 1, "memory_mib": 16}}'
     limits = Config.from_json(text).limits

@@ -32,8 +32,8 @@ Modelled:
 * operators offer ``bridges`` bridges on day 0 and ``new_per_day`` more a
   day, at random times;
 * the censor's Sybils: ``sybils_per_day`` requests a day, at random times,
-  each from a new identity (each identity pays the distributor's puzzle
-  once: a state can pay for many);
+  each from a new identity (a key pair and a link handshake: a state can
+  make many);
 * logging relays: each day each honest user tunnels to a relay of its
   choice, which logs with probability ``logging`` and learns the bridge the
   user goes through;

@@ -1,0 +1,241 @@
+"""Bridge distribution at work: a publisher that hands bridges out, nodes that ask.
+
+Theory of operation
+-------------------
+:mod:`p2pmsg.distributor` holds the rules; this module runs them on a node.
+
+:class:`Supply` is a publisher's side (``init --distribute``). Operators
+offer bridge invites to it (``p2pmsg bridges offer``, or
+:meth:`Supply.offer`); they are kept in the store with the time of their
+offer, next to the ring's secret (among the store's secrets), and a running node reads them again at
+most every :data:`RELOAD_EVERY` seconds, so an offer made while it runs is
+handed out within a minute. A bridge request on any inbound link is
+answered from the :class:`~p2pmsg.distributor.Distributor`, for the link's
+authenticated peer: a node that asks through a bridge is still itself.
+
+:class:`Keeper` is a node's side (``init --bridge-distributor``, with
+``--use-bridge``): every :data:`~p2pmsg.distributor.ASK_EVERY` it opens a
+link to each of its bridges (Tor's clients fetch each bridge's descriptor
+the same way); when :func:`~p2pmsg.distributor.needs_more` says so, it
+asks a distributor, through the bridges that work, for bridges other than
+those that failed, and uses what it gets from then on. The bridges it was
+given are kept in the store, so a restart starts with them; those of the
+config are kept too, even failed (the user chose them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import trio
+
+from p2pmsg import distributor
+from p2pmsg.abc import Link
+from p2pmsg.dialer import DIAL_ERRORS, Dialer
+from p2pmsg.distributor import ASK_EVERY, SECRET_BYTES, Distributor
+from p2pmsg.endpoint import Invite
+from p2pmsg.errors import BadInvite, RemoteProtocolError
+from p2pmsg.keys import PublicIdentity
+from p2pmsg.store import Store
+
+log = logging.getLogger(__name__)
+
+OFFERED_KEY: Final = "bridges.offered"
+"""Store meta: JSON ``[[invite, offered], ...]``, oldest first."""
+RING_SLOT: Final = "bridges.ring"
+"""The store's secret that places requesters on the ring."""
+GIVEN_KEY: Final = "bridges.given"
+"""Store meta: JSON ``[invite, ...]``, the bridges a distributor gave us."""
+RELOAD_EVERY: Final = 60.0
+MAX_GIVEN: Final = 16
+"""Bridges from distributors a node keeps (it asks when fewer than 3 work)."""
+ASK_TIMEOUT: Final = 60.0
+
+
+class Supply:
+    """A publisher's bridges, handed out to those who ask."""
+
+    def __init__(
+        self, store: Store, wall_clock: Callable[[], float], rng: Callable[[int], bytes]
+    ) -> None:
+        self._store = store
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self._distributor: Distributor | None = None
+        self._loaded = -RELOAD_EVERY
+        self._by_key: dict[bytes, str] = {}
+        self.requests = 0
+
+    async def _offered(self) -> list[list[Any]]:
+        raw = await self._store.get_meta(OFFERED_KEY)
+        try:
+            offered = json.loads(raw) if raw else []
+        except ValueError:
+            offered = []
+        if not isinstance(offered, list):
+            return []
+        return [o for o in offered if isinstance(o, list) and len(o) == 2]
+
+    async def _secret(self) -> bytes:
+        secret = await self._store.get_secret(RING_SLOT)
+        if secret is None or len(secret) != SECRET_BYTES:
+            secret = self._rng(SECRET_BYTES)
+            await self._store.set_secret(RING_SLOT, secret)
+        return secret
+
+    async def offer(self, invite: Invite) -> bool:
+        """Hand ``invite`` out from now on, for 7 days; False if it was offered already."""
+        offered = await self._offered()
+        text = str(invite)
+        if any(o[0] == text for o in offered):
+            return False
+        offered = [*offered, [text, self._wall_clock()]][-distributor.MAX_BRIDGES :]
+        await self._store.set_meta(OFFERED_KEY, json.dumps(offered))
+        self._loaded = -RELOAD_EVERY
+        return True
+
+    async def ring(self) -> Distributor:
+        """The ring, read again from the store when :data:`RELOAD_EVERY` has passed."""
+        now = trio.current_time()
+        if self._distributor is None or now - self._loaded >= RELOAD_EVERY:
+            ring, self._by_key = Distributor(await self._secret()), {}
+            for text, offered in await self._offered():
+                key = _key(text)
+                if key is not None and isinstance(offered, (int, float)):
+                    ring.offer(text, float(offered))
+                    self._by_key[key] = text
+            self._distributor, self._loaded = ring, now
+        return self._distributor
+
+    async def answer(self, link: Link, peer: PublicIdentity, data: bytes) -> None:
+        """Answer the bridge request ``data`` from ``peer`` on ``link``."""
+        failed = distributor.decode_request(data)
+        ring = await self.ring()
+        skip = [self._by_key[k] for k in failed if k in self._by_key]
+        self.requests += 1
+        await link.send(distributor.encode_reply(ring.hand_out(peer.key, self._wall_clock(), skip)))
+
+
+def _key(text: object) -> bytes | None:
+    try:
+        return Invite.parse(text).identity.key if isinstance(text, str) else None
+    except BadInvite:
+        return None
+
+
+class Keeper:
+    """A node's bridges, tended: checked hourly, replaced before they run out."""
+
+    def __init__(
+        self,
+        dialer: Dialer,
+        distributors: Sequence[Invite],
+        store: Store,
+        chosen: Sequence[Invite],
+    ) -> None:
+        self._dialer = dialer
+        self._distributors = list(distributors)
+        self._store = store
+        self._chosen = {b.identity.key for b in chosen}
+        self.failed: dict[bytes, None] = {}
+        """Keys of the bridges that failed, latest last (at most MAX_FAILED)."""
+        self._asked = -ASK_EVERY
+        self.requests = 0
+        self.given = 0
+
+    async def load(self) -> None:
+        """Add the bridges distributors gave us before to the dialer's."""
+        raw = await self._store.get_meta(GIVEN_KEY)
+        try:
+            texts = json.loads(raw) if raw else []
+        except ValueError:
+            texts = []
+        for text in texts if isinstance(texts, list) else []:
+            try:
+                self._add(Invite.parse(text))
+            except (BadInvite, TypeError, AttributeError):
+                log.warning("a saved bridge is unreadable; it is left out")
+
+    def _add(self, invite: Invite) -> bool:
+        if any(b.identity.key == invite.identity.key for b in self._dialer.bridges):
+            return False
+        self._dialer.bridges.append(invite)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self.tend()
+            await trio.sleep(ASK_EVERY)
+
+    async def tend(self) -> int:
+        """Check every bridge; ask for more when the node should. The bridges gained."""
+        for bridge in list(self._dialer.bridges):
+            if await self._reaches(bridge.identity, bridge.endpoints):
+                self.failed.pop(bridge.identity.key, None)
+            else:
+                self.failed.pop(bridge.identity.key, None)
+                self.failed[bridge.identity.key] = None
+        while len(self.failed) > distributor.MAX_FAILED:
+            del self.failed[next(iter(self.failed))]
+        down = [b.identity.key in self.failed for b in self._dialer.bridges]
+        now = trio.current_time()
+        if not self._distributors or not distributor.needs_more(down, now, self._asked):
+            return 0
+        self._asked = now
+        gained = 0
+        for source in self._distributors:
+            texts = await self._ask(source)
+            if texts is None:
+                continue
+            self._drop_failed()
+            for text in texts:
+                try:
+                    gained += self._add(Invite.parse(text))
+                except BadInvite:
+                    log.info("a distributor sent an unreadable invite; it is left out")
+            break
+        await self._save()
+        self.given += gained
+        return gained
+
+    async def _reaches(self, peer: PublicIdentity, endpoints: Sequence[Any]) -> bool:
+        try:
+            link, _ = await self._dialer.connect([str(e) for e in endpoints], peer)
+        except DIAL_ERRORS:
+            return False
+        with trio.CancelScope(shield=True):
+            await link.aclose()
+        return True
+
+    async def _ask(self, source: Invite) -> tuple[str, ...] | None:
+        """Ask ``source`` for bridges, through ours; None when it cannot be reached."""
+        self.requests += 1
+        try:
+            with trio.fail_after(ASK_TIMEOUT):
+                link, _ = await self._dialer.connect(
+                    [str(e) for e in source.endpoints], source.identity
+                )
+                try:
+                    await link.send(distributor.encode_request(list(self.failed)))
+                    return distributor.decode_reply(await link.receive())
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await link.aclose()
+        except (*DIAL_ERRORS, RemoteProtocolError) as exc:
+            log.info("a bridge distributor could not be asked: %s", type(exc).__name__)
+            return None
+
+    def _drop_failed(self) -> None:
+        """Forget failed bridges a distributor gave (the config's stay: the user chose them)."""
+        self._dialer.bridges[:] = [
+            b for b in self._dialer.bridges
+            if b.identity.key in self._chosen or b.identity.key not in self.failed
+        ]  # fmt: skip
+
+    async def _save(self) -> None:
+        given = [str(b) for b in self._dialer.bridges if b.identity.key not in self._chosen]
+        await self._store.set_meta(GIVEN_KEY, json.dumps(given[-MAX_GIVEN:]))
