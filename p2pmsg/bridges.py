@@ -35,7 +35,7 @@ import trio
 from p2pmsg import distributor
 from p2pmsg.abc import Link
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
-from p2pmsg.distributor import ASK_EVERY, SECRET_BYTES, Distributor
+from p2pmsg.distributor import ASK_EVERY, FRESH_FOR, MAX_BRIDGES, SECRET_BYTES, Distributor
 from p2pmsg.endpoint import Invite
 from p2pmsg.errors import BadInvite, RemoteProtocolError
 from p2pmsg.keys import PublicIdentity
@@ -69,15 +69,22 @@ class Supply:
         self._by_key: dict[bytes, str] = {}
         self.requests = 0
 
-    async def _offered(self) -> list[list[Any]]:
+    async def _offered(self) -> list[tuple[str, float]]:
+        """The offers the store holds, oldest first (malformed ones left out)."""
         raw = await self._store.get_meta(OFFERED_KEY)
         try:
             offered = json.loads(raw) if raw else []
         except ValueError:
-            offered = []
+            offered = None
         if not isinstance(offered, list):
+            log.warning("the offered bridges in the store are unreadable; none are handed out")
             return []
-        return [o for o in offered if isinstance(o, list) and len(o) == 2]
+        return [
+            (o[0], float(o[1]))
+            for o in offered
+            if isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
+            and isinstance(o[1], (int, float)) and _key(o[0]) is not None
+        ]  # fmt: skip
 
     async def _secret(self) -> bytes:
         secret = await self._store.get_secret(RING_SLOT)
@@ -87,13 +94,15 @@ class Supply:
         return secret
 
     async def offer(self, invite: Invite) -> bool:
-        """Hand ``invite`` out from now on, for 7 days; False if it was offered already."""
-        offered = await self._offered()
-        text = str(invite)
-        if any(o[0] == text for o in offered):
+        """Hand ``invite`` out from now on, for 7 days; False if it is out
+        already. A bridge offered again with other endpoints is handed out
+        with those; offers older than 7 days are forgotten."""
+        now, text, key = self._wall_clock(), str(invite), invite.identity.key
+        fresh = [(t, at) for t, at in await self._offered() if now - at < FRESH_FOR]
+        if text in (t for t, _ in fresh):
             return False
-        offered = [*offered, [text, self._wall_clock()]][-distributor.MAX_BRIDGES :]
-        await self._store.set_meta(OFFERED_KEY, json.dumps(offered))
+        offered = [(t, at) for t, at in fresh if _key(t) != key] + [(text, now)]
+        await self._store.set_meta(OFFERED_KEY, json.dumps(offered[-MAX_BRIDGES:]))
         self._loaded = -RELOAD_EVERY
         return True
 
@@ -103,10 +112,8 @@ class Supply:
         if self._distributor is None or now - self._loaded >= RELOAD_EVERY:
             ring, self._by_key = Distributor(await self._secret()), {}
             for text, offered in await self._offered():
-                key = _key(text)
-                if key is not None and isinstance(offered, (int, float)):
-                    ring.offer(text, float(offered))
-                    self._by_key[key] = text
+                ring.offer(text, offered)
+                self._by_key[Invite.parse(text).identity.key] = text
             self._distributor, self._loaded = ring, now
         return self._distributor
 

@@ -3,8 +3,10 @@ node behind a censor asks for more through the bridge it has (p2pmsg.bridges).""
 
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,10 +14,13 @@ from simworld import SimWorld
 from trio.testing import MockClock
 
 from p2pmsg import distributor
-from p2pmsg.distributor import ASK_EVERY
-from p2pmsg.endpoint import Invite
+from p2pmsg.bridges import Supply
+from p2pmsg.distributor import ASK_EVERY, FRESH_FOR
+from p2pmsg.endpoint import Endpoint, Invite
+from p2pmsg.keys import Identity
 from p2pmsg.node import Node
 from p2pmsg.sim.net import DELIVER, DROP, Packet, Verdict
+from p2pmsg.store import Store, run_inline
 
 LISTED = [f"n{i}" for i in range(4)]
 BRIDGES = ["b0", "b1", "b2", "b3"]
@@ -103,3 +108,26 @@ async def test_a_node_that_hands_out_nothing_answers_none_and_a_bad_request_ends
         assert plain.stats.bad_frames == 1
         with pytest.raises(ValueError, match="does not hand out"):
             await plain.offer_bridge(invite)
+
+
+async def test_a_publisher_keeps_its_offers_fresh_and_takes_a_bridge_that_moved(
+    tmp_path: Path,
+) -> None:
+    now = [1_000_000.0]
+    bridge = Identity.generate().public
+    first = Invite(bridge, (Endpoint.parse("tcp:192.0.2.1:443"),))
+    moved = Invite(bridge, (Endpoint.parse("tcp:192.0.2.2:443"),))
+    other = Invite(Identity.generate().public, (Endpoint.parse("tcp:192.0.2.3:443"),))
+    async with await Store.open(tmp_path / "db", offload=run_inline) as store:
+        supply = Supply(store, lambda: now[0], os.urandom)
+        assert await supply.offer(first)
+        assert not await supply.offer(first)
+        assert await supply.offer(moved)  # the same bridge, elsewhere: its new invite
+        assert await supply.offer(other)
+        ring = await supply.ring()
+        assert set(ring.hand_out(b"asker", now[0])) == {str(moved), str(other)}
+        now[0] += FRESH_FOR
+        assert await supply.offer(first)  # a week on, offered again
+        assert [text for text, _ in await supply._offered()] == [str(first)]
+        again = Supply(store, lambda: now[0], os.urandom)  # a restart: the same ring
+        assert (await again.ring()).hand_out(b"asker", now[0]) == (str(first),)
