@@ -538,9 +538,10 @@ class Node:
 
     def _bridge_stats(self) -> dict[str, int]:
         keeper, supply = self.bridge_keeper, self.bridge_supply
+        failed = keeper.failed if keeper else {}
         return {
             "using": len(self._dialer.bridges),
-            "failed": len(keeper.failed) if keeper else 0,
+            "failed": sum(b.identity.key in failed for b in self._dialer.bridges),
             "asked": keeper.requests if keeper else 0,
             "given": keeper.given if keeper else 0,
             "requests_answered": supply.requests if supply else 0,

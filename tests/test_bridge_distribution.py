@@ -86,6 +86,8 @@ async def test_a_node_asks_for_bridges_through_the_one_it_has_and_uses_them_once
             await trio.sleep(ASK_EVERY + 60.0)
             assert keeper.failed.keys() == {world.home("b0").invite().identity.key}
             assert keeper.requests == 1  # three still work: no need to ask
+            status = (await client.status())["bridges"]
+            assert (status["using"], status["failed"]) == (4, 1)  # b0 came with the config
             hidden = world.home(LISTED[2]).invite().identity.node_id
             assert await client.find(hidden) is not None  # through the bridges it was given
 
