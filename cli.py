@@ -35,6 +35,7 @@ from p2pmsg.bridges import Supply
 from p2pmsg.contacts import contact_from_text
 from p2pmsg.delivery import files
 from p2pmsg.dht import records
+from p2pmsg.distributor import FRESH_FOR
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import (
     BadEndpoint,
@@ -299,6 +300,29 @@ def cmd_bridges_offer(args: argparse.Namespace) -> int:
 
     new = run_trio(offer)
     _out("offered: handed out for 7 days" if new else "already offered")
+    return 0
+
+
+def cmd_bridges_list(args: argparse.Namespace) -> int:
+    """The bridges offered to this node: how old, and whether still handed out."""
+    home = home_of(args)
+    home.load_identity()
+
+    async def offers() -> list[tuple[str, float]]:
+        store = await Store.open(home.db_file)
+        try:
+            return await Supply(store, time.time, os.urandom).offers()
+        finally:
+            await store.close()
+
+    now = time.time()
+    for invite, offered in run_trio(offers):
+        age = (now - offered) / 86_400
+        out = age < FRESH_FOR / 86_400
+        if args.json:
+            _out(json.dumps({"invite": invite, "offered": offered, "handed_out": out}))
+        else:
+            _out(f"{age:.1f} days\t{'handed out' if out else 'retired'}\t{invite}")
     return 0
 
 
@@ -620,6 +644,9 @@ def _add_bridges(sub: Any) -> None:
     p = brsub.add_parser("offer", help="hand out a bridge's invite, 3 bridges per asker per day")
     p.add_argument("link", metavar="LINK")
     p.set_defaults(func=cmd_bridges_offer)
+    p = brsub.add_parser("list", help="the bridges offered: how old, and whether handed out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bridges_list)
 
 
 def _add_files(add: Callable[[str, Command, str], argparse.ArgumentParser]) -> None:

@@ -69,8 +69,9 @@ class Supply:
         self._by_key: dict[bytes, str] = {}
         self.requests = 0
 
-    async def _offered(self) -> list[tuple[str, float]]:
-        """The offers the store holds, oldest first (malformed ones left out)."""
+    async def offers(self) -> list[tuple[str, float]]:
+        """The offers the store holds, (invite, wall time offered), oldest
+        first (malformed ones left out)."""
         raw = await self._store.get_meta(OFFERED_KEY)
         try:
             offered = json.loads(raw) if raw else []
@@ -98,7 +99,7 @@ class Supply:
         already. A bridge offered again with other endpoints is handed out
         with those; offers older than 7 days are forgotten."""
         now, text, key = self._wall_clock(), str(invite), invite.identity.key
-        fresh = [(t, at) for t, at in await self._offered() if now - at < FRESH_FOR]
+        fresh = [(t, at) for t, at in await self.offers() if now - at < FRESH_FOR]
         if text in (t for t, _ in fresh):
             return False
         offered = [(t, at) for t, at in fresh if _key(t) != key] + [(text, now)]
@@ -111,7 +112,7 @@ class Supply:
         now = trio.current_time()
         if self._distributor is None or now - self._loaded >= RELOAD_EVERY:
             ring, self._by_key = Distributor(await self._secret()), {}
-            for text, offered in await self._offered():
+            for text, offered in await self.offers():
                 ring.offer(text, offered)
                 self._by_key[Invite.parse(text).identity.key] = text
             self._distributor, self._loaded = ring, now

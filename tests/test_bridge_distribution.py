@@ -130,6 +130,6 @@ async def test_a_publisher_keeps_its_offers_fresh_and_takes_a_bridge_that_moved(
         assert set(ring.hand_out(b"asker", now[0])) == {str(moved), str(other)}
         now[0] += FRESH_FOR
         assert await supply.offer(first)  # a week on, offered again
-        assert [text for text, _ in await supply._offered()] == [str(first)]
+        assert [text for text, _ in await supply.offers()] == [str(first)]
         again = Supply(store, lambda: now[0], os.urandom)  # a restart: the same ring
         assert (await again.ring()).hand_out(b"asker", now[0]) == (str(first),)

@@ -196,6 +196,9 @@ def test_init_sets_up_bridge_distribution_on_both_sides(
         "offered: handed out for 7 days",
         "already offered",
     ]
+    assert cli.main(["--home", str(publisher.path), "bridges", "list", "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["invite"], row["handed_out"]) == (str(bridge), True)
     asks = str(publisher.invite())
     node = tmp_path / "node"
     assert cli.main(["--home", str(node), "init", "--bridge-distributor", asks]) == 1
