@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -37,7 +37,7 @@ from p2pmsg.abc import Link
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.distributor import ASK_EVERY, FRESH_FOR, MAX_BRIDGES, SECRET_BYTES, Distributor
 from p2pmsg.endpoint import Invite
-from p2pmsg.errors import BadInvite, RemoteProtocolError
+from p2pmsg.errors import BadInvite
 from p2pmsg.keys import PublicIdentity
 from p2pmsg.store import Store
 
@@ -182,11 +182,10 @@ class Keeper:
     async def tend(self) -> int:
         """Check every bridge; ask for more when the node should. The bridges gained."""
         for bridge in list(self._dialer.bridges):
-            if await self._reaches(bridge.identity, bridge.endpoints):
-                self.failed.pop(bridge.identity.key, None)
-            else:
-                self.failed.pop(bridge.identity.key, None)
-                self.failed[bridge.identity.key] = None
+            key = bridge.identity.key
+            self.failed.pop(key, None)
+            if not await self._reaches(bridge):
+                self.failed[key] = None  # latest last
         while len(self.failed) > distributor.MAX_FAILED:
             del self.failed[next(iter(self.failed))]
         down = [b.identity.key in self.failed for b in self._dialer.bridges]
@@ -210,9 +209,13 @@ class Keeper:
         self.given += gained
         return gained
 
-    async def _reaches(self, peer: PublicIdentity, endpoints: Sequence[Any]) -> bool:
+    async def _dial(self, invite: Invite) -> Link:
+        link, _ = await self._dialer.connect([str(e) for e in invite.endpoints], invite.identity)
+        return link
+
+    async def _reaches(self, bridge: Invite) -> bool:
         try:
-            link, _ = await self._dialer.connect([str(e) for e in endpoints], peer)
+            link = await self._dial(bridge)
         except DIAL_ERRORS:
             return False
         with trio.CancelScope(shield=True):
@@ -224,16 +227,14 @@ class Keeper:
         self.requests += 1
         try:
             with trio.fail_after(ASK_TIMEOUT):
-                link, _ = await self._dialer.connect(
-                    [str(e) for e in source.endpoints], source.identity
-                )
+                link = await self._dial(source)
                 try:
                     await link.send(distributor.encode_request(list(self.failed)))
                     return distributor.decode_reply(await link.receive())
                 finally:
                     with trio.CancelScope(shield=True):
                         await link.aclose()
-        except (*DIAL_ERRORS, RemoteProtocolError) as exc:
+        except DIAL_ERRORS as exc:
             log.info("a bridge distributor could not be asked: %s", type(exc).__name__)
             return None
 
