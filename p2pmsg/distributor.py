@@ -49,11 +49,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from p2pmsg import sized
 from p2pmsg.endpoint import MAX_INVITE_CHARS
 from p2pmsg.errors import RemoteProtocolError
 from p2pmsg.keys import KEY_BYTES
@@ -173,13 +173,10 @@ def decode_request(data: bytes) -> tuple[bytes, ...]:
 def encode_reply(invites: Sequence[str]) -> bytes:
     if len(invites) > PER_REQUEST:
         raise ValueError(f"at most {PER_REQUEST} invites")
-    out = bytearray([VERSION, REPLY_TYPE, len(invites)])
-    for invite in invites:
-        raw = invite.encode()
-        if len(raw) > MAX_INVITE_CHARS:
-            raise ValueError("invite too long")
-        out += struct.pack(">H", len(raw)) + raw
-    return bytes(out)
+    raw = [invite.encode() for invite in invites]
+    if any(len(item) > MAX_INVITE_CHARS for item in raw):
+        raise ValueError("invite too long")
+    return bytes([VERSION, REPLY_TYPE, len(raw)]) + sized.pack(raw)
 
 
 def decode_reply(data: bytes) -> tuple[str, ...]:
@@ -188,19 +185,7 @@ def decode_reply(data: bytes) -> tuple[str, ...]:
         raise RemoteProtocolError("not a bridge reply")
     if data[2] > PER_REQUEST:
         raise RemoteProtocolError(f"a bridge reply carries at most {PER_REQUEST} invites")
-    offset, invites = 3, []
-    for _ in range(data[2]):
-        if offset + 2 > len(data):
-            raise RemoteProtocolError("truncated bridge reply")
-        (size,) = struct.unpack_from(">H", data, offset)
-        raw = data[offset + 2 : offset + 2 + size]
-        if len(raw) != size or size > MAX_INVITE_CHARS:
-            raise RemoteProtocolError("truncated bridge reply")
-        try:
-            invites.append(raw.decode())
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("a bridge invite is not UTF-8") from None
-        offset += 2 + size
-    if offset != len(data):
+    raw, end = sized.unpack(data, 3, data[2], MAX_INVITE_CHARS, "bridge reply")
+    if end != len(data):
         raise RemoteProtocolError("trailing bytes after a bridge reply")
-    return tuple(invites)
+    return sized.texts(raw, "bridge invite")

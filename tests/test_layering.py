@@ -23,6 +23,8 @@ PURE_CORES = [
     "p2pmsg/endpoint.py",
     "p2pmsg/keys.py",
     "p2pmsg/puzzle.py",
+    "p2pmsg/sized.py",
+    "p2pmsg/distributor.py",
     "p2pmsg/link/noise.py",
     "p2pmsg/link/wire.py",
     "p2pmsg/link/replay.py",

@@ -31,6 +31,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from p2pmsg import sized
 from p2pmsg.dht.mailbox import ENTRY_ID_BYTES, MAX_BLOB, ClearRequest, decode_clear, encode_clear
 from p2pmsg.dht.peer import ID_BYTES
 from p2pmsg.errors import RemoteProtocolError
@@ -132,27 +133,16 @@ def encode_records(records: list[bytes]) -> bytes:
     """``count(1) (len(2) record)*``."""
     if len(records) > MAX_RECORDS or any(len(r) > MAX_RECORD for r in records):
         raise ValueError("too many or too large records")
-    return bytes([len(records)]) + b"".join(struct.pack(">H", len(r)) + r for r in records)
+    return bytes([len(records)]) + sized.pack(records)
 
 
 def decode_records(data: bytes, offset: int = 0) -> tuple[list[bytes], int]:
     """Records at ``offset``; returns them and the offset after them."""
     if offset >= len(data):
         raise RemoteProtocolError("missing record list")
-    count, pos = data[offset], offset + 1
-    if count > MAX_RECORDS:
+    if data[offset] > MAX_RECORDS:
         raise RemoteProtocolError("too many records")
-    records = []
-    for _ in range(count):
-        if pos + 2 > len(data):
-            raise RemoteProtocolError("truncated record list")
-        (size,) = struct.unpack_from(">H", data, pos)
-        pos += 2
-        if size > MAX_RECORD or pos + size > len(data):
-            raise RemoteProtocolError("record length out of range")
-        records.append(data[pos : pos + size])
-        pos += size
-    return records, pos
+    return sized.unpack(data, offset + 1, data[offset], MAX_RECORD, "record list")
 
 
 def decode_target(body: bytes) -> bytes:
@@ -248,24 +238,17 @@ def decode_fetch(body: bytes) -> tuple[bytes, bytes | None, int]:
 def encode_fetch_reply(blobs: list[bytes], more: bool) -> bytes:
     if len(blobs) > MAX_FETCH_ENTRIES or not all(0 < len(b) <= MAX_BLOB for b in blobs):
         raise ValueError("too many, empty or too large blobs")
-    return bytes([more, len(blobs)]) + b"".join(struct.pack(">H", len(b)) + b for b in blobs)
+    return bytes([more, len(blobs)]) + sized.pack(blobs)
 
 
 def decode_fetch_reply(body: bytes) -> tuple[list[bytes], bool]:
     """FETCH's reply: (blobs, whether the holder has more after them)."""
     if len(body) < 2 or body[0] > 1 or body[1] > MAX_FETCH_ENTRIES:
         raise RemoteProtocolError("malformed FETCH reply")
-    blobs, pos = [], 2
-    for _ in range(body[1]):
-        if pos + 2 > len(body):
-            raise RemoteProtocolError("truncated FETCH reply")
-        (size,) = struct.unpack_from(">H", body, pos)
-        pos += 2
-        if not 0 < size <= MAX_BLOB or pos + size > len(body):
-            raise RemoteProtocolError("blob length out of range")
-        blobs.append(body[pos : pos + size])
-        pos += size
-    if pos != len(body):
+    blobs, end = sized.unpack(body, 2, body[1], MAX_BLOB, "FETCH reply")
+    if not all(blobs):
+        raise RemoteProtocolError("an empty blob in a FETCH reply")
+    if end != len(body):
         raise RemoteProtocolError("trailing bytes after the FETCH reply")
     return blobs, bool(body[0])
 

@@ -32,7 +32,6 @@ One encoder and one decoder per format; decoders raise
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -40,6 +39,7 @@ from typing import Final
 
 import trio
 
+from p2pmsg import sized
 from p2pmsg.abc import Link
 from p2pmsg.endpoint import MAX_ENDPOINT_CHARS
 from p2pmsg.errors import RemoteProtocolError, UnsupportedEndpoint
@@ -80,13 +80,10 @@ class Reply:
 def encode_open(message: Open) -> bytes:
     if len(message.key) != KEY_BYTES or not 0 < len(message.endpoints) <= MAX_TARGET_ENDPOINTS:
         raise ValueError("a tunnel names one key and 1 to 8 endpoints")
-    out = bytearray([VERSION, OPEN_TYPE]) + message.key + bytes([len(message.endpoints)])
-    for endpoint in message.endpoints:
-        raw = endpoint.encode()
-        if len(raw) > MAX_ENDPOINT_CHARS:
-            raise ValueError("endpoint too long")
-        out += struct.pack(">H", len(raw)) + raw
-    return bytes(out)
+    raw = [endpoint.encode() for endpoint in message.endpoints]
+    if any(len(item) > MAX_ENDPOINT_CHARS for item in raw):
+        raise ValueError("endpoint too long")
+    return bytes([VERSION, OPEN_TYPE]) + message.key + bytes([len(raw)]) + sized.pack(raw)
 
 
 def decode_open(data: bytes) -> Open:
@@ -96,22 +93,10 @@ def decode_open(data: bytes) -> Open:
     count = data[2 + KEY_BYTES]
     if not 0 < count <= MAX_TARGET_ENDPOINTS:
         raise RemoteProtocolError("a tunnel request names 1 to 8 endpoints")
-    offset, endpoints = 3 + KEY_BYTES, []
-    for _ in range(count):
-        if offset + 2 > len(data):
-            raise RemoteProtocolError("truncated tunnel request")
-        (size,) = struct.unpack_from(">H", data, offset)
-        raw = data[offset + 2 : offset + 2 + size]
-        if len(raw) != size or size > MAX_ENDPOINT_CHARS:
-            raise RemoteProtocolError("truncated tunnel request")
-        try:
-            endpoints.append(raw.decode())
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("a tunnel endpoint is not UTF-8") from None
-        offset += 2 + size
-    if offset != len(data):
+    raw, end = sized.unpack(data, 3 + KEY_BYTES, count, MAX_ENDPOINT_CHARS, "tunnel request")
+    if end != len(data):
         raise RemoteProtocolError("trailing bytes after a tunnel request")
-    return Open(key, tuple(endpoints))
+    return Open(key, sized.texts(raw, "tunnel endpoint"))
 
 
 def encode_reply(reply: Reply) -> bytes:
