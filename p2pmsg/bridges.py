@@ -72,6 +72,10 @@ class Supply:
     async def offers(self) -> list[tuple[str, float]]:
         """The offers the store holds, (invite, wall time offered), oldest
         first (malformed ones left out)."""
+        return [(text, at) for text, at, _ in await self._read()]
+
+    async def _read(self) -> list[tuple[str, float, bytes]]:
+        """The offers with their bridges' keys."""
         raw = await self._store.get_meta(OFFERED_KEY)
         try:
             offered = json.loads(raw) if raw else []
@@ -80,12 +84,7 @@ class Supply:
         if not isinstance(offered, list):
             log.warning("the offered bridges in the store are unreadable; none are handed out")
             return []
-        return [
-            (o[0], float(o[1]))
-            for o in offered
-            if isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
-            and isinstance(o[1], (int, float)) and _key(o[0]) is not None
-        ]  # fmt: skip
+        return [entry for entry in map(_entry, offered) if entry is not None]
 
     async def _secret(self) -> bytes:
         secret = await self._store.get_secret(RING_SLOT)
@@ -99,10 +98,10 @@ class Supply:
         already. A bridge offered again with other endpoints is handed out
         with those; offers older than 7 days are forgotten."""
         now, text, key = self._wall_clock(), str(invite), invite.identity.key
-        fresh = [(t, at) for t, at in await self.offers() if now - at < FRESH_FOR]
-        if text in (t for t, _ in fresh):
+        fresh = [entry for entry in await self._read() if now - entry[1] < FRESH_FOR]
+        if text in (t for t, _, _ in fresh):
             return False
-        offered = [(t, at) for t, at in fresh if _key(t) != key] + [(text, now)]
+        offered = [(t, at) for t, at, k in fresh if k != key] + [(text, now)]
         await self._store.set_meta(OFFERED_KEY, json.dumps(offered[-MAX_BRIDGES:]))
         self._loaded = -RELOAD_EVERY
         return True
@@ -112,9 +111,9 @@ class Supply:
         now = trio.current_time()
         if self._distributor is None or now - self._loaded >= RELOAD_EVERY:
             ring, self._by_key = Distributor(await self._secret()), {}
-            for text, offered in await self.offers():
+            for text, offered, key in await self._read():
                 ring.offer(text, offered)
-                self._by_key[Invite.parse(text).identity.key] = text
+                self._by_key[key] = text
             self._distributor, self._loaded = ring, now
         return self._distributor
 
@@ -127,9 +126,15 @@ class Supply:
         await link.send(distributor.encode_reply(ring.hand_out(peer.key, self._wall_clock(), skip)))
 
 
-def _key(text: object) -> bytes | None:
+def _entry(offer: object) -> tuple[str, float, bytes] | None:
+    """A stored offer ``[invite, wall time]`` with its bridge's key; None if malformed."""
+    if not (isinstance(offer, list) and len(offer) == 2):
+        return None
+    text, at = offer
+    if not (isinstance(text, str) and isinstance(at, (int, float))):
+        return None
     try:
-        return Invite.parse(text).identity.key if isinstance(text, str) else None
+        return text, float(at), Invite.parse(text).identity.key
     except BadInvite:
         return None
 
