@@ -117,9 +117,9 @@ class Supply:
             self._distributor, self._loaded = ring, now
         return self._distributor
 
-    async def answer(self, link: Link, peer: PublicIdentity, data: bytes) -> None:
-        """Answer the bridge request ``data`` from ``peer`` on ``link``."""
-        failed = distributor.decode_request(data)
+    async def answer(self, link: Link, peer: PublicIdentity, failed: Sequence[bytes]) -> None:
+        """Answer ``peer``'s bridge request on ``link``; ``failed``: the keys
+        of the bridges that failed for it (:func:`distributor.decode_request`)."""
         ring = await self.ring()
         skip = [self._by_key[k] for k in failed if k in self._by_key]
         self.requests += 1

@@ -6,10 +6,10 @@ every seed source, see :mod:`p2pmsg.join`) and the outbox sender
 (:mod:`p2pmsg.delivery.sender`); leaving the block cancels them all. Nothing
 runs in the background that this nursery did not start.
 
-Inbound links carry delivery frames, DHT requests and onion packets. A
-message goes over an onion route by default (:mod:`p2pmsg.onion_service`)
-or, when sent ``direct``, over a secure link to the contact. Either way it
-is committed to the outbox before anything leaves the host, and the
+Inbound links carry delivery frames, DHT requests and onion packets
+(:mod:`p2pmsg.inbound`). A message goes over an onion route by default
+(:mod:`p2pmsg.onion_service`) or, when sent ``direct``, over a secure link
+to the contact. Either way it is committed to the outbox before anything leaves the host, and the
 receiver commits to its inbox (deduplicated by sender and message id)
 before it acks, so the application sees every message once, across crashes
 on either side.
@@ -30,37 +30,33 @@ from typing import Any
 
 import trio
 
-from p2pmsg import distributor, join
-from p2pmsg.abc import Discovery, KeepsReplays, Link, Transport, remote_host
-from p2pmsg.admission import Admission, Limits, Ticket
+from p2pmsg import join
+from p2pmsg.abc import Discovery, KeepsReplays, Transport
+from p2pmsg.admission import Admission, Limits
 from p2pmsg.bootstrap import BootstrapLists
 from p2pmsg.bridges import Keeper, Supply
-from p2pmsg.delivery import files, frames, onion_frames
-from p2pmsg.delivery.frames import AckFrame, MessageKind, MsgFrame
+from p2pmsg.delivery import files, frames
+from p2pmsg.delivery.frames import MessageKind, MsgFrame
 from p2pmsg.delivery.liveness import NetworkWatch
 from p2pmsg.delivery.onion_path import MAX_ONION_BODY
 from p2pmsg.delivery.reorder import ReorderTimer
 from p2pmsg.delivery.sender import Sender
-from p2pmsg.dht import rpc
 from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht, DhtOptions
 from p2pmsg.dialer import DIAL_ERRORS, Dialer
 from p2pmsg.discovery.mdns import MdnsDiscovery
 from p2pmsg.endpoint import Endpoint, Invite
 from p2pmsg.errors import (
-    HandshakeError,
     ListenError,
     NoSuchFile,
     P2PMsgError,
-    RemoteProtocolError,
-    StoreError,
     UnknownContact,
 )
 from p2pmsg.home import Config, Home
+from p2pmsg.inbound import Inbound
 from p2pmsg.keys import Identity, PublicIdentity
 from p2pmsg.link import tunnel
 from p2pmsg.link.replay import ReplayWindow
-from p2pmsg.link.secure import SecureLink, accept_secure
 from p2pmsg.network import local_network_label
 from p2pmsg.onion_service import OnionService, OnionServiceOptions
 from p2pmsg.pathscore import PathScores
@@ -77,7 +73,6 @@ from p2pmsg.store_link import DurableReplay
 
 log = logging.getLogger(__name__)
 
-_LINK_ERRORS = DIAL_ERRORS
 PATHS_KEY = "path_scores"
 BRIDGED_MAILBOX_POLL = 60.0
 NEARBY_FETCHES = 2
@@ -217,8 +212,6 @@ class Node:
             if isinstance(transport, KeepsReplays):  # obfs: its hellos' tags saved too
                 transport.keep_replays(self._replay)
         self.admission = Admission(options.admission)
-        self.handshake_pricing = Pricing(rng)
-        """Work asked of inbound handshakes under load (:mod:`p2pmsg.puzzle`)."""
         self._app_send, self._app_receive = trio.open_memory_channel[ReceivedMessage](
             options.app_queue
         )
@@ -275,13 +268,27 @@ class Node:
         )
         self._joiner: join.Joiner | None = None
         self._nearby = trio.CapacityLimiter(NEARBY_FETCHES)
-        self.bridge_supply: Supply | None = None
-        """With ``init --distribute``: the bridges this node hands out."""
+        self._inbound = Inbound(
+            identity, self._replay, self.stats, dht=self.dht, onion=self.onion,
+            tunnels=self.tunnels, commit=self._commit_received,
+            handshake_timeout=options.handshake_timeout, link_idle=options.link_idle,
+            admission=self.admission, pricing=Pricing(rng),
+            wall_clock=wall_clock, rng=rng,
+        )  # fmt: skip
         self.bridge_keeper: Keeper | None = None
         """With ``init --bridge-distributor``: our bridges, checked and replaced."""
 
     def __repr__(self) -> str:
         return f"Node(node_id={self.identity.node_id.hex()[:16]}…)"
+
+    @property
+    def handshake_pricing(self) -> Pricing:
+        """Work asked of inbound handshakes under load (:mod:`p2pmsg.puzzle`)."""
+        return self._inbound.pricing
+
+    @handshake_pricing.setter
+    def handshake_pricing(self, pricing: Pricing) -> None:
+        self._inbound.pricing = pricing
 
     @property
     def dialer(self) -> Dialer:
@@ -582,122 +589,22 @@ class Node:
             log.warning("no transport %r here; not listening on it", endpoint.transport)
             return
         try:
-            bound = await nursery.start(transport.serve, endpoint, self._handle_inbound)
+            bound = await nursery.start(transport.serve, endpoint, self._inbound.handle)
         except OSError as exc:
             raise ListenError(f"{endpoint}: {exc.strerror or exc}") from exc
         self.listening.append(bound)
         log.info("listening on a %s endpoint", endpoint.transport)
-
-    async def _handle_inbound(self, link: Link) -> None:
-        ticket = self.admission.admit(remote_host(link), trio.current_time())
-        if not isinstance(ticket, Ticket):  # closed before its handshake, as Tor does
-            self.stats.inbound_refused += 1
-            log.debug("refused an inbound link: %s", ticket.value)
-            return
-        try:
-            with trio.CancelScope() as evicted:
-                ticket.evict = evicted.cancel  # room for a link from a less busy address
-                await self._accept_and_serve(link, ticket)
-        finally:
-            ticket.close()
-
-    async def _accept_and_serve(self, link: Link, ticket: Ticket) -> None:
-        try:
-            secure = await accept_secure(
-                link,
-                self.identity,
-                self._replay.window,
-                wall_clock=self._wall_clock,
-                rng=self._rng,
-                timeout=self.options.handshake_timeout,
-                pricing=self.handshake_pricing,
-                before_reply=self._replay.before_reply,  # answers once the flight's tag is on disk
-            )
-        except HandshakeError:
-            self.stats.refused_handshakes += 1
-            return
-        ticket.established()
-        try:
-            await self._serve_peer(secure, ticket)
-        except _LINK_ERRORS as exc:
-            log.debug("inbound link ended: %r", exc)
-        except StoreError as exc:  # what it carried is not acked: its sender sends it again
-            log.warning("ended an inbound link: %s", exc)
-        finally:
-            self.onion.links.detach(secure)
-            await secure.aclose()
-
-    async def _serve_peer(self, link: SecureLink, ticket: Ticket) -> None:
-        address = ticket.address
-        while True:
-            with trio.fail_after(self.options.link_idle):
-                data = await link.receive()
-            ticket.touch(trio.current_time())
-            if len(data) > 1 and data[1] in (rpc.REQUEST_TYPE, rpc.RESPONSE_TYPE):
-                await self._answer_rpc(link, data, address)
-                continue
-            if len(data) > 1 and data[1] == onion_frames.PACKET_TYPE:
-                self._take_packet(data)
-                continue
-            if data == onion_frames.GATEWAY_MESSAGE:
-                self.onion.links.attach(link)
-                continue
-            if len(data) > 1 and data[1] == distributor.REQUEST_TYPE:
-                await self._answer_bridges(link, data)
-                continue
-            if len(data) > 1 and data[1] == tunnel.OPEN_TYPE:
-                self.onion.links.detach(link)
-                await self.tunnels.serve(link, link.peer, data)
-                return
-            try:
-                frame = frames.decode(data)
-            except RemoteProtocolError:
-                self.stats.bad_frames += 1
-                raise
-            if isinstance(frame, MsgFrame):
-                await self._commit_received(link.peer, frame)
-                await link.send(frames.encode(AckFrame(frame.id)))
-
-    def _take_packet(self, data: bytes) -> None:
-        try:
-            packet = onion_frames.decode_packet_message(data)
-        except RemoteProtocolError:
-            self.stats.bad_frames += 1
-            raise
-        self.onion.relay.submit(packet)
-
-    async def _answer_rpc(self, link: SecureLink, data: bytes, address: str | None) -> None:
-        try:
-            message = rpc.decode(data)
-        except RemoteProtocolError:
-            self.stats.bad_frames += 1
-            raise
-        if isinstance(message, rpc.Request):
-            response = await self.dht.handle(link.peer, message, address)
-            await link.send(rpc.encode_response(response))
 
     async def _load(self, config: Config) -> None:
         """What the store keeps for a start: path scores, replay tags, bridges."""
         await self._load_paths()
         await self._replay.load()
         if config.distribute:
-            self.bridge_supply = Supply(self.store, self._wall_clock, self._rng)
+            self._inbound.supply = Supply(self.store, self._wall_clock, self._rng)
         if config.use_bridges and config.distributors:
             keeper = Keeper(self._dialer, config.distributors, self.store, config.use_bridges)
             await keeper.load()
             self.bridge_keeper = keeper
-
-    async def _answer_bridges(self, link: SecureLink, data: bytes) -> None:
-        """A bridge request: answered from our supply, or with none when we have none."""
-        try:
-            if self.bridge_supply is not None:
-                await self.bridge_supply.answer(link, link.peer, data)
-                return
-            distributor.decode_request(data)
-        except RemoteProtocolError:
-            self.stats.bad_frames += 1
-            raise
-        await link.send(distributor.encode_reply(()))
 
     async def offer_bridge(self, invite: Invite) -> bool:
         """Hand ``invite`` out to those who ask (``init --distribute``); False
@@ -705,6 +612,11 @@ class Node:
         if self.bridge_supply is None:
             raise ValueError("this node does not hand out bridges (init --distribute)")
         return await self.bridge_supply.offer(invite)
+
+    @property
+    def bridge_supply(self) -> Supply | None:
+        """With ``init --distribute``: the bridges this node hands out."""
+        return self._inbound.supply
 
     async def _commit_received(self, peer: PublicIdentity, frame: MsgFrame) -> None:
         message = InboxMessage.of_frame(peer.node_id, frame, self._wall_clock())
