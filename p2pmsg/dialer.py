@@ -129,6 +129,9 @@ class Dialled:
     seconds: float
     winner: str | None
     """The transport of the link it made; None when it failed."""
+    current: str | None = None
+    """The transport the node dials first after it: its last working path's
+    (:meth:`~p2pmsg.pathscore.PathScores.last_working`); None while it has none."""
 
 
 def _hung_up(exc: BaseException) -> bool:
@@ -266,9 +269,11 @@ class Dialer:
         async with trio.open_nursery() as nursery:
             race.nursery = nursery
             nursery.start_soon(self._attempt, race, 0, None)
+        working = self.scores.last_working(self.network)
         dialled = Dialled(
             trio.current_time() - started,
             None if race.winner is None else race.winner[1].transport,
+            None if working is None else working[0],
         )
         for observer in self.observers:
             observer(dialled)

@@ -17,7 +17,11 @@ since, then every path with no penalty, those of the last working path's
 transport first, then the rest by score, ties in input order (hysteresis: a
 stable network sees no switching, S12, also when a new peer is dialled: two
 transports that both work would otherwise take turns, by whichever had the
-latest success or the quickest handshake).
+latest success or the quickest handshake). A success on another transport
+becomes the last working path only once the current one's transport has
+failed on this network (:data:`SWITCH_PENALTY`): a peer whose path on it is
+blocked at the peer's own ISP, or held back by the residual guard, is
+reached over another transport without the node switching to it.
 
 A censor that resets a flow often blocks the same (client, server, port) for
 90 to 180 s afterwards (S4, S5's residual censorship), and every retry inside
@@ -82,6 +86,10 @@ MAX_PENALTY = 16.0
 SUCCESS_CREDIT = 1.0
 #: Share of a transport's network-wide penalty added to each of its paths.
 TRANSPORT_SHARE = 0.25
+#: The working transport's own penalty at which a success elsewhere replaces it:
+#: a handshake black hole at once, two resets or three timeouts net of its
+#: successes. One peer's path blocked at that peer's ISP is less (S12).
+SWITCH_PENALTY = 2.0
 MAX_TEXT_CHARS = 2048  # endpoint texts are capped at this size too
 SNAPSHOT_VERSION = 1
 
@@ -253,13 +261,26 @@ class PathScores:
         own = self._paths.value((network, transport, endpoint), now)
         return own + TRANSPORT_SHARE * self._transports.value((network, transport), now)
 
+    def transport_penalty(self, network: str, transport: str, now: float) -> float:
+        """The transport's own score on ``network`` at ``now`` (its paths carry a share)."""
+        return self._transports.value((network, transport), now)
+
     def last_working(self, network: str) -> Path | None:
-        """The path that last succeeded on ``network``, unless it has failed since."""
+        """The path that last succeeded on ``network``, unless it has failed
+        since; a success on another transport takes its place only once its
+        own transport's penalty reaches :data:`SWITCH_PENALTY`."""
         return self._working.get(network)
 
     def succeeded(self, network: str, transport: str, endpoint: str, now: float) -> None:
         self._paths.add((network, transport, endpoint), -SUCCESS_CREDIT, now)
         self._transports.add((network, transport), -SUCCESS_CREDIT, now)
+        current = self._working.get(network)
+        if (
+            current is not None
+            and current[0] != transport
+            and self.transport_penalty(network, current[0], now) < SWITCH_PENALTY
+        ):
+            return  # ours still works: one peer reached over another is no switch (S12)
         self._working.pop(network, None)
         self._working[network] = (transport, endpoint)
         while len(self._working) > self.capacity:

@@ -72,7 +72,7 @@ async def test_a_silent_first_endpoint_loses_the_race_after_the_stagger(
         start = trio.current_time()
         link, endpoint = await dialer.connect(ENDPOINTS, SERVER.public)
         assert trio.current_time() - start == STAGGER_DELAY  # not the 30 s handshake timeout
-        assert seen == [Dialled(STAGGER_DELAY, "sim")]  # what the lab times (S12)
+        assert seen == [Dialled(STAGGER_DELAY, "sim", "sim")]  # what the lab times (S12)
         assert str(endpoint) == "sim:server:2"
         assert completed == [2]
         # the loser was cancelled, not judged: only the winner is scored

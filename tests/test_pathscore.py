@@ -34,6 +34,7 @@ from p2pmsg.pathscore import (
     MAX_TEXT_CHARS,
     RESIDUAL_WINDOW,
     SUCCESS_CREDIT,
+    SWITCH_PENALTY,
     Failure,
     PathScores,
     ResidualGuard,
@@ -247,13 +248,29 @@ def test_a_new_peer_is_dialled_first_on_the_transport_that_last_worked() -> None
     """Two transports both work; the one that worked last is tried first for
     every peer, whichever has the better score, until it fails (S12)."""
     scores = PathScores()
-    scores.succeeded(NET, "ws", "a-ws", 0.0)
-    scores.succeeded(NET, "ws", "b-ws", 0.0)  # ws has the better transport score
-    scores.succeeded(NET, "obfs", "a-obfs", 1.0)  # obfs worked last
+    scores.succeeded(NET, "obfs", "a-obfs", 0.0)  # obfs works
+    scores.succeeded(NET, "ws", "a-ws", 1.0)
+    scores.succeeded(NET, "ws", "b-ws", 1.0)  # ws has the better transport score
     fresh = [("ws", "c-ws"), ("obfs", "c-obfs")]
     assert scores.order(NET, fresh, 2.0) == [("obfs", "c-obfs"), ("ws", "c-ws")]
     scores.failed(NET, "obfs", "c-obfs", Failure.RESET, 3.0)  # penalised: it sinks
     assert scores.order(NET, fresh, 4.0) == [("ws", "c-ws"), ("obfs", "c-obfs")]
+
+
+def test_one_peer_reached_over_another_transport_is_no_switch() -> None:
+    """While its transport works, the working path stays: a peer whose obfs
+    path is reset at its own ISP is reached over ws without moving the node
+    to ws. Once obfs fails here too, the next success elsewhere takes over (S12)."""
+    scores = PathScores()
+    scores.succeeded(NET, "obfs", "a-obfs", 0.0)
+    scores.failed(NET, "obfs", "b-obfs", Failure.RESET, 1.0)  # one peer's obfs reset
+    assert scores.transport_penalty(NET, "obfs", 1.0) < SWITCH_PENALTY
+    scores.succeeded(NET, "ws", "b-ws", 2.0)
+    assert scores.last_working(NET) == ("obfs", "a-obfs")
+    scores.failed(NET, "obfs", "c-obfs", Failure.RESET, 3.0)
+    assert scores.transport_penalty(NET, "obfs", 3.0) >= SWITCH_PENALTY
+    scores.succeeded(NET, "ws", "c-ws", 4.0)
+    assert scores.last_working(NET) == ("ws", "c-ws")
 
 
 # -- ResidualGuard ---------------------------------------------------------------
@@ -340,8 +357,9 @@ TestGuard = GuardMachine.TestCase
 
 class ScoresMachine(RuleBasedStateMachine):
     """Any sequence of operations: tables stay bounded, order() stays a permutation,
-    and (hysteresis, S12) the last working path is first until it fails or another
-    path on its network succeeds, however often it or anything else failed before."""
+    and (hysteresis, S12) the last working path is first until it fails, or
+    another path on its network succeeds: of its transport, or of another once
+    its transport has a penalty, however often anything failed before."""
 
     CAPACITY = 5
 
@@ -367,7 +385,14 @@ class ScoresMachine(RuleBasedStateMachine):
     @rule(net=net, path=path)
     def succeed(self, net: str, path: tuple[str, str]) -> None:
         self.scores.succeeded(net, *path, self.now)
-        self.working[net] = path
+        current = self.working.get(net)
+        stays = (  # (after the success: its credit may have evicted the current transport's score)
+            current is not None
+            and current[0] != path[0]
+            and self.scores.transport_penalty(net, current[0], self.now) < SWITCH_PENALTY
+        )
+        if not stays:
+            self.working[net] = path
 
     @rule()
     def restart(self) -> None:

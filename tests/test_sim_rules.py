@@ -106,7 +106,10 @@ async def test_a_border_drop_starts_per_isp_and_spares_the_national_network(
 async def test_the_learning_censor_blocks_a_popular_shape_but_never_the_web(
     autojump_clock: MockClock,
 ) -> None:
-    learner = rules.LearnFingerprint(min_clients=2)
+    learned: list[float] = []
+    learner = rules.LearnFingerprint(
+        min_clients=2, on_learn=lambda: learned.append(trio.current_time())
+    )
     net, _ = network(learner)
     raw = bytes(range(40))
     assert await passes(net, "home", "abroad", 1, raw)
@@ -118,6 +121,7 @@ async def test_the_learning_censor_blocks_a_popular_shape_but_never_the_web(
     for port, client in enumerate(["home", "neighbour", "other"], start=6):
         assert await passes(net, client, "abroad", port, web)
     assert learner.learned == {40}
+    assert len(learned) == 1  # the lab marks it as a censor event (S12's stable network)
 
 
 async def test_a_learned_shape_kills_the_flows_that_began_before_it_was_learned(

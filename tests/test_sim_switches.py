@@ -10,17 +10,23 @@ from p2pmsg.sim.report import STABLE_AFTER, SWITCH_WINDOW, stable_switches
 from p2pmsg.sim.result import transport_switches
 
 
-def test_a_switch_is_a_link_over_another_transport_than_the_last_one() -> None:
+def test_a_switch_is_a_change_of_the_transport_a_node_dials_first() -> None:
     dials = [
-        (1.0, Dialled(0.1, "sim")),
-        (2.0, Dialled(0.1, "sim")),
-        (4.0, Dialled(30.0, None)),  # a failed dial: not a link
-        (5.0, Dialled(0.3, "ws")),  # switched
-        (6.0, Dialled(0.1, "ws")),
-        (7.0, Dialled(0.1, "sim")),  # switched back
+        (1.0, Dialled(0.1, "sim", "sim")),
+        (2.0, Dialled(0.1, "ws", "sim")),  # one peer over ws: the node stays on sim
+        (4.0, Dialled(30.0, None, None)),  # sim failed: no working path yet
+        (5.0, Dialled(0.3, "ws", "ws")),  # switched
+        (6.0, Dialled(0.1, "ws", "ws")),
+        (7.0, Dialled(0.1, "sim", "sim")),  # switched back
     ]
     assert transport_switches(dials) == [5.0, 7.0]
     assert transport_switches(dials[:3]) == []
+
+
+def test_a_node_joining_is_not_switching() -> None:
+    dials = [(t, Dialled(0.1, w, w)) for t, w in ((95.0, "sim"), (130.0, "ws"), (200.0, "sim"))]
+    assert transport_switches(dials, starts=[90.0]) == [200.0]  # 130 is within its first minute
+    assert transport_switches(dials, starts=[0.0]) == [130.0, 200.0]
 
 
 def test_switches_near_a_censor_event_do_not_count_and_a_window_holds_the_rest() -> None:

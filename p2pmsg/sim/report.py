@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pmsg.sim.result import SeedResult, heals
+from p2pmsg.sim.result import STABLE_AFTER, SeedResult, heals
 from p2pmsg.sim.scenario import Pass, Scenario
 
 _T975: dict[int, float] = {
@@ -74,8 +74,6 @@ def _ratio(parts: Sequence[tuple[int, int]]) -> Estimate:
     return Estimate(e.mean, max(0.0, e.low), min(1.0, e.high))
 
 
-#: After a censor event, the network is unstable for this long (S12's switches).
-STABLE_AFTER = 60.0
 #: S12's switches are counted in windows of this many seconds.
 SWITCH_WINDOW = 300.0
 

@@ -154,11 +154,24 @@ class SeedResult:
         ]
 
 
-def transport_switches(dials: Sequence[tuple[float, Dialled]]) -> list[float]:
-    """When, of one node's ``(time, dial)`` in time order, a dial won over
-    another transport than the last dial that won (S12's switches)."""
-    winners = [(when, dial.winner) for when, dial in dials if dial.winner is not None]
-    return [when for (_, before), (when, now) in pairwise(winners) if now != before]
+#: After a censor event, and after a node starts, its network is unstable for
+#: this long (S12's switches).
+STABLE_AFTER = 60.0
+
+
+def transport_switches(
+    dials: Sequence[tuple[float, Dialled]], starts: Sequence[float] = ()
+) -> list[float]:
+    """When, of one node's ``(time, dial)`` in time order, the transport it
+    dials first changed (S12's switches; a dial that found none is skipped),
+    except within :data:`STABLE_AFTER` of its ``starts``: a node joining
+    learns which transports work here."""
+    current = [(when, dial.current) for when, dial in dials if dial.current is not None]
+    return [
+        when
+        for (_, before), (when, now) in pairwise(current)
+        if now != before and not any(s <= when < s + STABLE_AFTER for s in starts)
+    ]
 
 
 def heals(rule: CensorRule) -> bool:

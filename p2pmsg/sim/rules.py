@@ -136,6 +136,8 @@ class LearnFingerprint:
 
     min_clients: int
     verdict: Verdict = RESET
+    on_learn: Callable[[], None] | None = None
+    """Called at each shape learned (the lab marks it as a censor event)."""
     max_shapes: int = 4096
     seen: OrderedDict[int, set[str]] = field(default_factory=OrderedDict)
     learned: set[int] = field(default_factory=set)
@@ -158,6 +160,8 @@ class LearnFingerprint:
             if len(clients) < self.min_clients:
                 return None
             self.learned.add(key)
+            if self.on_learn is not None:
+                self.on_learn()
         flow.condemned = self.verdict
         return self.verdict
 

@@ -205,7 +205,7 @@ class _Run:
             else None
         )
         """S14's Sybils in the DHT."""
-        self.started: dict[str, float] = {}
+        self.started: dict[str, list[float]] = {}  # when each node started, and again
         self.lans = {isp: SimLan(isp) for isp in isps} if topo.lan else {}
         self.healed, self.heal_checked = trio.Event(), trio.Event()
         self.t0 = trio.current_time() + scenario.run.warmup
@@ -279,13 +279,14 @@ class _Run:
         """Run node ``name``, restarting it ``topology.restarts`` times and
         moving it to a new address ``topology.ip_changes`` times (users only);
         between a stop and the next start nobody sends through it."""
-        started = self.started[name] = trio.current_time()
+        started = trio.current_time()
         skew = self.s.topology.clock_skew
         skew = self.rng.uniform(-skew, skew) if skew else 0.0
         if name in self.groups["skewed"]:
             skew = self.rng.choice((-1, 1)) * self.rng.uniform(36 * 3600.0, 48 * 3600.0)
         self.sending[name] = 0
         for run, (stop, moves) in enumerate([*self.stops(name), (math.inf, False)]):
+            self.started.setdefault(name, []).append(trio.current_time())
             async with self.world.node(
                 name, options=self.options, skew=skew, lan=self.lan(name)
             ) as node:
@@ -505,7 +506,8 @@ class _Run:
         end = min(self.t0 + rule.until, self.end)
         while (now := trio.current_time()) < end:
             rng = random.Random(self.censor_rng.random())  # noqa: S311 - a reproducible simulation
-            made = censor_rules(rule, self.world.net, self.s.topology.country, rng)
+            learned = partial(self.learned, what)
+            made = censor_rules(rule, self.world.net, self.s.topology.country, rng, learned)
             self.meter.censor.rules.extend(made)
             self.meter.residuals += [one for one in made if isinstance(one, ResidualBlock)]
             self.degrading += rule.action == "delay"
@@ -521,6 +523,11 @@ class _Run:
                 self.result.healed = trio.current_time()
                 self.healed.set()
             await trio.sleep(rule.flap)
+
+    def learned(self, what: str) -> None:
+        """A learning rule learned a flow shape: the censor changed."""
+        now = trio.current_time() - self.t0
+        self.result.censor_events.append((now, f"{what}: a flow shape learned"))
 
     async def after_heal(self) -> None:
         """:data:`HEAL_LOOKUP_AFTER` after the border heals, each user at home
@@ -681,13 +688,15 @@ class _Run:
 
     def collect_dials(self) -> None:
         """S12: how long users' dials took to a working link while the traffic
-        ran (inf: failed), and when they switched transports (warm-up too)."""
+        ran (inf: failed), and when they switched transports (warm-up too,
+        but not while each joined)."""
         for user in self.groups["users"]:
             dials = self.dials.get(user, [])
             self.result.path_times += [
                 d.seconds if d.winner else math.inf for t, d in dials if t >= 0
             ]
-            self.result.switches.append(transport_switches(dials))
+            starts = [t - self.t0 for t in self.started.get(user, [])]
+            self.result.switches.append(transport_switches(dials, starts))
 
     def collect_lan(self) -> None:
         users = [u for u in self.groups["users"] if self.lan(u) is not None]
@@ -696,7 +705,7 @@ class _Run:
             for v in users:
                 if v != u and self.hosts[u].isp == self.hosts[v].isp:
                     first = seen.get(self.nodes[v].identity.node_id, math.inf)
-                    up = max(self.started[u], self.started[v])
+                    up = max(self.started[u][0], self.started[v][0])
                     self.result.lan_found.append(first - up)
 
 

@@ -11,6 +11,7 @@ services the runner starts beside the nodes.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -183,8 +184,15 @@ async def _answer(stream: SimStream) -> None:
         await stream.aclose()
 
 
-def censor_rules(rule: CensorRule, net: SimNetwork, country: str, rng: random.Random) -> list[Rule]:
-    """The censor rules that carry out ``rule`` (one about flows, not addresses) from now."""
+def censor_rules(
+    rule: CensorRule,
+    net: SimNetwork,
+    country: str,
+    rng: random.Random,
+    on_learn: Callable[[], None] | None = None,
+) -> list[Rule]:
+    """The censor rules that carry out ``rule`` (one about flows, not addresses)
+    from now; a learning rule calls ``on_learn`` at each shape it learns."""
     hosts = net.host
     verdict = DROP if rule.verdict == "drop" else RESET
     made: list[Rule] = []
@@ -196,7 +204,7 @@ def censor_rules(rule: CensorRule, net: SimNetwork, country: str, rng: random.Ra
         match = rules.payload_match(rule.match, (control.DOMAIN,))
         one = MatchPayload(match, verdict, residual)
     elif rule.action == "learn_fingerprint":
-        one = rules.LearnFingerprint(rule.min_clients, verdict)
+        one = rules.LearnFingerprint(rule.min_clients, verdict, on_learn=on_learn)
     elif rule.action == "police":
         one = rules.Policing(rule.kbps * 1000 / 8)
     elif rule.action == "reset_every":
