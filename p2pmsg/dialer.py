@@ -120,6 +120,8 @@ class _Race:
     nursery: trio.Nursery | None = None
     winner: tuple[SecureLink, Endpoint] | None = None
     errors: list[Exception] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    """Transports of the attempts still waiting for an answer."""
 
 
 @dataclass(frozen=True)
@@ -380,7 +382,7 @@ class Dialer:
         if index + 1 < len(race.candidates):
             race.nursery.start_soon(self._attempt, race, index + 1, failed)
         try:
-            secure = await self._dial(race.candidates[index], race.peer)
+            secure = await self._dial(race.candidates[index], race)
         except DIAL_ERRORS as exc:
             race.errors.append(exc)
             failed.set()
@@ -393,13 +395,14 @@ class Dialer:
         race.winner = (secure, race.candidates[index].endpoint)
         race.nursery.cancel_scope.cancel()
 
-    async def _dial(self, candidate: _Candidate, peer: PublicIdentity) -> SecureLink:
+    async def _dial(self, candidate: _Candidate, race: _Race) -> SecureLink:
         """One attempt, scored unless cancelled. Raises what the dial raised.
 
         A handshake that meets silence, or is cancelled after waiting well
         past the round trip the connection took, is told to :attr:`clock`."""
-        stage = "dial"
+        stage, peer, transport = "dial", race.peer, candidate.endpoint.transport
         started = trio.current_time()
+        race.pending.append(transport)
         try:
             with trio.fail_after(self.dial_timeout):
                 link = await candidate.transport.dial(candidate.endpoint)
@@ -425,9 +428,14 @@ class Dialer:
                 if waited > max(SILENT_AFTER, 4 * rtt):
                     self.clock.handshake(peer.node_id, completed=False)
             raise
+        finally:
+            race.pending.remove(transport)
         self.clock.handshake(peer.node_id, completed=True)
         now = trio.current_time()
-        self.scores.succeeded(self.network, candidate.endpoint.transport, candidate.text, now)
+        working = self.scores.last_working(self.network)
+        # our transport, still silent past its head start, lost to this one: switch
+        outraced = working is not None and working[0] in race.pending
+        self.scores.succeeded(self.network, transport, candidate.text, now, outraced=outraced)
         if candidate.three_tuple is not None:
             self.residual.succeeded(candidate.three_tuple)
         self._health(candidate).successes += 1

@@ -19,9 +19,10 @@ stable network sees no switching, S12, also when a new peer is dialled: two
 transports that both work would otherwise take turns, by whichever had the
 latest success or the quickest handshake). A success on another transport
 becomes the last working path only once the current one's transport has
-failed on this network (:data:`SWITCH_PENALTY`): a peer whose path on it is
-blocked at the peer's own ISP, or held back by the residual guard, is
-reached over another transport without the node switching to it.
+failed on this network (:data:`SWITCH_PENALTY`), or was outraced by it
+while silent (a DPI drop: the cancelled loser is not scored). A peer whose
+path on it is blocked at the peer's own ISP, or held back by the residual
+guard, is reached over another transport without the node switching to it.
 
 A censor that resets a flow often blocks the same (client, server, port) for
 90 to 180 s afterwards (S4, S5's residual censorship), and every retry inside
@@ -268,16 +269,22 @@ class PathScores:
     def last_working(self, network: str) -> Path | None:
         """The path that last succeeded on ``network``, unless it has failed
         since; a success on another transport takes its place only once its
-        own transport's penalty reaches :data:`SWITCH_PENALTY`."""
+        own transport's penalty reaches :data:`SWITCH_PENALTY`, or when it
+        outraced an attempt over it that met silence."""
         return self._working.get(network)
 
-    def succeeded(self, network: str, transport: str, endpoint: str, now: float) -> None:
+    def succeeded(
+        self, network: str, transport: str, endpoint: str, now: float, *, outraced: bool = False
+    ) -> None:
+        """A link over the path; ``outraced``: an attempt over the last working
+        path's transport, started before it, has not answered yet."""
         self._paths.add((network, transport, endpoint), -SUCCESS_CREDIT, now)
         self._transports.add((network, transport), -SUCCESS_CREDIT, now)
         current = self._working.get(network)
         if (
             current is not None
             and current[0] != transport
+            and not outraced
             and self.transport_penalty(network, current[0], now) < SWITCH_PENALTY
         ):
             return  # ours still works: one peer reached over another is no switch (S12)
