@@ -113,6 +113,23 @@ class _Candidate:
 
 
 @dataclass
+class _Attempt:
+    transport: str
+    started: float
+    connected: float | None = None
+    """When its transport connected (its handshake began); None before."""
+
+    def silent(self, now: float) -> bool:
+        """Whether its handshake has met silence by ``now``: connected, then no
+        answer for at least :data:`SILENT_AFTER` and four times the connection's round
+        trip (a DPI drop; a slow or lossy path has not even connected)."""
+        if self.connected is None:
+            return False
+        rtt = self.connected - self.started
+        return now - self.connected >= max(SILENT_AFTER, 4 * rtt)
+
+
+@dataclass
 class _Race:
     peer: PublicIdentity
     candidates: list[_Candidate]
@@ -120,8 +137,8 @@ class _Race:
     nursery: trio.Nursery | None = None
     winner: tuple[SecureLink, Endpoint] | None = None
     errors: list[Exception] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)
-    """Transports of the attempts still waiting for an answer."""
+    pending: list[_Attempt] = field(default_factory=list)
+    """The attempts still waiting for an answer."""
 
 
 @dataclass(frozen=True)
@@ -401,12 +418,12 @@ class Dialer:
         A handshake that meets silence, or is cancelled after waiting well
         past the round trip the connection took, is told to :attr:`clock`."""
         stage, peer, transport = "dial", race.peer, candidate.endpoint.transport
-        started = trio.current_time()
-        race.pending.append(transport)
+        attempt = _Attempt(transport, trio.current_time())
+        race.pending.append(attempt)
         try:
             with trio.fail_after(self.dial_timeout):
                 link = await candidate.transport.dial(candidate.endpoint)
-            stage, connected = "handshake", trio.current_time()
+            stage, attempt.connected = "handshake", trio.current_time()
             secure = await connect_secure(
                 link,
                 self.identity,
@@ -423,18 +440,18 @@ class Dialer:
                 self.clock.handshake(peer.node_id, completed=False)
             raise
         except trio.Cancelled:
-            if stage == "handshake":
-                waited, rtt = trio.current_time() - connected, connected - started
-                if waited > max(SILENT_AFTER, 4 * rtt):
-                    self.clock.handshake(peer.node_id, completed=False)
+            if attempt.silent(trio.current_time()):
+                self.clock.handshake(peer.node_id, completed=False)
             raise
         finally:
-            race.pending.remove(transport)
+            race.pending.remove(attempt)
         self.clock.handshake(peer.node_id, completed=True)
         now = trio.current_time()
         working = self.scores.last_working(self.network)
-        # our transport, still silent past its head start, lost to this one: switch
-        outraced = working is not None and working[0] in race.pending
+        # our transport's handshake met silence and lost to this one: switch
+        outraced = working is not None and any(
+            a.transport == working[0] and a.silent(now) for a in race.pending
+        )
         self.scores.succeeded(self.network, transport, candidate.text, now, outraced=outraced)
         if candidate.three_tuple is not None:
             self.residual.succeeded(candidate.three_tuple)
