@@ -118,6 +118,11 @@ class PacketLinks:
         """Our last dial to ``node_id`` failed (and none worked since)."""
         return node_id in self._unreachable
 
+    def reached(self, node_id: bytes) -> None:
+        """``node_id`` answered us another way (a ping): the dial that failed
+        last no longer counts against it."""
+        self._unreachable.pop(node_id, None)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch the links while this runs; closes them all when cancelled."""
         try:

@@ -122,6 +122,28 @@ def test_relays_we_cannot_reach_are_used_only_when_too_few_others_remain(
         assert len(route) == DEFAULT_HOPS  # still a route: they may be reachable after all
 
 
+@given(seed=st.integers(0, 10_000), poor=st.integers(0, 8), cut=st.integers(0, 8))
+def test_a_relay_we_reach_with_a_poor_record_goes_before_one_we_cannot_reach(
+    seed: int, poor: int, cut: int
+) -> None:
+    """Relays 1..poor share the lost routes of relays 1..cut (behind a border
+    cut; poor >= cut, as lost routes blame every relay): while enough relays
+    we reach remain, whatever their records, no route takes one cut off (S10)."""
+    poor = max(poor, cut)
+    candidates = [replace(relay(i), unreachable=i <= cut) for i in range(1, 9)]
+    scores = RelayScores()
+    for _ in range(10):
+        scores.route_failed([bytes([i]) * 32 for i in range(1, poor + 1)], 0.0)
+    route = select_route(candidates, scores=scores, rng=seeded(seed))
+    reachable = [c for c in candidates if not c.unreachable]
+    trusted = [c for c in reachable if c.node_id[0] > poor]
+    assert len(route) == DEFAULT_HOPS
+    if len(trusted) >= DEFAULT_HOPS:
+        assert all(c in trusted for c in route)
+    elif len(reachable) >= DEFAULT_HOPS:
+        assert all(c in reachable for c in route)
+
+
 @given(
     seed=st.integers(0, 10_000),
     avoided=st.sets(st.integers(1, 8), max_size=8),

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import TypeVar
 
 import trio
 
@@ -41,6 +42,7 @@ from p2pmsg.delivery import fragments, frames, onion_frames
 from p2pmsg.delivery.frames import MessageKind, MsgFrame
 from p2pmsg.delivery.rto import RetransmitTimer
 from p2pmsg.dht import records as rec
+from p2pmsg.dht.peer import Peer
 from p2pmsg.dht.service import Dht
 from p2pmsg.dialer import DIAL_ERRORS
 from p2pmsg.e2e import prekeys, sealed, session
@@ -54,6 +56,8 @@ from p2pmsg.relay import Resolver, epoch_of
 from p2pmsg.store import OutboxMessage, Store, SurbRecord
 
 log = logging.getLogger(__name__)
+
+V = TypeVar("V")
 
 MAX_ONION_BODY = (
     sealed.MAX_ENVELOPE_BYTES
@@ -74,7 +78,13 @@ tried again on one (once per message; later requests wait for the backoff)."""
 FIRST_HOP_TRIES = 3
 """Routes one packet may try when their first relay cannot be reached from here."""
 MAX_REMEMBERED = 4096
-"""Peers remembered as owed a new session, and messages as hurried once."""
+"""Peers remembered as owed a new session, messages as hurried once, and
+relays as probed."""
+PROBE_EVERY = 600.0
+"""Seconds before a relay of a lost route is pinged again (:meth:`OnionPath.probe`)."""
+PROBE_TRIES = 2
+"""Pings a probe sends before the relay counts as unreachable: one lost to a
+lossy path (S18) is no evidence."""
 
 
 class NoPrekeys(P2PMsgError):
@@ -128,6 +138,7 @@ class OnionPath:
         self._rng = rng
         self._restart: OrderedDict[bytes, None] = OrderedDict()  # peers owed a new session
         self._hurried: OrderedDict[bytes, None] = OrderedDict()  # message ids
+        self._probed: OrderedDict[bytes, float] = OrderedDict()  # relay -> when
         self.on_retry: Callable[[], None] = lambda: None
         """Called when a message became due sooner (the node wakes its sender)."""
         self.timer = RetransmitTimer()
@@ -364,21 +375,52 @@ class OnionPath:
         peer = await self.store.retry_sooner(message_id, soon)
         if peer is None:
             return  # delivered or expired meanwhile
-        _remember(self._restart, peer)
+        _remember(self._restart, peer, None)
         if first:
-            _remember(self._hurried, message_id)
+            _remember(self._hurried, message_id, None)
             self.on_retry()
 
-    async def attempt_failed(self, message_id: bytes, *, copies: int = 1) -> None:
+    async def attempt_failed(self, message_id: bytes, *, copies: int = 1) -> list[bytes]:
         """The ack of ``message_id`` is overdue: the routes of its last attempt
-        (``copies`` sends), unanswered, take a failure."""
+        (``copies`` sends), unanswered, take a failure. Returns their relays."""
         now = self._wall_clock()
+        lost: dict[bytes, None] = {}
         for relays in await self.store.surb_routes(message_id, limit=copies):
             self.scores.route_failed(relays, now)
+            lost.update(dict.fromkeys(relays))
+        return list(lost)
+
+    async def probe(self, relays: Sequence[bytes]) -> list[bytes]:
+        """Ping the relays of a lost route, each at most once every
+        :data:`PROBE_EVERY` seconds, up to :data:`PROBE_TRIES` times: one that
+        never answers is marked failed in the routing table, and so goes after
+        every relay we can reach (:attr:`Candidate.unreachable`), and one that
+        answers is no longer held to a failed dial. A lost route
+        blames its relays alike; only a ping tells the one behind a border cut
+        (S10) from the honest ones beside it. Returns the relays pinged."""
+        now = trio.current_time()
+        due = []
+        for node_id in relays:
+            last = self._probed.get(node_id)
+            if (last is None or now - last >= PROBE_EVERY) and (
+                peer := self.dht.table.get(node_id)
+            ):
+                _remember(self._probed, node_id, now)
+                due.append(peer)
+        async with trio.open_nursery() as nursery:
+            for peer in due:
+                nursery.start_soon(self._ping, peer)
+        return [peer.node_id for peer in due]
+
+    async def _ping(self, peer: Peer) -> None:
+        for _ in range(PROBE_TRIES):
+            if await self.dht.ping(peer):
+                self.links.reached(peer.node_id)
+                return
 
 
-def _remember(table: OrderedDict[bytes, None], key: bytes) -> None:
-    table[key] = None
+def _remember(table: OrderedDict[bytes, V], key: bytes, value: V) -> None:
+    table[key] = value
     table.move_to_end(key)
     while len(table) > MAX_REMEMBERED:
         table.popitem(last=False)

@@ -209,7 +209,9 @@ class Sender:
         onion = self.onion
         for message in batch:
             if message.attempts:
-                await onion.attempt_failed(message.id, copies=_copies(message.attempts - 1))
+                lost = await onion.attempt_failed(message.id, copies=_copies(message.attempts - 1))
+                assert self._nursery is not None
+                self._nursery.start_soon(onion.probe, lost)
             attempt = await onion.prepare(recipient, message)
             await self._start_transmit(attempt, "onion delivery", deposit=True)
             if _copies(message.attempts) == 2:

@@ -18,10 +18,13 @@ zero (half-life ``half_life``), so a relay that loses packets sinks out of
 selection while an honest one, whose failures are shared with everyone and
 offset by its successes, stays. Selection is weighted random sampling
 without replacement, weight ``1 / (1 + failures)**2``; relays whose weight
-falls under ``floor`` are skipped while enough others remain, and so are
-relays the sender itself failed to reach last time it tried (its DHT's
-view): a border block that cuts us off from a relay cuts off our country's
-other relays too, and a route through it would be lost past the first hop.
+falls under ``floor`` are skipped while enough others remain, and after
+them relays the sender itself failed to reach last time it tried (its DHT's
+view, which the sender refreshes by pinging the relays of each lost route):
+a border block that cuts us off from a relay cuts off our country's other
+relays too, and a route through it would be lost past the first hop, while
+a reachable relay with a poor record has often only shared a lost route
+with one behind the cut (S10).
 
 Pure: time comes in as ``now`` and randomness as ``rng``.
 """
@@ -130,9 +133,10 @@ def select_route(
 
     Never picks a node in ``exclude`` (the sender and recipient), two relays
     with the same prefix or known ASN, or the same relay twice. Relays whose
-    score weight is below ``floor``, and relays marked ``unreachable``, are
-    used only when too few others remain, and relays in ``avoid`` (a spare
-    copy's, those of the copy it doubles) only when too few good others remain.
+    score weight is below ``floor`` are used only when too few others remain,
+    relays marked ``unreachable`` only after them (a relay we reach, whatever
+    its record, beats one we cannot), and relays in ``avoid`` (a spare copy's,
+    those of the copy it doubles) only when too few good others remain.
     ``last``, when given, is the route's last relay (a node's gateway).
     """
     if not 1 <= hops <= MAX_RELAYS:
@@ -141,8 +145,9 @@ def select_route(
     banned = set(exclude) | {c.node_id for c in fixed}
     unique = {c.node_id: c for c in candidates if c.node_id not in banned}
     weights = {node_id: scores.weight(node_id, now) if scores else 1.0 for node_id in unique}
-    good = [c for c in unique.values() if weights[c.node_id] >= floor and not c.unreachable]
-    pools = [good, list(unique.values())]
+    reachable = [c for c in unique.values() if not c.unreachable]
+    good = [c for c in reachable if weights[c.node_id] >= floor]
+    pools = [good, reachable, list(unique.values())]
     if avoided := set(avoid):
         pools.insert(0, [c for c in good if c.node_id not in avoided])
     for pool in pools:
