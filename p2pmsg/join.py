@@ -207,8 +207,7 @@ class Joiner:
                 if seeds and await self.dht.join(seeds):
                     log.info("joined the DHT")
                     self.joined.set()
-                    if self.dht.shared_record is not None:
-                        await self.dht.put(self.dht.shared_record)
+                    await self.dht.put_own()
             if len(self.dht.table):
                 # A seed node nobody lists joins when the first peer reaches it.
                 self.joined.set()

@@ -8,6 +8,7 @@ state machine for the store): records in, records, results or exactly
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from p2pmsg.dht.records import (
     MAX_ONION_KEYS,
     MAX_VALUE,
     PEER_MAX_TTL,
+    PEER_REPLICAS,
     RULES,
     SIGNATURE_BYTES,
     InvalidReason,
@@ -43,6 +45,8 @@ from p2pmsg.dht.records import (
     encode_peer_info,
     make_peer_record,
     peer_from_record,
+    peer_key,
+    peer_keys,
     sign_record,
     validate,
     verify_signature,
@@ -231,6 +235,23 @@ def test_peer_record_at_another_key_is_refused() -> None:
         validate(record, NOW)
     with refused(InvalidReason.WRONG_KEY):
         peer_from_record(record, "v4:192.0")
+
+
+def test_a_peer_record_has_copies_that_validate_only_at_their_keys() -> None:
+    """S14: copies under keys the hash scatters, so Sybils at the id hide nothing."""
+    keys = peer_keys(ALICE.node_id)
+    assert len(set(keys)) == PEER_REPLICAS == 3 and keys[0] == ALICE.node_id
+    want = hashlib.blake2b(b"p2pmsg peer v1" + ALICE.node_id + b"\x02", digest_size=32)
+    assert keys[2] == want.digest()
+    for replica, key in enumerate(keys):
+        record = make_peer_record(ALICE, INFO, 1, int(NOW) + 60, replica)
+        assert record.key == key
+        validate(record, NOW)
+        assert peer_from_record(record, "v4:192.0").node_id == ALICE.node_id
+        with refused(InvalidReason.WRONG_KEY):  # BOB's keys are not ALICE's to fill
+            validate(sign_record(BOB, PEER, key, 1, int(NOW) + 60, encode_peer_info(INFO)), NOW)
+    with pytest.raises(ValueError, match="replica"):
+        peer_key(ALICE.node_id, PEER_REPLICAS)
 
 
 def test_forged_records_are_refused() -> None:

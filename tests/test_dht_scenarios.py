@@ -245,6 +245,45 @@ async def test_sybils_near_a_victim_fill_at_most_three_slots_per_prefix(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_peer_record_hidden_at_its_id_is_found_from_its_copies(
+    autojump_clock: MockClock,
+) -> None:
+    """S14: Sybils hold every slot next to a victim's id, drop its record and
+    name only each other, and the victim itself is out of reach: nobody finds
+    the record at its id, and find_peer finds a copy (``rec.peer_keys``),
+    which the hash put far from the Sybils."""
+    rng = random.Random(141)
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, rng)
+        honest = await world.build([f"10.{i}.0.1" for i in range(30)], seeds=2)
+        victim_identity = Identity(rng.randbytes(32))
+        victim_id = victim_identity.node_id
+        crowd, sybils = [], []
+        for j in range(40):
+            identity = grind(rng, victim_id, 12)  # closer than any honest node
+            sybil = await world.add(sybil_host(j), identity=identity, cls=SybilDht, options=NO_CAPS)
+            assert sybil.own_record is not None
+            crowd.append(rec.encode(sybil.own_record))
+            sybils.append(sybil)
+        SybilDht.crowd = crowd
+        for sybil in sybils:
+            assert await sybil.join([as_seed(rng.choice(honest))])
+        victim = await world.add("10.99.0.1", identity=victim_identity)
+        assert await victim.join([as_seed(honest[0])])
+        await victim.put_own()
+        gone = world.hosts[victim_id]
+        world.net.policy = lambda p: DROP if gone in (p.src_host, p.dst_host) else DELIVER
+
+        for searcher in honest[1:11]:
+            _, at_id = await searcher.lookup(
+                victim_id, value_type=rec.RecordType.PEER, disjoint_paths=3
+            )
+            assert at_id == []
+            peer = await searcher.find_peer(victim_id)
+            assert peer is not None and peer.endpoints == endpoints_of(victim)
+        nursery.cancel_scope.cancel()
+
+
 # --- a network split and its healing -----------------------------------------------------
 
 SPLIT_NODES = 100
@@ -491,7 +530,8 @@ async def test_store_floods_are_refused_beyond_rate_and_quota(autojump_clock: Mo
             more = peer_records(rng, 5, now)
             result = await store_all(world.dialers[other.identity.node_id], responder, more)
             assert result == Counter({rpc.Status.OK: 5})
-        assert len(responder.records) == 1 + stored + 5 * len(others)
+        own = rec.PEER_REPLICAS  # its own peer record and copies
+        assert len(responder.records) == own + stored + 5 * len(others)
         nursery.cancel_scope.cancel()
 
 

@@ -139,6 +139,9 @@ async def test_a_requester_with_no_place_in_the_table_is_not_verified(
     async with trio.open_nursery() as nursery:
         a = await world.add(nursery, "10.1.0.1", options=DhtOptions(k=1), cls=PingCounting)
         assert isinstance(a, PingCounting)
+        # a's publisher finds its table empty, so it dials none of the ghosts
+        # below (three failed puts would evict the one in its far bucket)
+        await trio.testing.wait_all_tasks_blocked()
         own = _half(a.identity.node_id)
         far = [_identity_in_half(1 - own) for _ in range(1 + a.table.max_replacements)]
         for i, identity in enumerate(far):

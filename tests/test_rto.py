@@ -84,7 +84,16 @@ def test_an_ack_that_waited_in_a_mailbox_is_not_a_round_trip() -> None:
 
 
 def test_retries_double_from_the_timeout() -> None:
-    assert frames.onion_retry_delay(0, 0.5, 4.0) == 4.0
+    assert frames.onion_retry_delay(1, 0.5, 4.0) == 8.0
     assert frames.onion_retry_delay(3, 0.5, 4.0) == 32.0
-    assert frames.onion_retry_delay(0, 0.5) == 15.0  # no timer: the old first wait
     assert frames.onion_retry_delay(30, 0.5, 4.0) == 3600.0
+    assert frames.onion_retry_delay(3, 0.0, 4.0) == 24.0  # +-25%
+    assert frames.onion_retry_delay(3, 1.0, 4.0) == 40.0
+
+
+def test_the_first_retry_comes_no_later_than_the_timeout() -> None:
+    """The timeout is already the 90th percentile of recent acks: jitter
+    past it only made a lost first attempt miss S18's 30 s (23.5 s -> 29 s)."""
+    assert frames.onion_retry_delay(0, 0.0, 20.0) == 15.0
+    assert frames.onion_retry_delay(0, 1.0, 20.0) == 20.0
+    assert frames.onion_retry_delay(0, 1.0) == 15.0  # no timer: the old first wait

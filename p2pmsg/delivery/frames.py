@@ -129,8 +129,9 @@ def retry_delay(attempts: int, jitter: float) -> float:
 def onion_retry_delay(attempts: int, jitter: float, first: float = 15.0) -> float:
     """Seconds before onion attempt ``attempts + 1``: from ``first`` (the
     retransmission timeout, :mod:`p2pmsg.delivery.rto`), doubling to at most an
-    hour, +-25% jitter. The cap is longer than for direct links: an
-    unreachable recipient's retries land in its mailbox, and each costs the
-    mailbox holders storage."""
+    hour, +-25% jitter; the first retry's jitter only shortens it, since
+    ``first`` is already as long as all but the slowest acks take. The cap is
+    longer than for direct links: an unreachable recipient's retries land in
+    its mailbox, and each costs the mailbox holders storage."""
     base = min(3600.0, first * 2.0 ** min(attempts, 20))
-    return base * (0.75 + 0.5 * jitter)
+    return base * (0.75 + (0.5 if attempts else 0.25) * jitter)

@@ -56,8 +56,9 @@ class KnownPeers:
             self._known.popitem(last=False)
 
     def peer_from_bytes(self, data: bytes, now: float) -> Peer | None:
-        """A valid peer record (not ours, with endpoints) as a Peer whose prefix
-        comes from its first endpoint, or None. The record is remembered."""
+        """A valid peer record (not ours, with endpoints; any copy) as a Peer
+        whose prefix comes from its first endpoint, or None. The record is
+        remembered when it is the one at the node id."""
         cached = self._validated.get(data)
         if cached is not None and cached[1] > now:
             self._validated.move_to_end(data)
@@ -70,10 +71,11 @@ class KnownPeers:
             return None
         if record.type is not rec.RecordType.PEER or not info.endpoints:
             return None
-        if record.key == self.local_id:
-            return None
-        self.remember(record)
         peer = rec.peer_from_record(record, prefix_of_endpoint(Endpoint.parse(info.endpoints[0])))
+        if peer.node_id == self.local_id:
+            return None
+        if record.key == peer.node_id:  # its copies (rec.peer_keys) are for lookups only
+            self.remember(record)
         self._validated[data] = (peer, record.expires)
         while len(self._validated) > self.capacity:
             self._validated.popitem(last=False)

@@ -339,32 +339,61 @@ def decode_peer_info(value: bytes) -> PeerInfo:
         raise InvalidRecord(InvalidReason.BAD_VALUE, str(exc)) from exc
 
 
+# A peer record lives at its node id, and copies of it under PEER_REPLICAS - 1
+# more keys scattered by a hash, as prekey records do (below): Sybils ground
+# next to a victim's id hide the record there, not the copies (S14).
+
+PEER_REPLICAS: Final = 3
+_PEER_DOMAIN: Final = b"p2pmsg peer v1"
+
+
+def peer_key(node_id: bytes, replica: int = 0) -> bytes:
+    """The DHT key of copy ``replica`` of ``node_id``'s peer record: the node
+    id itself for the first, BLAKE2b-256(domain || node id || replica) after."""
+    if not 0 <= replica < PEER_REPLICAS:
+        raise ValueError(f"a peer replica is 0 to {PEER_REPLICAS - 1}")
+    if not replica:
+        return node_id
+    return hashlib.blake2b(_PEER_DOMAIN + node_id + bytes([replica]), digest_size=KEY_SIZE).digest()
+
+
+def peer_keys(node_id: bytes) -> tuple[bytes, ...]:
+    """Every key ``node_id``'s peer record is stored under, its node id first."""
+    return tuple(peer_key(node_id, i) for i in range(PEER_REPLICAS))
+
+
 def _check_peer_record(record: Record) -> None:
-    if record.key != node_id_of(record.publisher):
-        raise InvalidRecord(InvalidReason.WRONG_KEY, "a peer record lives at its node id")
+    if record.key not in peer_keys(node_id_of(record.publisher)):
+        raise InvalidRecord(InvalidReason.WRONG_KEY, "a peer record lives at peer_keys(id)")
     decode_peer_info(record.value)
 
 
-def make_peer_record(identity: Identity, info: PeerInfo, seq: int, expires: int) -> Record:
-    """``identity``'s signed peer record, stored at its node id. Raises ``ValueError``."""
+def make_peer_record(
+    identity: Identity, info: PeerInfo, seq: int, expires: int, replica: int = 0
+) -> Record:
+    """``identity``'s signed peer record, copy ``replica`` (0: at its node id).
+    Raises ``ValueError``."""
     value = encode_peer_info(info)
-    return sign_record(identity, RecordType.PEER, identity.node_id, seq, expires, value)
+    key = peer_key(identity.node_id, replica)
+    return sign_record(identity, RecordType.PEER, key, seq, expires, value)
 
 
 def peer_from_record(record: Record, prefix: str) -> Peer:
-    """The :class:`Peer` a peer record describes, with the caller's diversity ``prefix``.
+    """The :class:`Peer` a peer record (any copy) describes, with the
+    caller's diversity ``prefix``.
 
-    Raises :class:`InvalidRecord` for another type, a key that is not the
-    publisher's node id, or a bad value. It does not check the signature or
-    expiry: pass only records that passed :func:`validate` (every record a
-    ``RecordStore`` returns did).
+    Raises :class:`InvalidRecord` for another type, a key that is none of
+    the publisher's :func:`peer_keys`, or a bad value. It does not check the
+    signature or expiry: pass only records that passed :func:`validate`
+    (every record a ``RecordStore`` returns did).
     """
     if record.type is not RecordType.PEER:
         raise InvalidRecord(InvalidReason.WRONG_TYPE, f"{record.type.name} is not a peer record")
-    if record.key != node_id_of(record.publisher):
-        raise InvalidRecord(InvalidReason.WRONG_KEY, "the key is not the publisher's node id")
+    node_id = node_id_of(record.publisher)
+    if record.key not in peer_keys(node_id):
+        raise InvalidRecord(InvalidReason.WRONG_KEY, "the key is none of the publisher's")
     info = decode_peer_info(record.value)
-    return Peer(record.key, record.publisher, info.endpoints, prefix)
+    return Peer(node_id, record.publisher, info.endpoints, prefix)
 
 
 # --- prekey records -----------------------------------------------------------

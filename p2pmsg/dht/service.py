@@ -21,9 +21,10 @@ then they cost a proof of work (:mod:`p2pmsg.dht.puzzle`), which
 :meth:`Dht.call` pays when asked.
 
 Every node keeps its own signed peer record, republished by :meth:`Dht.run`
-before it expires, and stored at the k nodes closest to its id; a new one
-from :meth:`Dht.publish_local` (new endpoints, the next epoch's onion keys)
-is stored there at once. Mailboxes (:mod:`p2pmsg.dht.mailboxes`) ride on the
+before it expires, and stored at the k nodes closest to its id and, as
+copies, to two more keys (:func:`~p2pmsg.dht.records.peer_keys`); a new
+one from :meth:`Dht.publish_local` (new endpoints, the next epoch's onion
+keys) is stored there at once. Mailboxes (:mod:`p2pmsg.dht.mailboxes`) ride on the
 same lookups and calls.
 """
 
@@ -150,6 +151,8 @@ class Dht:
         self.clock = clock or ClockCheck()
         """How far our wall clock is from our peers' (PING replies feed it)."""
         self.own_record: rec.Record | None = None
+        self.own_copies: tuple[rec.Record, ...] = ()
+        """:attr:`own_record`'s copies, under its other keys (``rec.peer_keys``)."""
         self.known = KnownPeers(
             identity.node_id, self.table.__contains__, capacity=options.known_records
         )
@@ -220,13 +223,25 @@ class Dht:
         seq = int(now * 1000)
         if self.own_record is not None:
             seq = max(seq, self.own_record.seq + 1)
-        record = rec.make_peer_record(
-            self.identity, info, seq=seq, expires=int(now) + self.options.record_ttl
+        expires = int(now) + self.options.record_ttl
+        record, *copies = (
+            rec.make_peer_record(self.identity, info, seq, expires, replica)
+            for replica in range(rec.PEER_REPLICAS)
         )
         if not self.options.unlisted:
-            self.records.put(record, now, source=self.identity.node_id)
-        self.own_record = record
+            for each in (record, *copies):
+                self.records.put(each, now, source=self.identity.node_id)
+        self.own_record, self.own_copies = record, tuple(copies)
         return record
+
+    async def put_own(self) -> None:
+        """Store our peer record and its copies, each on the k nodes closest
+        to its key (nothing when unlisted)."""
+        if self.shared_record is None:
+            return
+        async with trio.open_nursery() as nursery:
+            for record in (self.shared_record, *self.own_copies):
+                nursery.start_soon(self.put, record)
 
     def table_records(self) -> list[rec.Record]:
         """The validated, unexpired peer records of the peers in our routing table
@@ -527,11 +542,20 @@ class Dht:
         """The newest valid peer record of ``node_id`` in the DHT, as a Peer.
 
         The lookup runs on disjoint paths (S/Kademlia), so Sybils around the
-        key have to capture every path to hide the record."""
+        key have to capture every path to hide the record; when they did (or
+        the record is not there), its copies under the other
+        :func:`~p2pmsg.dht.records.peer_keys`, far from the id, are looked up
+        (S14)."""
         _, values = await self.lookup(
             node_id, value_type=rec.RecordType.PEER, disjoint_paths=self.options.disjoint_paths
         )
-        for record in values:
+        if peer := self._peer_among(node_id, values):
+            return peer
+        copies = await self.find_newest(rec.RecordType.PEER, rec.peer_keys(node_id)[1:])
+        return self._peer_among(node_id, copies)
+
+    def _peer_among(self, node_id: bytes, records: list[rec.Record]) -> Peer | None:
+        for record in records:
             peer = self._peer_from_bytes(rec.encode(record))
             if peer is not None and peer.node_id == node_id:
                 return peer
@@ -614,8 +638,8 @@ class Dht:
         while True:
             await self._publish_due.wait()
             self._publish_due = trio.Event()
-            if self.shared_record is not None and len(self.table):
-                await self.put(self.shared_record)
+            if len(self.table):
+                await self.put_own()
 
     async def _upkeep(self) -> None:
         now = self._wall_clock()
@@ -623,8 +647,7 @@ class Dht:
         self.mailboxes.store.expire(now)
         if self.own_record is not None and len(self.table):
             self._sign_own(rec.decode_peer_info(self.own_record.value))
-            if self.shared_record is not None:
-                await self.put(self.shared_record)
+            await self.put_own()
         stale = self.table.stale_buckets(
             trio.current_time(), self.options.refresh_every, rng=self._rng
         )
