@@ -392,12 +392,12 @@ class OnionPath:
 
     async def probe(self, relays: Sequence[bytes]) -> list[bytes]:
         """Ping the relays of a lost route, each at most once every
-        :data:`PROBE_EVERY` seconds, up to :data:`PROBE_TRIES` times: one that
+        :data:`PROBE_EVERY` seconds, up to :data:`PROBE_TRIES` times. One that
         never answers is marked failed in the routing table, and so goes after
-        every relay we can reach (:attr:`Candidate.unreachable`), and one that
-        answers is no longer held to a failed dial. A lost route
-        blames its relays alike; only a ping tells the one behind a border cut
-        (S10) from the honest ones beside it. Returns the relays pinged."""
+        every relay we can reach (:attr:`Candidate.unreachable`); one that
+        answers is no longer held to a failed dial. A lost route blames its
+        relays alike; only a ping tells the one behind a border cut (S10) from
+        the honest ones beside it. Returns the relays pinged."""
         now = trio.current_time()
         due = []
         for node_id in relays:

@@ -24,8 +24,8 @@ Every node keeps its own signed peer record, republished by :meth:`Dht.run`
 before it expires, and stored at the k nodes closest to its id and, as
 copies, to two more keys (:func:`~p2pmsg.dht.records.peer_keys`); a new
 one from :meth:`Dht.publish_local` (new endpoints, the next epoch's onion
-keys) is stored there at once. Mailboxes (:mod:`p2pmsg.dht.mailboxes`) ride on the
-same lookups and calls.
+keys) is stored there at once. Mailboxes (:mod:`p2pmsg.dht.mailboxes`) ride
+on the same lookups and calls.
 """
 
 from __future__ import annotations
