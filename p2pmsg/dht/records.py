@@ -347,14 +347,22 @@ PEER_REPLICAS: Final = 3
 _PEER_DOMAIN: Final = b"p2pmsg peer v1"
 
 
+def _scattered_key(domain: bytes, node_id: bytes, replica: int, replicas: int) -> bytes:
+    """BLAKE2b-256(domain || node id), the replica's number appended after
+    the first: copy ``replica``'s key, which the hash scatters over the id
+    space. Raises ``ValueError`` unless 0 <= replica < replicas."""
+    if not 0 <= replica < replicas:
+        raise ValueError(f"a replica is 0 to {replicas - 1}")
+    suffix = bytes([replica]) if replica else b""
+    return hashlib.blake2b(domain + node_id + suffix, digest_size=KEY_SIZE).digest()
+
+
 def peer_key(node_id: bytes, replica: int = 0) -> bytes:
     """The DHT key of copy ``replica`` of ``node_id``'s peer record: the node
-    id itself for the first, BLAKE2b-256(domain || node id || replica) after."""
-    if not 0 <= replica < PEER_REPLICAS:
-        raise ValueError(f"a peer replica is 0 to {PEER_REPLICAS - 1}")
-    if not replica:
+    id itself for the first, a scattered key (:func:`_scattered_key`) after."""
+    if replica == 0:
         return node_id
-    return hashlib.blake2b(_PEER_DOMAIN + node_id + bytes([replica]), digest_size=KEY_SIZE).digest()
+    return _scattered_key(_PEER_DOMAIN, node_id, replica, PEER_REPLICAS)
 
 
 def peer_keys(node_id: bytes) -> tuple[bytes, ...]:
@@ -410,13 +418,9 @@ _PREKEY_DOMAIN: Final = b"p2pmsg prekeys v1"
 
 
 def prekey_key(node_id: bytes, replica: int = 0) -> bytes:
-    """The DHT key of copy ``replica`` of ``node_id``'s prekey bundle:
-    BLAKE2b-256(domain || node id), and the replica's number appended after
-    the first."""
-    if not 0 <= replica < PREKEY_REPLICAS:
-        raise ValueError(f"a prekey replica is 0 to {PREKEY_REPLICAS - 1}")
-    suffix = bytes([replica]) if replica else b""
-    return hashlib.blake2b(_PREKEY_DOMAIN + node_id + suffix, digest_size=KEY_SIZE).digest()
+    """The DHT key of copy ``replica`` of ``node_id``'s prekey bundle
+    (:func:`_scattered_key`)."""
+    return _scattered_key(_PREKEY_DOMAIN, node_id, replica, PREKEY_REPLICAS)
 
 
 def prekey_keys(node_id: bytes) -> tuple[bytes, ...]:
