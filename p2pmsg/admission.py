@@ -27,7 +27,11 @@ before its handshake starts:
   all taken, a newcomer from an address holding at least two fewer than the
   busiest address ends that address's oldest link (or handshake) and takes
   its place. A flood from a few addresses thus gives way to newcomers from
-  others, however many each address may hold. Failing that, a newcomer
+  others, however many each address may hold. Failing that, the same rule
+  holds between network prefixes, as Bitcoin's eviction protects diverse
+  netgroups: Sybils with an address each but from a few networks (S14: 300
+  from 16, pinging every minute so that none is ever idle) cannot keep out
+  a newcomer from another network. Failing that, a newcomer
   from an address holding no link ends the link that has been silent
   longest, if for at least :data:`IDLE_EVICTION` seconds (libp2p's
   connection manager trims its least used connections likewise): links
@@ -156,8 +160,8 @@ class Admission:
     _pending: Counter[str] = field(default_factory=Counter)
     _total: int = 0
     _total_pending: int = 0
-    _held: dict[str, list[Ticket]] = field(default_factory=dict)
-    """The links of each known address, oldest first."""
+    _held: tuple[dict[str, list[Ticket]], ...] = field(default_factory=lambda: ({}, {}))
+    """The links of each known address, then of each prefix, oldest first."""
     _tickets: list[Ticket] = field(default_factory=list)
     """Every link held, known address or not."""
     _opens: RateLimiter = field(init=False)
@@ -185,7 +189,8 @@ class Admission:
         taken, the oldest link (or handshake) of the address holding the most
         is evicted first, if that address holds at least two more than
         ``address`` does: a flood from a few addresses gives way to newcomers
-        from others, as Tor's and libp2p's connection trimming do. Else, for
+        from others, as Tor's and libp2p's connection trimming do. Else the
+        same holds between prefixes (Bitcoin's netgroups). Else, for
         a newcomer from an address holding no link, the established link
         silent longest goes, if silent :data:`IDLE_EVICTION` seconds."""
         reason = self._refusal(address, now)
@@ -204,8 +209,8 @@ class Admission:
         for key in ticket.keys:
             self._links[key] += 1
             self._pending[key] += 1
-        if address is not None:
-            self._held.setdefault(address, []).append(ticket)
+        for held, key in zip(self._held, ticket.keys, strict=False):
+            held.setdefault(key, []).append(ticket)
         self.peak_bytes = max(self.peak_bytes, self.reserved_bytes)
         return ticket
 
@@ -249,14 +254,19 @@ class Admission:
 
     def _busiest_victim(self, address: str | None, *, pending: bool) -> Ticket | None:
         """The oldest evictable link (handshake, with ``pending``) of the
-        address holding the most, if it holds two more than ``address``."""
+        address holding the most, if it holds two more than ``address``;
+        failing that, of the prefix holding the most, against ``address``'s."""
         counts = self._pending if pending else self._links
-        busiest = max(self._held, key=lambda a: counts[a], default=None)
-        own = 0 if address is None else counts[address]
-        if busiest is None or counts[busiest] < own + 2:
-            return None
-        kind = (t for t in self._held[busiest] if t.pending or not pending)
-        return next((t for t in kind if t.evict is not None), None)
+        own_keys = () if address is None else (address, prefix_of(address))
+        for level, held in enumerate(self._held):
+            busiest = max(held, key=lambda k: counts[k], default=None)
+            own = counts[own_keys[level]] if own_keys else 0
+            if busiest is not None and counts[busiest] >= own + 2:
+                kind = (t for t in held[busiest] if t.pending or not pending)
+                victim = next((t for t in kind if t.evict is not None), None)
+                if victim is not None:
+                    return victim
+        return None
 
     def _settle(self, ticket: Ticket) -> None:
         self._total_pending -= 1
@@ -267,11 +277,10 @@ class Admission:
         if ticket.pending:
             self._settle(ticket)
         self._tickets.remove(ticket)
-        if ticket.address is not None:
-            held = self._held[ticket.address]
-            held.remove(ticket)
-            if not held:
-                del self._held[ticket.address]
+        for held, key in zip(self._held, ticket.keys, strict=False):
+            held[key].remove(ticket)
+            if not held[key]:
+                del held[key]
         self._total -= 1
         for key in ticket.keys:
             _decrement(self._links, key)

@@ -73,6 +73,29 @@ def test_when_full_the_busiest_address_gives_way_to_a_newcomer() -> None:
     assert admission.admit("10.6.0.1", now=0.0) is Refused.TOTAL  # 1 against none: fair
 
 
+def test_when_full_the_busiest_network_gives_way_to_a_newcomer_from_another() -> None:
+    """S14: Sybils with an address each, from two networks, and never idle."""
+    admission = Admission(Limits(links=7, opens_burst=10))
+    ended: list[str] = []
+    now = 10 * IDLE_EVICTION
+    for address in ("66.0.0.1", "66.1.0.2", "66.0.0.3", "66.1.0.4", "66.0.0.5", "95.0.0.2"):
+        ticket = admission.admit(address, now=0.0)
+        assert isinstance(ticket, Ticket)
+        ticket.established()
+        ticket.evict = lambda a=address: ended.append(a)
+        ticket.touch(now)
+    honest = admission.admit("95.0.0.4", now=0.0)  # a handshake under way: not evictable
+    assert isinstance(honest, Ticket)
+    assert admission.admit("66.0.0.9", now=now) is Refused.TOTAL  # 3 against 3
+    assert admission.admit("95.0.0.3", now=now) is Refused.TOTAL  # 3 against 2
+    assert isinstance(admission.admit("95.1.0.1", now=now), Ticket)  # 3 against none
+    assert ended == ["66.0.0.1"]  # the oldest of the busiest network
+    assert admission.evicted_idle == 0
+    for address in ("66.0.0.9", "66.1.0.9", "95.0.0.3"):  # 2 against 2: balanced
+        assert admission.admit(address, now=now) is Refused.TOTAL
+    assert ended == ["66.0.0.1"] and not honest.closed
+
+
 def test_half_open_handshakes_give_way_too() -> None:
     admission = Admission(Limits(pending=3, opens_burst=10))
     ended: list[Ticket] = []
