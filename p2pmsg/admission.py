@@ -118,9 +118,10 @@ class Ticket:
     """One admitted link: call :meth:`established` once its handshake is done
     and :meth:`close` (idempotent) when it ends, whatever happened."""
 
-    _admission: Admission
-    address: str | None
-    keys: tuple[str, ...]
+    _admission: Admission = field(repr=False)
+    address: str | None = field(repr=False)
+    """A peer's IP: kept out of the repr, as out of logs above DEBUG."""
+    keys: tuple[str, ...] = field(repr=False)
     """What it counts under: its address and prefix (none for an unknown address)."""
     used: float
     """When it was admitted or last carried a message (:meth:`touch`)."""
@@ -156,15 +157,15 @@ class Admission:
     evicted_idle: int = 0
     """Of those, links ended because they were the longest silent."""
     peak_bytes: int = 0
-    _links: Counter[str] = field(default_factory=Counter)
-    _pending: Counter[str] = field(default_factory=Counter)
+    _links: Counter[str] = field(default_factory=Counter, repr=False)
+    _pending: Counter[str] = field(default_factory=Counter, repr=False)
     _total: int = 0
     _total_pending: int = 0
-    _held: tuple[dict[str, list[Ticket]], ...] = field(default_factory=lambda: ({}, {}))
+    _held: tuple[dict[str, list[Ticket]], ...] = field(default_factory=lambda: ({}, {}), repr=False)
     """The links of each known address, then of each prefix, oldest first."""
-    _tickets: list[Ticket] = field(default_factory=list)
+    _tickets: list[Ticket] = field(default_factory=list, repr=False)
     """Every link held, known address or not."""
-    _opens: RateLimiter = field(init=False)
+    _opens: RateLimiter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._opens = RateLimiter(self.limits.opens_per_second, self.limits.opens_burst)

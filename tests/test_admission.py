@@ -94,6 +94,7 @@ def test_when_full_the_busiest_network_gives_way_to_a_newcomer_from_another() ->
     for address in ("66.0.0.9", "66.1.0.9", "95.0.0.3"):  # 2 against 2: balanced
         assert admission.admit(address, now=now) is Refused.TOTAL
     assert ended == ["66.0.0.1"] and not honest.closed
+    assert "95.0" not in repr(admission) + repr(honest)  # peers' IPs stay out of reprs
 
 
 def test_half_open_handshakes_give_way_too() -> None:
@@ -168,8 +169,11 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.now += wait
         links, per = self._held(pending_only=False)
         pending, per_pending = self._held(pending_only=True)
+        before = list(self.open)
         got = self.admission.admit(address, self.now)
         if isinstance(got, Ticket):
+            for gone in (t for t in before if t not in self.open):
+                assert self._fair(gone, address, per, per_pending), f"{gone} evicted unfairly"
             self.open.append(got)
             got.evict = lambda: self.open.remove(got)  # admit has closed it
             return
@@ -189,6 +193,19 @@ class AdmissionMachine(RuleBasedStateMachine):
                 Refused.PENDING_PREFIX: per_pending[prefix] >= lim.pending_per_prefix,
             }
         assert reached.get(got), f"refused for {got} without reaching it"
+
+    def _fair(self, gone: Ticket, address: str | None, *counts: Counter[str]) -> bool:
+        """An evicted link's address or network held two more than the
+        newcomer's, or it was idle long enough and the newcomer held none."""
+        assert gone.closed
+        if gone.address is not None:
+            theirs = (gone.address, prefix_of(gone.address))
+            for per in counts:
+                own = [0, 0] if address is None else [per[address], per[prefix_of(address)]]
+                if any(per[key] >= n + 2 for key, n in zip(theirs, own, strict=True)):
+                    return True
+        idle = self.now - gone.used >= IDLE_EVICTION and not gone.pending
+        return idle and (address is None or not counts[0][address])
 
     @precondition(lambda self: self.open)
     @rule(index=st.integers(min_value=0), close=st.booleans())
